@@ -1,0 +1,54 @@
+/* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
+/*
+ * Key/value layouts shared by relay.bpf.c and the C++ daemon. Fixed-width
+ * types and explicit padding only: both sides must agree byte for byte.
+ */
+#ifndef SOCKRELAY_RELAY_SHARED_H
+#define SOCKRELAY_RELAY_SHARED_H
+
+#ifdef __cplusplus
+#include <cstdint>
+typedef uint32_t relay_u32;
+typedef uint64_t relay_u64;
+#else
+typedef __u32 relay_u32;
+typedef __u64 relay_u64;
+#endif
+
+/* Routes are numbered 0..RELAY_MAX_ROUTES-1 in config order. */
+#define RELAY_MAX_ROUTES 256
+/* Sockets in the redirect target hash; sessions use two or three each. */
+#define RELAY_MAX_SOCKETS 65536
+
+/* relay_flow.flags */
+#define RELAY_FLOW_INGRESS (1u << 0) /* redirect with BPF_F_INGRESS */
+#define RELAY_FLOW_TO_USER (1u << 1) /* pass to the socket's own queue: user space handles it */
+
+/*
+ * relay_flows: key = the socket cookie the verdict program sees for an skb
+ * (the receiving socket for UDP/TCP/VSOCK, the *sender* for AF_UNIX, or a
+ * private instance's fixed source key), value = where it goes.
+ */
+struct relay_flow {
+	relay_u64 target_cookie; /* key into relay_targets */
+	relay_u32 route_id;
+	relay_u32 flags;
+	relay_u64 last_ns; /* bpf_ktime_get_ns() of the last skb; for idle expiry */
+};
+
+/* Per-route counters, a per-CPU array indexed by route id. */
+struct relay_route_stats {
+	relay_u64 packets;        /* skbs redirected */
+	relay_u64 bytes;          /* their payload bytes */
+	relay_u64 to_user;        /* skbs passed to user space (new flows, TO_USER flows) */
+	relay_u64 drop_no_target; /* redirect failed: the target socket is gone */
+};
+
+/* Counters not tied to a route, a per-CPU array indexed by enum. */
+enum relay_global_counter {
+	RELAY_GLOBAL_UNKNOWN_SOURCE = 0, /* no flow for this cookie: passed to user space */
+	RELAY_GLOBAL_BAD_ROUTE = 1,      /* flow names a route id out of range: dropped */
+	RELAY_GLOBAL_MAX = 2,
+};
+
+#endif

@@ -1,0 +1,160 @@
+#include "bpf_loader/bpf_relay.h"
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <sys/socket.h>
+
+#include <string>
+
+#include "relay.skel.h"
+#include "relay_shared.h"
+
+namespace sockrelay {
+
+namespace {
+
+// libbpf returns -errno (and sets errno); keep the code, add context.
+Error bpf_error(int ret, const std::string& what) {
+  int code = ret < 0 ? -ret : errno;
+  std::string message = what;
+  if (code == EPERM || code == EACCES)
+    message += " (needs root, or CAP_BPF + CAP_NET_ADMIN; check kernel.unprivileged_bpf_disabled)";
+  return Error{code, message};
+}
+
+Status update_sock(int map_fd, const void* key, int sock_fd, const char* map_name) {
+  uint64_t value = static_cast<uint64_t>(sock_fd);
+  if (bpf_map_update_elem(map_fd, key, &value, BPF_ANY) != 0) {
+    int code = errno;
+    std::string hint;
+    if (code == EOPNOTSUPP) hint = " (this socket kind cannot enter a sockmap on this kernel)";
+    if (code == EBUSY) hint = " (the socket already carries another verdict program)";
+    return Error{code, std::string("insert socket into ") + map_name + hint};
+  }
+  return {};
+}
+
+}  // namespace
+
+void SkeletonDeleter::operator()(struct relay* skel) const { relay__destroy(skel); }
+
+Result<uint64_t> socket_cookie(int fd) {
+  uint64_t cookie = 0;
+  socklen_t len = sizeof(cookie);
+  if (getsockopt(fd, SOL_SOCKET, SO_COOKIE, &cookie, &len) != 0) return errno_error("getsockopt(SO_COOKIE)");
+  return cookie;
+}
+
+BpfRelay::BpfRelay(RelaySkeleton skel) : skel_(std::move(skel)), ncpus_(libbpf_num_possible_cpus()) {}
+
+BpfRelay::~BpfRelay() {
+  // Private instances first: their programs reference the shared maps.
+  private_.clear();
+}
+
+Result<std::unique_ptr<BpfRelay>> BpfRelay::load() {
+  RelaySkeleton skel(relay__open());
+  if (!skel) return bpf_error(-errno, "open BPF object relay.bpf.o");
+  if (int ret = relay__load(skel.get()); ret != 0) return bpf_error(ret, "load BPF program relay_verdict");
+  // Debian 12's libbpf (1.1) has no sk_skb bpf_link: attach to the map.
+  if (bpf_prog_attach(bpf_program__fd(skel->progs.relay_verdict), bpf_map__fd(skel->maps.relay_sources),
+                      BPF_SK_SKB_VERDICT, 0) != 0)
+    return bpf_error(-errno, "attach relay_verdict to relay_sources (BPF_SK_SKB_VERDICT)");
+  return std::unique_ptr<BpfRelay>(new BpfRelay(std::move(skel)));
+}
+
+Status BpfRelay::add_target(uint64_t cookie, int fd) {
+  return update_sock(bpf_map__fd(skel_->maps.relay_targets), &cookie, fd, "relay_targets");
+}
+
+void BpfRelay::remove_target(uint64_t cookie) { bpf_map_delete_elem(bpf_map__fd(skel_->maps.relay_targets), &cookie); }
+
+Status BpfRelay::add_source(uint64_t cookie, int fd) {
+  return update_sock(bpf_map__fd(skel_->maps.relay_sources), &cookie, fd, "relay_sources");
+}
+
+void BpfRelay::remove_source(uint64_t cookie) { bpf_map_delete_elem(bpf_map__fd(skel_->maps.relay_sources), &cookie); }
+
+Status BpfRelay::add_private_source(uint64_t key, int fd) {
+  RelaySkeleton inst(relay__open());
+  if (!inst) return bpf_error(-errno, "open private verdict instance");
+  inst->rodata->fixed_source = key;
+  // Share every map but the instance's own relay_private.
+  struct {
+    struct bpf_map* mine;
+    struct bpf_map* shared;
+  } reuse[] = {
+      {inst->maps.relay_sources, skel_->maps.relay_sources},
+      {inst->maps.relay_targets, skel_->maps.relay_targets},
+      {inst->maps.relay_flows, skel_->maps.relay_flows},
+      {inst->maps.relay_route_stats, skel_->maps.relay_route_stats},
+      {inst->maps.relay_global_stats, skel_->maps.relay_global_stats},
+  };
+  for (auto& r : reuse) {
+    if (int ret = bpf_map__reuse_fd(r.mine, bpf_map__fd(r.shared)); ret != 0)
+      return bpf_error(ret, std::string("share map ") + bpf_map__name(r.shared) + " with a private instance");
+  }
+  if (int ret = relay__load(inst.get()); ret != 0) return bpf_error(ret, "load private verdict instance");
+  int map_fd = bpf_map__fd(inst->maps.relay_private);
+  if (bpf_prog_attach(bpf_program__fd(inst->progs.relay_verdict), map_fd, BPF_SK_SKB_VERDICT, 0) != 0)
+    return bpf_error(-errno, "attach private verdict instance");
+  uint32_t slot = 0;
+  if (auto st = update_sock(map_fd, &slot, fd, "relay_private"); !st) return st;
+  private_[key] = std::move(inst);
+  return {};
+}
+
+void BpfRelay::remove_private_source(uint64_t key) {
+  auto it = private_.find(key);
+  if (it == private_.end()) return;
+  uint32_t slot = 0;
+  bpf_map_delete_elem(bpf_map__fd(it->second->maps.relay_private), &slot);
+  private_.erase(it);
+}
+
+Status BpfRelay::set_flow(uint64_t key, const FlowEntry& entry) {
+  struct relay_flow value = {};
+  value.target_cookie = entry.target_cookie;
+  value.route_id = entry.route_id;
+  value.flags = entry.flags;
+  if (bpf_map_update_elem(bpf_map__fd(skel_->maps.relay_flows), &key, &value, BPF_ANY) != 0)
+    return errno_error("update relay_flows");
+  return {};
+}
+
+void BpfRelay::remove_flow(uint64_t key) { bpf_map_delete_elem(bpf_map__fd(skel_->maps.relay_flows), &key); }
+
+uint64_t BpfRelay::flow_last_ns(uint64_t key) {
+  struct relay_flow value = {};
+  if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.relay_flows), &key, &value) != 0) return 0;
+  return value.last_ns;
+}
+
+RouteCounters BpfRelay::route_counters(uint32_t route_id) const {
+  std::vector<struct relay_route_stats> per_cpu(ncpus_);
+  RouteCounters sum;
+  if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.relay_route_stats), &route_id, per_cpu.data()) != 0) return sum;
+  for (const auto& s : per_cpu) {
+    sum.packets += s.packets;
+    sum.bytes += s.bytes;
+    sum.to_user += s.to_user;
+    sum.drop_no_target += s.drop_no_target;
+  }
+  return sum;
+}
+
+GlobalCounters BpfRelay::global_counters() const {
+  GlobalCounters g;
+  std::vector<uint64_t> per_cpu(ncpus_);
+  auto read = [&](uint32_t index) {
+    uint64_t total = 0;
+    if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.relay_global_stats), &index, per_cpu.data()) == 0)
+      for (uint64_t v : per_cpu) total += v;
+    return total;
+  };
+  g.unknown_source = read(RELAY_GLOBAL_UNKNOWN_SOURCE);
+  g.bad_route = read(RELAY_GLOBAL_BAD_ROUTE);
+  return g;
+}
+
+}  // namespace sockrelay

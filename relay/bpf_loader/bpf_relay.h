@@ -1,0 +1,67 @@
+// Loads relay.bpf.c, attaches its verdict program to the sources map and
+// implements MapWriter on the real maps. The only code that includes the
+// skeleton; libbpf's negative errno values become Errors here.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+#include "bpf_loader/map_writer.h"
+#include "common/result.h"
+
+struct relay;  // the generated skeleton
+
+namespace sockrelay {
+
+struct RouteCounters {
+  uint64_t packets = 0;
+  uint64_t bytes = 0;
+  uint64_t to_user = 0;
+  uint64_t drop_no_target = 0;
+};
+
+struct GlobalCounters {
+  uint64_t unknown_source = 0;
+  uint64_t bad_route = 0;
+};
+
+struct SkeletonDeleter {
+  void operator()(struct relay* skel) const;
+};
+using RelaySkeleton = std::unique_ptr<struct relay, SkeletonDeleter>;
+
+class BpfRelay final : public MapWriter {
+ public:
+  // Loads and attaches. Fails with a message naming the missing privilege
+  // or kernel feature.
+  static Result<std::unique_ptr<BpfRelay>> load();
+  ~BpfRelay() override;
+
+  Status add_target(uint64_t cookie, int fd) override;
+  void remove_target(uint64_t cookie) override;
+  Status add_source(uint64_t cookie, int fd) override;
+  void remove_source(uint64_t cookie) override;
+  Status add_private_source(uint64_t key, int fd) override;
+  void remove_private_source(uint64_t key) override;
+  Status set_flow(uint64_t key, const FlowEntry& entry) override;
+  void remove_flow(uint64_t key) override;
+  uint64_t flow_last_ns(uint64_t key) override;
+
+  RouteCounters route_counters(uint32_t route_id) const;
+  GlobalCounters global_counters() const;
+
+ private:
+  explicit BpfRelay(RelaySkeleton skel);
+
+  RelaySkeleton skel_;
+  // Private program instances by key; each owns its program and its map.
+  std::unordered_map<uint64_t, RelaySkeleton> private_;
+  int ncpus_;
+};
+
+// SO_COOKIE of a socket.
+Result<uint64_t> socket_cookie(int fd);
+
+}  // namespace sockrelay

@@ -1,0 +1,43 @@
+// What sessions need from the BPF side, as an interface: the real one
+// (BpfRelay) writes the kernel maps; unit tests pass a fake and run
+// without privilege.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+
+#include "common/result.h"
+
+namespace sockrelay {
+
+struct FlowEntry {
+  uint64_t target_cookie = 0;  // key of the partner in the targets map
+  uint32_t route_id = 0;
+  uint32_t flags = 0;  // RELAY_FLOW_* from bpf/relay_shared.h
+};
+
+class MapWriter {
+ public:
+  virtual ~MapWriter() = default;
+
+  // A socket we may redirect to, keyed by its own cookie.
+  virtual Status add_target(uint64_t cookie, int fd) = 0;
+  virtual void remove_target(uint64_t cookie) = 0;
+
+  // A socket whose skbs the shared verdict program steers, keyed by cookie.
+  virtual Status add_source(uint64_t cookie, int fd) = 0;
+  virtual void remove_source(uint64_t cookie) = 0;
+
+  // A socket that gets a verdict program instance of its own, which looks
+  // its skbs up under `key` whatever the kernel reports as their socket
+  // (AF_UNIX reports the sender). The instance lives until removed.
+  virtual Status add_private_source(uint64_t key, int fd) = 0;
+  virtual void remove_private_source(uint64_t key) = 0;
+
+  virtual Status set_flow(uint64_t key, const FlowEntry& entry) = 0;
+  virtual void remove_flow(uint64_t key) = 0;
+  // bpf_ktime_get_ns() (CLOCK_MONOTONIC) of the flow's last skb, 0 if none.
+  virtual uint64_t flow_last_ns(uint64_t key) = 0;
+};
+
+}  // namespace sockrelay

@@ -1,0 +1,97 @@
+// The relay's configuration as plain data: what `config.cpp` builds from a
+// TOML file and every other module reads. No parsing, no syscalls here.
+#pragma once
+
+#include <sys/socket.h>
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace sockrelay {
+
+enum class EndpointKind {
+  Udp,
+  Tcp,
+  UnixDgram,
+  UnixStream,
+  UnixSeqpacket,
+  VsockStream,
+  VsockSeqpacket,
+};
+inline constexpr EndpointKind kAllKinds[] = {
+    EndpointKind::Udp,           EndpointKind::Tcp,         EndpointKind::UnixDgram,      EndpointKind::UnixStream,
+    EndpointKind::UnixSeqpacket, EndpointKind::VsockStream, EndpointKind::VsockSeqpacket,
+};
+
+// "udp", "unix-dgram", ... (the config spelling).
+std::string_view kind_name(EndpointKind kind);
+std::optional<EndpointKind> kind_from_name(std::string_view name);
+int kind_family(EndpointKind kind);      // AF_INET (or AF_INET6), AF_UNIX, AF_VSOCK
+int kind_socktype(EndpointKind kind);    // SOCK_DGRAM, SOCK_STREAM, SOCK_SEQPACKET
+bool kind_is_stream(EndpointKind kind);  // byte streams: tcp, unix-stream, vsock-stream
+bool kind_is_datagram(EndpointKind kind);  // message kinds: udp, unix-dgram (seqpacket is neither)
+
+enum class Role { Listen, Connect };
+enum class Mode { Egress, Ingress };
+enum class Datapath { Auto, Kernel, Userspace };
+enum class Balance { Single, RoundRobin, Hash, Broadcast };
+
+std::string_view mode_name(Mode mode);
+std::string_view datapath_name(Datapath datapath);
+std::string_view balance_name(Balance balance);
+
+// Where a value came from, for "FILE:LINE:COL: message".
+struct SourcePos {
+  int line = 0;
+  int column = 0;
+};
+
+// A resolved socket address. `text` is what the user wrote, for messages.
+struct SocketAddress {
+  sockaddr_storage storage{};
+  socklen_t length = 0;
+  std::string text;
+
+  int family() const { return storage.ss_family; }
+  const sockaddr* sa() const { return reinterpret_cast<const sockaddr*>(&storage); }
+  bool operator==(const SocketAddress& other) const;  // same family and bytes
+};
+
+struct Endpoint {
+  std::string name;  // also the systemd FileDescriptorName=
+  EndpointKind kind = EndpointKind::Udp;
+  Role role = Role::Listen;
+  SocketAddress address;
+  SourcePos pos;  // of the [endpoints.NAME] table
+};
+
+struct Route {
+  std::vector<std::string> from;  // endpoint names
+  std::vector<std::string> to;
+  Mode mode = Mode::Egress;
+  Datapath datapath = Datapath::Auto;
+  Balance balance = Balance::Single;
+  SourcePos pos;  // of the [[routes]] table
+};
+
+struct RelaySettings {
+  std::string log_level = "info";  // trace|debug|info|warn|error|critical|off
+  std::chrono::milliseconds idle_timeout{120'000};
+  uint32_t max_sessions = 4096;
+  std::string control = "/run/sockrelay/control.sock";
+};
+
+struct Config {
+  std::string path;  // the file it was read from
+  RelaySettings relay;
+  std::vector<Endpoint> endpoints;
+  std::vector<Route> routes;
+
+  const Endpoint* find_endpoint(std::string_view name) const;
+};
+
+}  // namespace sockrelay
