@@ -38,13 +38,6 @@ Status update_sock(int map_fd, const void* key, int sock_fd, const char* map_nam
 
 void SkeletonDeleter::operator()(struct relay* skel) const { relay__destroy(skel); }
 
-Result<uint64_t> socket_cookie(int fd) {
-  uint64_t cookie = 0;
-  socklen_t len = sizeof(cookie);
-  if (getsockopt(fd, SOL_SOCKET, SO_COOKIE, &cookie, &len) != 0) return errno_error("getsockopt(SO_COOKIE)");
-  return cookie;
-}
-
 BpfRelay::BpfRelay(RelaySkeleton skel) : skel_(std::move(skel)), ncpus_(libbpf_num_possible_cpus()) {}
 
 BpfRelay::~BpfRelay() {

@@ -10,6 +10,7 @@
 
 #include "bpf_loader/map_writer.h"
 #include "common/result.h"
+#include "common/socket_cookie.h"
 
 struct relay;  // the generated skeleton
 
@@ -60,8 +61,5 @@ class BpfRelay final : public MapWriter {
   std::unordered_map<uint64_t, RelaySkeleton> private_;
   int ncpus_;
 };
-
-// SO_COOKIE of a socket.
-Result<uint64_t> socket_cookie(int fd);
 
 }  // namespace sockrelay

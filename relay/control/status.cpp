@@ -1,1 +1,74 @@
-// placeholder, filled in by its module's owner
+#include "control/status.h"
+
+#include <sstream>
+
+#include "common/json.h"
+
+namespace sockrelay {
+
+std::string format_status_text(const StatusSnapshot& s) {
+  std::ostringstream out;
+  out << "sockrelay " << s.version << ", pid " << s.pid << ", up " << s.uptime_seconds << "s, sessions " << s.sessions
+      << "/" << s.max_sessions << (s.bpf_loaded ? "" : ", BPF not loaded (user-space data path only)") << "\n";
+  for (const auto& r : s.routes) {
+    out << "route " << r.id << ": " << r.from << " -> " << r.to << "\n"
+        << "  datapath  " << r.datapath << " (" << r.datapath_reason << ")\n"
+        << "  sessions  " << r.sessions << " open, " << r.user.flows_created << " created, " << r.user.flows_expired
+        << " expired, " << r.user.flows_failed << " failed\n"
+        << "  kernel    packets " << r.kernel.packets << ", bytes " << r.kernel.bytes << ", to user space "
+        << r.kernel.to_user << "\n"
+        << "  user      packets " << r.user.user_packets << ", bytes " << r.user.user_bytes << "\n"
+        << "  drops     no-target " << r.kernel.drop_no_target << ", max-sessions " << r.user.refused_max_sessions
+        << ", setup-failed " << r.user.drop_setup_failed << ", send-error " << r.user.drop_send_error
+        << ", no-reply-path " << r.user.drop_no_reply_path << "\n";
+  }
+  out << "global    unknown-source " << s.global.unknown_source << " (passed to user space), bad-route "
+      << s.global.bad_route << "\n";
+  return out.str();
+}
+
+std::string format_status_json(const StatusSnapshot& s) {
+  JsonWriter j;
+  j.begin_object()
+      .field("version", s.version)
+      .field("pid", s.pid)
+      .field("uptime-seconds", s.uptime_seconds)
+      .field("sessions", s.sessions)
+      .field("max-sessions", s.max_sessions)
+      .field("bpf-loaded", s.bpf_loaded);
+  j.key("global").begin_object();
+  j.field("unknown-source", s.global.unknown_source).field("bad-route", s.global.bad_route);
+  j.end_object();
+  j.key("routes").begin_array();
+  for (const auto& r : s.routes) {
+    j.begin_object()
+        .field("id", r.id)
+        .field("from", r.from)
+        .field("to", r.to)
+        .field("datapath", r.datapath)
+        .field("datapath-reason", r.datapath_reason)
+        .field("sessions", static_cast<uint64_t>(r.sessions))
+        .field("sessions-created", r.user.flows_created)
+        .field("sessions-expired", r.user.flows_expired)
+        .field("sessions-failed", r.user.flows_failed);
+    j.key("kernel").begin_object();
+    j.field("packets", r.kernel.packets).field("bytes", r.kernel.bytes).field("to-user", r.kernel.to_user);
+    j.end_object();
+    j.key("user").begin_object();
+    j.field("packets", r.user.user_packets).field("bytes", r.user.user_bytes);
+    j.end_object();
+    j.key("drops").begin_object();
+    j.field("no-target", r.kernel.drop_no_target)
+        .field("max-sessions", r.user.refused_max_sessions)
+        .field("setup-failed", r.user.drop_setup_failed)
+        .field("send-error", r.user.drop_send_error)
+        .field("no-reply-path", r.user.drop_no_reply_path);
+    j.end_object();
+    j.end_object();
+  }
+  j.end_array();
+  j.end_object();
+  return j.str() + "\n";
+}
+
+}  // namespace sockrelay

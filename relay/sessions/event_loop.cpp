@@ -1,1 +1,69 @@
-// placeholder, filled in by its module's owner
+#include "sessions/event_loop.h"
+
+#include <sys/epoll.h>
+
+#include <vector>
+
+namespace sockrelay {
+
+Result<EventLoop> EventLoop::create() {
+  Fd ep(epoll_create1(EPOLL_CLOEXEC));
+  if (!ep) return errno_error("epoll_create1");
+  return EventLoop(std::move(ep));
+}
+
+Status EventLoop::add(int fd, uint32_t events, Handler handler) {
+  uint64_t generation = next_generation_++;
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.u64 = (generation << 32) | static_cast<uint32_t>(fd);
+  if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) return errno_error("epoll_ctl(ADD)");
+  handlers_[fd] = Entry{std::move(handler), generation};
+  return {};
+}
+
+Status EventLoop::modify(int fd, uint32_t events) {
+  auto it = handlers_.find(fd);
+  if (it == handlers_.end()) return plain_error("epoll modify: fd not registered");
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.u64 = (it->second.generation << 32) | static_cast<uint32_t>(fd);
+  if (epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, fd, &ev) != 0) return errno_error("epoll_ctl(MOD)");
+  return {};
+}
+
+void EventLoop::remove(int fd) {
+  if (handlers_.erase(fd) > 0) epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr);
+}
+
+Status EventLoop::run(std::chrono::milliseconds period, const std::function<void()>& tick) {
+  running_ = true;
+  std::vector<epoll_event> events(64);
+  auto next_tick = std::chrono::steady_clock::now() + period;
+  while (running_) {
+    auto now = std::chrono::steady_clock::now();
+    int timeout = now >= next_tick
+                      ? 0
+                      : static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(next_tick - now).count());
+    int n = epoll_wait(epoll_.get(), events.data(), static_cast<int>(events.size()), timeout);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno_error("epoll_wait");
+    }
+    for (int i = 0; i < n && running_; ++i) {
+      int fd = static_cast<int>(events[i].data.u64 & 0xffffffffu);
+      uint64_t generation = events[i].data.u64 >> 32;
+      auto it = handlers_.find(fd);
+      if (it == handlers_.end() || it->second.generation != generation) continue;
+      Handler handler = it->second.handler;  // a copy: the handler may remove itself
+      handler(events[i].events);
+    }
+    if (std::chrono::steady_clock::now() >= next_tick) {
+      tick();
+      next_tick = std::chrono::steady_clock::now() + period;
+    }
+  }
+  return {};
+}
+
+}  // namespace sockrelay

@@ -1,0 +1,39 @@
+// What `sockrelay status` shows: a snapshot the daemon fills in, and its
+// text and JSON renderings.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "bpf_loader/bpf_relay.h"
+#include "sessions/datagram_route.h"
+
+namespace sockrelay {
+
+struct RouteStatus {
+  uint32_t id = 0;
+  std::string from;  // "dns-in (udp 127.0.0.1:5300)"
+  std::string to;
+  std::string datapath;         // "kernel" or "userspace"
+  std::string datapath_reason;  // why this path
+  size_t sessions = 0;
+  RouteCounters kernel;
+  DatagramCounters user;
+};
+
+struct StatusSnapshot {
+  std::string version;
+  int pid = 0;
+  uint64_t uptime_seconds = 0;
+  uint32_t sessions = 0;
+  uint32_t max_sessions = 0;
+  bool bpf_loaded = false;
+  GlobalCounters global;
+  std::vector<RouteStatus> routes;
+};
+
+std::string format_status_text(const StatusSnapshot& status);
+std::string format_status_json(const StatusSnapshot& status);
+
+}  // namespace sockrelay

@@ -1,0 +1,36 @@
+#include "matrix/datapath_choice.h"
+
+namespace sockrelay {
+
+DatapathChoice choose_datapath(Datapath requested, const MatrixCell& cell,
+                               const std::string& kernel_unavailable) {
+  DatapathChoice c;
+  if (requested == Datapath::Userspace) {
+    c.reason = "datapath = \"userspace\" in the config";
+    return c;
+  }
+  std::string why_not;
+  if (cell.support == Support::Unsupported)
+    why_not = "the matrix says the kernel cannot carry " + std::string(kind_name(cell.source)) + " -> " +
+              std::string(kind_name(cell.target)) + " (" + std::string(mode_name(cell.mode)) +
+              "): " + cell.reason;
+  else if (!kernel_unavailable.empty())
+    why_not = "the kernel path is unavailable: " + kernel_unavailable;
+  if (why_not.empty()) {
+    c.kernel = true;
+    c.reason =
+        cell.support == Support::Caveat ? "sockmap redirect; caveat: " + cell.reason : "sockmap redirect";
+    return c;
+  }
+  if (requested == Datapath::Kernel) {
+    c.refused = true;
+    c.reason =
+        "datapath = \"kernel\" but " + why_not + "; use datapath = \"auto\" to fall back to user space";
+    return c;
+  }
+  c.fell_back = true;
+  c.reason = "user space because " + why_not;
+  return c;
+}
+
+}  // namespace sockrelay

@@ -1,0 +1,22 @@
+// Which data path a route gets: the route's `datapath`, the matrix cell for
+// its pairing, and whether the kernel path can be had at all on this host.
+#pragma once
+
+#include <string>
+
+#include "matrix/matrix.h"
+
+namespace sockrelay {
+
+struct DatapathChoice {
+  bool kernel = false;     // true: sockmap redirect; false: user space
+  bool refused = false;    // the config asks for something that cannot run
+  bool fell_back = false;  // datapath = "auto" chose user space
+  std::string reason;      // for status, logs and `check`
+};
+
+// `kernel_unavailable` is empty when BPF loaded (or would load), else why not.
+DatapathChoice choose_datapath(Datapath requested, const MatrixCell& cell,
+                               const std::string& kernel_unavailable);
+
+}  // namespace sockrelay

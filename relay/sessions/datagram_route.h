@@ -1,0 +1,95 @@
+// One datagram route source: a udp or unix-dgram listener relayed to a udp
+// or unix-dgram upstream, with replies flowing back to each client.
+//
+// Each client is a flow: an upstream socket of its own (so replies can be
+// told apart) and, for the reply path, a socket connected to the client.
+// On the kernel path the verdict program moves every datagram after the
+// first; user space sees only what the kernel passes to it (a new client's
+// first datagram, data queued before a socket entered the map, flows whose
+// reply path the kernel cannot carry) and moves that itself.
+#pragma once
+
+#include <sys/socket.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "bpf_loader/map_writer.h"
+#include "common/fd.h"
+#include "config/model.h"
+#include "sessions/event_loop.h"
+#include "sessions/session_budget.h"
+
+namespace sockrelay {
+
+// Work done in user space and everything dropped, by reason.
+struct DatagramCounters {
+  uint64_t user_packets = 0;  // datagrams user space forwarded (either way)
+  uint64_t user_bytes = 0;
+  uint64_t flows_created = 0;
+  uint64_t flows_expired = 0;       // idle for idle-timeout
+  uint64_t flows_failed = 0;        // torn down on a socket error
+  uint64_t refused_max_sessions = 0;  // datagrams dropped: max-sessions reached
+  uint64_t drop_setup_failed = 0;   // datagrams dropped: upstream socket could not be opened
+  uint64_t drop_send_error = 0;     // datagrams dropped: send() failed (full queue, refused)
+  uint64_t drop_no_reply_path = 0;  // replies dropped: the client has no address to reply to
+};
+
+struct DatagramRouteSpec {
+  uint32_t route_id = 0;
+  const Endpoint* from = nullptr;
+  const Endpoint* to = nullptr;
+  bool kernel = true;  // kernel data path; false: user space carries it all
+  std::chrono::milliseconds idle_timeout{120'000};
+};
+
+class DatagramRoute {
+ public:
+  // `maps` may be null only when !spec.kernel.
+  DatagramRoute(DatagramRouteSpec spec, Fd listener, MapWriter* maps, EventLoop& loop, SessionBudget& budget);
+  ~DatagramRoute();
+  DatagramRoute(const DatagramRoute&) = delete;
+  DatagramRoute& operator=(const DatagramRoute&) = delete;
+
+  Status start();
+  // Tears down flows idle for longer than idle_timeout.
+  void expire_idle();
+  // Removes every map entry and closes every socket but the listener.
+  void stop();
+
+  size_t flow_count() const { return flows_.size(); }
+  const DatagramCounters& counters() const { return counters_; }
+  const DatagramRouteSpec& spec() const { return spec_; }
+
+ private:
+  struct Flow;
+
+  void on_listener_readable();
+  void on_client_socket_readable(Flow& flow, uint32_t events);
+  void on_upstream_readable(Flow& flow, uint32_t events);
+  void handle_client_datagram(const sockaddr_storage& peer, socklen_t peer_len, const char* data, size_t len);
+  Flow* create_flow(const sockaddr_storage& peer, socklen_t peer_len);
+  Status wire_kernel(Flow& flow);
+  void send_to_upstream(Flow& flow, const char* data, size_t len);
+  void send_to_client(Flow& flow, const char* data, size_t len);
+  void destroy_flow(const std::string& key, bool failed);
+  uint64_t last_activity_ns(const Flow& flow) const;
+
+  DatagramRouteSpec spec_;
+  Fd listener_;
+  uint64_t listener_cookie_ = 0;
+  uint32_t listener_inode_ = 0;
+  MapWriter* maps_;
+  EventLoop& loop_;
+  SessionBudget& budget_;
+  std::unordered_map<std::string, std::unique_ptr<Flow>> flows_;  // by peer address bytes
+  DatagramCounters counters_;
+  std::vector<char> buffer_;  // user-space receive batch
+  bool started_ = false;
+};
+
+}  // namespace sockrelay
