@@ -4,6 +4,7 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "config/model.h"
@@ -16,8 +17,14 @@ std::string_view support_name(Support support);  // "supported", "caveat", "unsu
 struct KernelVersion {
   int major = 0;
   int minor = 0;
-  bool operator<(const KernelVersion& o) const { return major != o.major ? major < o.major : minor < o.minor; }
+  bool operator<(const KernelVersion& o) const {
+    return major != o.major ? major < o.major : minor < o.minor;
+  }
+  bool operator==(const KernelVersion& o) const = default;
+  bool known() const { return major != 0 || minor != 0; }
 };
+// "5.13"; "" for 0.0 (no working kernel path).
+std::string kernel_version_name(KernelVersion version);
 
 struct MatrixCell {
   EndpointKind source;
@@ -35,5 +42,18 @@ const MatrixCell& matrix_cell(EndpointKind source, EndpointKind target, Mode mod
 
 // Whether a kind can be put in a sockmap at all (unix-seqpacket cannot).
 bool kind_enters_sockmap(EndpointKind kind);
+
+// The first mainline kernel whose sockmap redirect works for this kind as
+// source or target (0.0 if it cannot enter a sockmap). A cell needs the later
+// of its two ends.
+KernelVersion kind_min_kernel(EndpointKind kind);
+
+// Facts true of every cell that goes through the kernel, stated once rather
+// than repeated in each cell's reason (SCM_RIGHTS lost, kernel versions, ...).
+const std::vector<std::string>& matrix_general_notes();
+
+// A cell's reason split into its separate caveats (joined by "; " in
+// MatrixCell::reason), for numbered notes.
+std::vector<std::string> cell_reasons(const MatrixCell& cell);
 
 }  // namespace sockrelay
