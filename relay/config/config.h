@@ -2,10 +2,12 @@
 // Every problem is a Diagnostic printed as "FILE:LINE:COL: severity: message".
 #pragma once
 
+#include <chrono>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "common/result.h"
 #include "config/model.h"
 
 namespace sockrelay {
@@ -22,7 +24,7 @@ struct Diagnostic {
 };
 
 struct ParseOutcome {
-  Config config;                         // valid only when !has_errors()
+  Config config;                        // valid only when !has_errors()
   std::vector<Diagnostic> diagnostics;  // in file order
   bool has_errors() const;
 };
@@ -33,5 +35,9 @@ ParseOutcome parse_config(std::string_view text, const std::string& path);
 
 // Read `path` and parse it; an unreadable file is one diagnostic at 0:0.
 ParseOutcome load_config(const std::string& path);
+
+// "500ms", "120s", "2m", "1h": an integer and a unit, nothing else. Zero is
+// accepted here; the config requires idle-timeout > 0.
+Result<std::chrono::milliseconds> parse_duration(std::string_view text);
 
 }  // namespace sockrelay

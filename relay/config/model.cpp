@@ -1,1 +1,150 @@
-// placeholder, filled in by its module's owner
+#include "config/model.h"
+
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace sockrelay {
+
+namespace {
+
+template <typename Enum, std::size_t N>
+std::optional<Enum> from_name(std::string_view name, const Enum (&all)[N],
+                              std::string_view (*to_name)(Enum)) {
+  for (Enum e : all) {
+    if (to_name(e) == name) return e;
+  }
+  return std::nullopt;
+}
+
+constexpr Mode kAllModes[] = {Mode::Egress, Mode::Ingress};
+constexpr Datapath kAllDatapaths[] = {Datapath::Auto, Datapath::Kernel, Datapath::Userspace};
+constexpr Balance kAllBalances[] = {Balance::Single, Balance::RoundRobin, Balance::Hash, Balance::Broadcast};
+
+}  // namespace
+
+std::string_view kind_name(EndpointKind kind) {
+  switch (kind) {
+    case EndpointKind::Udp:
+      return "udp";
+    case EndpointKind::Tcp:
+      return "tcp";
+    case EndpointKind::UnixDgram:
+      return "unix-dgram";
+    case EndpointKind::UnixStream:
+      return "unix-stream";
+    case EndpointKind::UnixSeqpacket:
+      return "unix-seqpacket";
+    case EndpointKind::VsockStream:
+      return "vsock-stream";
+    case EndpointKind::VsockSeqpacket:
+      return "vsock-seqpacket";
+  }
+  return "?";
+}
+
+std::optional<EndpointKind> kind_from_name(std::string_view name) {
+  return from_name(name, kAllKinds, kind_name);
+}
+
+int kind_family(EndpointKind kind) {
+  switch (kind) {
+    case EndpointKind::Udp:
+    case EndpointKind::Tcp:
+      // The address itself may be AF_INET6: callers that open sockets use
+      // SocketAddress::family().
+      return AF_INET;
+    case EndpointKind::UnixDgram:
+    case EndpointKind::UnixStream:
+    case EndpointKind::UnixSeqpacket:
+      return AF_UNIX;
+    case EndpointKind::VsockStream:
+    case EndpointKind::VsockSeqpacket:
+      return AF_VSOCK;
+  }
+  return AF_UNSPEC;
+}
+
+int kind_socktype(EndpointKind kind) {
+  switch (kind) {
+    case EndpointKind::Udp:
+    case EndpointKind::UnixDgram:
+      return SOCK_DGRAM;
+    case EndpointKind::Tcp:
+    case EndpointKind::UnixStream:
+    case EndpointKind::VsockStream:
+      return SOCK_STREAM;
+    case EndpointKind::UnixSeqpacket:
+    case EndpointKind::VsockSeqpacket:
+      return SOCK_SEQPACKET;
+  }
+  return 0;
+}
+
+bool kind_is_stream(EndpointKind kind) { return kind_socktype(kind) == SOCK_STREAM; }
+
+bool kind_is_datagram(EndpointKind kind) { return kind_socktype(kind) == SOCK_DGRAM; }
+
+std::string_view mode_name(Mode mode) {
+  switch (mode) {
+    case Mode::Egress:
+      return "egress";
+    case Mode::Ingress:
+      return "ingress";
+  }
+  return "?";
+}
+
+std::string_view datapath_name(Datapath datapath) {
+  switch (datapath) {
+    case Datapath::Auto:
+      return "auto";
+    case Datapath::Kernel:
+      return "kernel";
+    case Datapath::Userspace:
+      return "userspace";
+  }
+  return "?";
+}
+
+std::string_view balance_name(Balance balance) {
+  switch (balance) {
+    case Balance::Single:
+      return "single";
+    case Balance::RoundRobin:
+      return "round-robin";
+    case Balance::Hash:
+      return "hash";
+    case Balance::Broadcast:
+      return "broadcast";
+  }
+  return "?";
+}
+
+std::string_view role_name(Role role) { return role == Role::Listen ? "listen" : "connect"; }
+
+std::optional<Mode> mode_from_name(std::string_view name) { return from_name(name, kAllModes, mode_name); }
+
+std::optional<Datapath> datapath_from_name(std::string_view name) {
+  return from_name(name, kAllDatapaths, datapath_name);
+}
+
+std::optional<Balance> balance_from_name(std::string_view name) {
+  return from_name(name, kAllBalances, balance_name);
+}
+
+bool SocketAddress::operator==(const SocketAddress& other) const {
+  if (family() != other.family() || length != other.length) return false;
+  std::size_t n = std::min<std::size_t>(length, sizeof(storage));
+  return std::memcmp(&storage, &other.storage, n) == 0;
+}
+
+const Endpoint* Config::find_endpoint(std::string_view name) const {
+  for (const Endpoint& e : endpoints) {
+    if (e.name == name) return &e;
+  }
+  return nullptr;
+}
+
+}  // namespace sockrelay

@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -23,16 +24,21 @@ enum class EndpointKind {
   VsockSeqpacket,
 };
 inline constexpr EndpointKind kAllKinds[] = {
-    EndpointKind::Udp,           EndpointKind::Tcp,         EndpointKind::UnixDgram,      EndpointKind::UnixStream,
-    EndpointKind::UnixSeqpacket, EndpointKind::VsockStream, EndpointKind::VsockSeqpacket,
+    EndpointKind::Udp,
+    EndpointKind::Tcp,
+    EndpointKind::UnixDgram,
+    EndpointKind::UnixStream,
+    EndpointKind::UnixSeqpacket,
+    EndpointKind::VsockStream,
+    EndpointKind::VsockSeqpacket,
 };
 
 // "udp", "unix-dgram", ... (the config spelling).
 std::string_view kind_name(EndpointKind kind);
 std::optional<EndpointKind> kind_from_name(std::string_view name);
-int kind_family(EndpointKind kind);      // AF_INET (or AF_INET6), AF_UNIX, AF_VSOCK
-int kind_socktype(EndpointKind kind);    // SOCK_DGRAM, SOCK_STREAM, SOCK_SEQPACKET
-bool kind_is_stream(EndpointKind kind);  // byte streams: tcp, unix-stream, vsock-stream
+int kind_family(EndpointKind kind);        // AF_INET (or AF_INET6), AF_UNIX, AF_VSOCK
+int kind_socktype(EndpointKind kind);      // SOCK_DGRAM, SOCK_STREAM, SOCK_SEQPACKET
+bool kind_is_stream(EndpointKind kind);    // byte streams: tcp, unix-stream, vsock-stream
 bool kind_is_datagram(EndpointKind kind);  // message kinds: udp, unix-dgram (seqpacket is neither)
 
 enum class Role { Listen, Connect };
@@ -43,6 +49,14 @@ enum class Balance { Single, RoundRobin, Hash, Broadcast };
 std::string_view mode_name(Mode mode);
 std::string_view datapath_name(Datapath datapath);
 std::string_view balance_name(Balance balance);
+std::string_view role_name(Role role);  // "listen", "connect"
+std::optional<Mode> mode_from_name(std::string_view name);
+std::optional<Datapath> datapath_from_name(std::string_view name);
+std::optional<Balance> balance_from_name(std::string_view name);
+
+// Routes are numbered 0..kMaxRoutes-1 in config order; equals RELAY_MAX_ROUTES
+// in bpf/relay_shared.h (config.cpp checks that they agree).
+inline constexpr std::size_t kMaxRoutes = 256;
 
 // Where a value came from, for "FILE:LINE:COL: message".
 struct SourcePos {
