@@ -10,6 +10,9 @@
  *    needs its own program instance (see fixed_source) is not in here.
  *  - relay_targets (SOCKHASH, no program): every socket we may redirect to.
  *    Having no program, it never conflicts with a socket's verdict program.
+ *
+ * Nothing is passed up to the socket's own (psock) queue on purpose: a
+ * recv() there merges datagrams and reports no sender.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -23,6 +26,14 @@
  * apart by cookie; such a socket gets an instance of its own with this set.
  */
 const volatile __u64 fixed_source = 0;
+
+/*
+ * Non-zero in an AF_UNIX listener's instance: the relay_targets key of its
+ * "new clients" socket. A datagram from a sender with no flow yet is tagged
+ * with the sender's cookie and redirected there, so user space reads it
+ * with its boundaries and its sender intact.
+ */
+const volatile __u64 new_client_target = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
@@ -86,9 +97,26 @@ int relay_verdict(struct __sk_buff *skb)
 
 	flow = bpf_map_lookup_elem(&relay_flows, &key);
 	if (!flow) {
-		/* A new client or a socket not (yet) routed: user space reads it
-		 * from the socket's queue and sets the flow up. Not a drop. */
-		count_global(RELAY_GLOBAL_UNKNOWN_SOURCE);
+		struct relay_new_client_tag tag = { .sender_cookie = key };
+
+		if (!new_client_target) {
+			/* Not a listener instance; user space set no flow for this
+			 * socket yet. Leave it to the socket's queue. */
+			count_global(RELAY_GLOBAL_UNKNOWN_SOURCE);
+			return SK_PASS;
+		}
+		if (bpf_skb_change_head(skb, sizeof(tag), 0) ||
+		    bpf_skb_store_bytes(skb, 0, &tag, sizeof(tag), 0)) {
+			/* No headroom for the tag: user space could not tell who sent it. */
+			count_global(RELAY_GLOBAL_TAG_FAILED);
+			return SK_DROP;
+		}
+		target = new_client_target;
+		if (bpf_sk_redirect_hash(skb, &relay_targets, &target, 0) != SK_PASS) {
+			/* The listener is being torn down. */
+			count_global(RELAY_GLOBAL_NEW_CLIENT_LOST);
+			return SK_DROP;
+		}
 		return SK_PASS;
 	}
 	route = flow->route_id;
@@ -99,10 +127,6 @@ int relay_verdict(struct __sk_buff *skb)
 		return SK_DROP;
 	}
 	flow->last_ns = bpf_ktime_get_ns();
-	if (flow->flags & RELAY_FLOW_TO_USER) {
-		stats->to_user += 1;
-		return SK_PASS;
-	}
 	target = flow->target_cookie;
 	if (bpf_sk_redirect_hash(skb, &relay_targets, &target,
 				 (flow->flags & RELAY_FLOW_INGRESS) ? BPF_F_INGRESS : 0) != SK_PASS) {

@@ -22,7 +22,6 @@ typedef __u64 relay_u64;
 
 /* relay_flow.flags */
 #define RELAY_FLOW_INGRESS (1u << 0) /* redirect with BPF_F_INGRESS */
-#define RELAY_FLOW_TO_USER (1u << 1) /* pass to the socket's own queue: user space handles it */
 
 /*
  * relay_flows: key = the socket cookie the verdict program sees for an skb
@@ -36,19 +35,31 @@ struct relay_flow {
 	relay_u64 last_ns; /* bpf_ktime_get_ns() of the last skb; for idle expiry */
 };
 
+/*
+ * Prepended to a datagram from an unknown AF_UNIX sender, which the verdict
+ * program redirects to the listener's "new clients" socket instead of
+ * passing it up: user space learns the sender from the tag (a recv() on the
+ * listener's psock queue would report no sender address, and would merge
+ * datagrams).
+ */
+struct relay_new_client_tag {
+	relay_u64 sender_cookie;
+};
+
 /* Per-route counters, a per-CPU array indexed by route id. */
 struct relay_route_stats {
 	relay_u64 packets;        /* skbs redirected */
 	relay_u64 bytes;          /* their payload bytes */
-	relay_u64 to_user;        /* skbs passed to user space (new flows, TO_USER flows) */
 	relay_u64 drop_no_target; /* redirect failed: the target socket is gone */
 };
 
 /* Counters not tied to a route, a per-CPU array indexed by enum. */
 enum relay_global_counter {
-	RELAY_GLOBAL_UNKNOWN_SOURCE = 0, /* no flow for this cookie: passed to user space */
+	RELAY_GLOBAL_UNKNOWN_SOURCE = 0, /* no flow and no new-client socket: passed up */
 	RELAY_GLOBAL_BAD_ROUTE = 1,      /* flow names a route id out of range: dropped */
-	RELAY_GLOBAL_MAX = 2,
+	RELAY_GLOBAL_TAG_FAILED = 2,     /* could not prepend the new-client tag: dropped */
+	RELAY_GLOBAL_NEW_CLIENT_LOST = 3, /* the new-client socket is gone: dropped */
+	RELAY_GLOBAL_MAX = 4,
 };
 
 #endif

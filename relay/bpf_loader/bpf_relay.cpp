@@ -68,10 +68,11 @@ Status BpfRelay::add_source(uint64_t cookie, int fd) {
 
 void BpfRelay::remove_source(uint64_t cookie) { bpf_map_delete_elem(bpf_map__fd(skel_->maps.relay_sources), &cookie); }
 
-Status BpfRelay::add_private_source(uint64_t key, int fd) {
+Status BpfRelay::add_private_source(uint64_t id, int fd, const PrivateProgram& program) {
   RelaySkeleton inst(relay__open());
   if (!inst) return bpf_error(-errno, "open private verdict instance");
-  inst->rodata->fixed_source = key;
+  inst->rodata->fixed_source = program.fixed_source;
+  inst->rodata->new_client_target = program.new_client_target;
   // Share every map but the instance's own relay_private.
   struct {
     struct bpf_map* mine;
@@ -93,12 +94,12 @@ Status BpfRelay::add_private_source(uint64_t key, int fd) {
     return bpf_error(-errno, "attach private verdict instance");
   uint32_t slot = 0;
   if (auto st = update_sock(map_fd, &slot, fd, "relay_private"); !st) return st;
-  private_[key] = std::move(inst);
+  private_[id] = std::move(inst);
   return {};
 }
 
-void BpfRelay::remove_private_source(uint64_t key) {
-  auto it = private_.find(key);
+void BpfRelay::remove_private_source(uint64_t id) {
+  auto it = private_.find(id);
   if (it == private_.end()) return;
   uint32_t slot = 0;
   bpf_map_delete_elem(bpf_map__fd(it->second->maps.relay_private), &slot);
@@ -130,7 +131,6 @@ RouteCounters BpfRelay::route_counters(uint32_t route_id) const {
   for (const auto& s : per_cpu) {
     sum.packets += s.packets;
     sum.bytes += s.bytes;
-    sum.to_user += s.to_user;
     sum.drop_no_target += s.drop_no_target;
   }
   return sum;
@@ -147,6 +147,8 @@ GlobalCounters BpfRelay::global_counters() const {
   };
   g.unknown_source = read(RELAY_GLOBAL_UNKNOWN_SOURCE);
   g.bad_route = read(RELAY_GLOBAL_BAD_ROUTE);
+  g.tag_failed = read(RELAY_GLOBAL_TAG_FAILED);
+  g.new_client_lost = read(RELAY_GLOBAL_NEW_CLIENT_LOST);
   return g;
 }
 

@@ -19,13 +19,14 @@ namespace sockrelay {
 struct RouteCounters {
   uint64_t packets = 0;
   uint64_t bytes = 0;
-  uint64_t to_user = 0;
   uint64_t drop_no_target = 0;
 };
 
 struct GlobalCounters {
   uint64_t unknown_source = 0;
   uint64_t bad_route = 0;
+  uint64_t tag_failed = 0;
+  uint64_t new_client_lost = 0;
 };
 
 struct SkeletonDeleter {
@@ -44,8 +45,8 @@ class BpfRelay final : public MapWriter {
   void remove_target(uint64_t cookie) override;
   Status add_source(uint64_t cookie, int fd) override;
   void remove_source(uint64_t cookie) override;
-  Status add_private_source(uint64_t key, int fd) override;
-  void remove_private_source(uint64_t key) override;
+  Status add_private_source(uint64_t id, int fd, const PrivateProgram& program) override;
+  void remove_private_source(uint64_t id) override;
   Status set_flow(uint64_t key, const FlowEntry& entry) override;
   void remove_flow(uint64_t key) override;
   uint64_t flow_last_ns(uint64_t key) override;

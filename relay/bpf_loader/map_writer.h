@@ -28,11 +28,15 @@ class MapWriter {
   virtual Status add_source(uint64_t cookie, int fd) = 0;
   virtual void remove_source(uint64_t cookie) = 0;
 
-  // A socket that gets a verdict program instance of its own, which looks
-  // its skbs up under `key` whatever the kernel reports as their socket
-  // (AF_UNIX reports the sender). The instance lives until removed.
-  virtual Status add_private_source(uint64_t key, int fd) = 0;
-  virtual void remove_private_source(uint64_t key) = 0;
+  // A socket that gets a verdict program instance of its own, known by `id`
+  // until removed. AF_UNIX shows the program the sender, not the receiving
+  // socket, so such sockets need per-socket constants:
+  struct PrivateProgram {
+    uint64_t fixed_source = 0;  // look every skb up under this key instead
+    uint64_t new_client_target = 0;  // unknown senders: tag and redirect here
+  };
+  virtual Status add_private_source(uint64_t id, int fd, const PrivateProgram& program) = 0;
+  virtual void remove_private_source(uint64_t id) = 0;
 
   virtual Status set_flow(uint64_t key, const FlowEntry& entry) = 0;
   virtual void remove_flow(uint64_t key) = 0;

@@ -15,15 +15,14 @@ std::string format_status_text(const StatusSnapshot& s) {
         << "  datapath  " << r.datapath << " (" << r.datapath_reason << ")\n"
         << "  sessions  " << r.sessions << " open, " << r.user.flows_created << " created, " << r.user.flows_expired
         << " expired, " << r.user.flows_failed << " failed\n"
-        << "  kernel    packets " << r.kernel.packets << ", bytes " << r.kernel.bytes << ", to user space "
-        << r.kernel.to_user << "\n"
+        << "  kernel    packets " << r.kernel.packets << ", bytes " << r.kernel.bytes << "\n"
         << "  user      packets " << r.user.user_packets << ", bytes " << r.user.user_bytes << "\n"
         << "  drops     no-target " << r.kernel.drop_no_target << ", max-sessions " << r.user.refused_max_sessions
         << ", setup-failed " << r.user.drop_setup_failed << ", send-error " << r.user.drop_send_error
         << ", no-reply-path " << r.user.drop_no_reply_path << "\n";
   }
-  out << "global    unknown-source " << s.global.unknown_source << " (passed to user space), bad-route "
-      << s.global.bad_route << "\n";
+  out << "global    unknown-source " << s.global.unknown_source << ", bad-route " << s.global.bad_route
+      << ", new-client-tag-failed " << s.global.tag_failed << ", new-client-lost " << s.global.new_client_lost << "\n";
   return out.str();
 }
 
@@ -37,7 +36,10 @@ std::string format_status_json(const StatusSnapshot& s) {
       .field("max-sessions", s.max_sessions)
       .field("bpf-loaded", s.bpf_loaded);
   j.key("global").begin_object();
-  j.field("unknown-source", s.global.unknown_source).field("bad-route", s.global.bad_route);
+  j.field("unknown-source", s.global.unknown_source)
+      .field("bad-route", s.global.bad_route)
+      .field("new-client-tag-failed", s.global.tag_failed)
+      .field("new-client-lost", s.global.new_client_lost);
   j.end_object();
   j.key("routes").begin_array();
   for (const auto& r : s.routes) {
@@ -52,7 +54,7 @@ std::string format_status_json(const StatusSnapshot& s) {
         .field("sessions-expired", r.user.flows_expired)
         .field("sessions-failed", r.user.flows_failed);
     j.key("kernel").begin_object();
-    j.field("packets", r.kernel.packets).field("bytes", r.kernel.bytes).field("to-user", r.kernel.to_user);
+    j.field("packets", r.kernel.packets).field("bytes", r.kernel.bytes);
     j.end_object();
     j.key("user").begin_object();
     j.field("packets", r.user.user_packets).field("bytes", r.user.user_bytes);

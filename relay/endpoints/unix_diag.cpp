@@ -5,10 +5,10 @@
 #include <linux/sock_diag.h>
 #include <linux/unix_diag.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 
 #include <cstddef>
 #include <cstring>
+#include <functional>
 #include <string_view>
 
 #include "common/fd.h"
@@ -24,18 +24,11 @@ std::string_view name_bytes(const char* path, size_t len) {
   return std::string_view(path, len);
 }
 
-}  // namespace
+using Match = std::function<bool(const UnixSocketInfo&)>;
 
-uint32_t socket_inode(int fd) {
-  struct stat st;
-  return fstat(fd, &st) == 0 ? static_cast<uint32_t>(st.st_ino) : 0;
-}
-
-Result<std::optional<UnixSocketInfo>> find_unix_dgram_socket(const sockaddr* address, socklen_t length) {
-  if (address->sa_family != AF_UNIX || length <= offsetof(sockaddr_un, sun_path)) return std::optional<UnixSocketInfo>();
-  auto* un = reinterpret_cast<const sockaddr_un*>(address);
-  std::string_view wanted = name_bytes(un->sun_path, length - offsetof(sockaddr_un, sun_path));
-
+// Dumps every UNIX datagram socket in this network namespace and returns
+// the first for which `match` is true.
+Result<std::optional<UnixSocketInfo>> find_unix_dgram(const Match& match) {
   Fd nl(socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG));
   if (!nl) return errno_error("sock_diag: socket(NETLINK_SOCK_DIAG)");
   struct {
@@ -67,17 +60,40 @@ Result<std::optional<UnixSocketInfo>> find_unix_dgram_socket(const sockaddr* add
       UnixSocketInfo info;
       info.inode = msg->udiag_ino;
       info.cookie = static_cast<uint64_t>(msg->udiag_cookie[0]) | (static_cast<uint64_t>(msg->udiag_cookie[1]) << 32);
-      bool match = false;
       int attr_len = static_cast<int>(h->nlmsg_len - NLMSG_LENGTH(sizeof(*msg)));
       for (auto* a = reinterpret_cast<rtattr*>(msg + 1); RTA_OK(a, attr_len); a = RTA_NEXT(a, attr_len)) {
-        if (a->rta_type == UNIX_DIAG_NAME)
-          match = name_bytes(static_cast<const char*>(RTA_DATA(a)), RTA_PAYLOAD(a)) == wanted;
-        else if (a->rta_type == UNIX_DIAG_PEER)
+        if (a->rta_type == UNIX_DIAG_NAME) {
+          size_t name_len = std::min<size_t>(RTA_PAYLOAD(a), sizeof(info.address.sun_path));
+          info.address.sun_family = AF_UNIX;
+          std::memcpy(info.address.sun_path, RTA_DATA(a), name_len);
+          info.address_length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name_len);
+        } else if (a->rta_type == UNIX_DIAG_PEER) {
           std::memcpy(&info.peer_inode, RTA_DATA(a), sizeof(uint32_t));
+        }
       }
-      if (match) found = info;
+      if (match(info)) found = info;
     }
   }
+}
+
+}  // namespace
+
+uint32_t socket_inode(int fd) {
+  struct stat st;
+  return fstat(fd, &st) == 0 ? static_cast<uint32_t>(st.st_ino) : 0;
+}
+
+Result<std::optional<UnixSocketInfo>> find_unix_dgram_by_address(const sockaddr* address, socklen_t length) {
+  constexpr size_t base = offsetof(sockaddr_un, sun_path);
+  if (address->sa_family != AF_UNIX || length <= base) return std::optional<UnixSocketInfo>();
+  std::string_view wanted = name_bytes(reinterpret_cast<const sockaddr_un*>(address)->sun_path, length - base);
+  return find_unix_dgram([&](const UnixSocketInfo& info) {
+    return info.address_length > base && name_bytes(info.address.sun_path, info.address_length - base) == wanted;
+  });
+}
+
+Result<std::optional<UnixSocketInfo>> find_unix_dgram_by_cookie(uint64_t cookie) {
+  return find_unix_dgram([cookie](const UnixSocketInfo& info) { return info.cookie == cookie; });
 }
 
 }  // namespace sockrelay

@@ -1,10 +1,12 @@
-// Finding a UNIX socket the relay does not own, by its bound address, via
-// sock_diag (NETLINK_SOCK_DIAG, UNIX_DIAG). AF_UNIX shows the verdict
-// program the *sender* socket, so routing a UNIX client's datagrams in the
-// kernel needs that client's cookie, which only sock_diag can tell us.
+// Finding a UNIX datagram socket the relay does not own, via sock_diag
+// (NETLINK_SOCK_DIAG, UNIX_DIAG). AF_UNIX shows the verdict program the
+// *sender*, so routing a UNIX client in the kernel needs that client's
+// cookie, and replying to it needs its address: only sock_diag can map one
+// to the other.
 #pragma once
 
 #include <sys/socket.h>
+#include <sys/un.h>
 
 #include <cstdint>
 #include <optional>
@@ -14,13 +16,17 @@
 namespace sockrelay {
 
 struct UnixSocketInfo {
-  uint64_t cookie = 0;    // as bpf_get_socket_cookie() sees it
-  uint32_t inode = 0;     // the socket's inode
+  uint64_t cookie = 0;      // as bpf_get_socket_cookie() sees it
+  uint32_t inode = 0;       // the socket's inode
   uint32_t peer_inode = 0;  // inode of the socket it is connected to, 0 if none
+  sockaddr_un address{};    // its bound address...
+  socklen_t address_length = 0;  // ...or 0 when it never bound
 };
 
 // The datagram socket bound to `address` (a sockaddr_un), if any.
-Result<std::optional<UnixSocketInfo>> find_unix_dgram_socket(const sockaddr* address, socklen_t length);
+Result<std::optional<UnixSocketInfo>> find_unix_dgram_by_address(const sockaddr* address, socklen_t length);
+// The datagram socket with this cookie, if any.
+Result<std::optional<UnixSocketInfo>> find_unix_dgram_by_cookie(uint64_t cookie);
 
 // The inode of one of our own sockets (to compare with peer_inode).
 uint32_t socket_inode(int fd);

@@ -56,14 +56,16 @@ int read_batch(int fd, std::vector<char>& buffer, Each each) {
 }  // namespace
 
 struct DatagramRoute::Flow {
-  std::string key;  // the peer's address bytes
-  sockaddr_storage peer{};
-  socklen_t peer_len = 0;
-  bool replyable = false;
+  std::string key;            // in flows_: see identify_client()
+  sockaddr_storage peer{};    // where replies go...
+  socklen_t peer_len = 0;     // ...0 when the client has no address
+  uint64_t unix_cookie = 0;   // an AF_UNIX client's own socket (what the verdict sees)
+  bool connected_to_listener = false;
 
   Fd upstream;               // connected to the route's target
   uint64_t upstream_cookie = 0;
-  bool upstream_private = false;  // has its own verdict instance (unix-dgram)
+  bool upstream_is_source = false;  // replies steered by the verdict program
+  bool upstream_private = false;    // ...by its own instance (unix-dgram)
 
   Fd client_socket;  // connected to the client (the reply path); may stay closed
   uint64_t client_socket_cookie = 0;
@@ -72,32 +74,65 @@ struct DatagramRoute::Flow {
   // What the verdict program sees for this client's datagrams: the UDP flow
   // socket's cookie, or the UNIX client's own cookie. 0 = user space.
   uint64_t client_key = 0;
-  uint64_t client_unix_cookie = 0;  // a UNIX client's own socket, from sock_diag
   bool kernel = false;
   uint64_t last_user_ns = 0;
+
+  bool replyable() const { return peer_len > 0; }
+  std::string peer_text() const {
+    if (!replyable()) return unix_cookie ? "unnamed unix socket (cookie " + std::to_string(unix_cookie) + ")" : "unnamed";
+    return format_address(reinterpret_cast<const sockaddr*>(&peer), peer_len);
+  }
 };
 
 DatagramRoute::DatagramRoute(DatagramRouteSpec spec, Fd listener, MapWriter* maps, EventLoop& loop,
                              SessionBudget& budget)
-    : spec_(spec), listener_(std::move(listener)), maps_(maps), loop_(loop), budget_(budget), buffer_(kBatch * kMaxDatagram) {}
+    : spec_(spec),
+      listener_(std::move(listener)),
+      maps_(maps),
+      loop_(loop),
+      budget_(budget),
+      buffer_(kBatch * kMaxDatagram) {}
 
 DatagramRoute::~DatagramRoute() { stop(); }
+
+bool DatagramRoute::unix_listener() const { return spec_.from->address.family() == AF_UNIX; }
 
 Status DatagramRoute::start() {
   auto cookie = socket_cookie(listener_.get());
   if (!cookie) return cookie.error();
   listener_cookie_ = *cookie;
   listener_inode_ = socket_inode(listener_.get());
-  if (spec_.kernel) {
-    // The listener's own skbs (new clients) go to user space; for a UNIX
-    // listener the verdict program sees the senders, not this cookie.
-    if (auto st = maps_->set_flow(listener_cookie_, FlowEntry{0, spec_.route_id, RELAY_FLOW_TO_USER}); !st)
-      return st.error().wrap("route listener flow");
-    if (auto st = maps_->add_source(listener_cookie_, listener_.get()); !st)
-      return st.error().wrap("put listener " + spec_.from->name + " in the sockmap");
-  }
+  if (spec_.kernel && unix_listener())
+    if (auto st = steer_unix_listener(); !st) return st.error().wrap("listener " + spec_.from->name);
+  // A UDP listener stays out of the map: each client gets a flow socket,
+  // so the listener only ever sees first datagrams.
   if (auto st = loop_.add(listener_.get(), EPOLLIN, [this](uint32_t) { on_listener_readable(); }); !st) return st;
   started_ = true;
+  return {};
+}
+
+Status DatagramRoute::steer_unix_listener() {
+  // Datagrams already queued (systemd may have started us for them) are
+  // read with their senders before the verdict program takes over.
+  on_listener_readable();
+  // AF_UNIX routes by sender, so known clients are steered on the listener
+  // itself; unknown ones are tagged with their cookie and redirected to a
+  // socket pair of ours, arriving here whole and with their sender.
+  int pair[2];
+  if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, pair) != 0)
+    return errno_error("socketpair for new clients");
+  new_client_tx_ = Fd(pair[0]);
+  new_client_rx_ = Fd(pair[1]);
+  auto tx_cookie = socket_cookie(new_client_tx_.get());
+  if (!tx_cookie) return tx_cookie.error();
+  new_client_tx_cookie_ = *tx_cookie;
+  if (auto st = maps_->add_target(new_client_tx_cookie_, new_client_tx_.get()); !st) return st;
+  if (auto st = loop_.add(new_client_rx_.get(), EPOLLIN, [this](uint32_t) { on_new_client_readable(); }); !st)
+    return st;
+  MapWriter::PrivateProgram program;
+  program.new_client_target = new_client_tx_cookie_;
+  if (auto st = maps_->add_private_source(listener_cookie_, listener_.get(), program); !st) return st;
+  in_map_ = true;
   return {};
 }
 
@@ -105,11 +140,26 @@ void DatagramRoute::stop() {
   if (!started_) return;
   while (!flows_.empty()) destroy_flow(flows_.begin()->first, false);
   loop_.remove(listener_.get());
-  if (spec_.kernel) {
-    maps_->remove_source(listener_cookie_);
-    maps_->remove_flow(listener_cookie_);
+  if (in_map_) {
+    maps_->remove_private_source(listener_cookie_);
+    maps_->remove_target(new_client_tx_cookie_);
+    loop_.remove(new_client_rx_.get());
   }
+  in_map_ = false;
   started_ = false;
+}
+
+void DatagramRoute::on_new_client_readable() {
+  for (int round = 0; round < 8; ++round) {
+    int n = read_batch(new_client_rx_.get(), buffer_, [&](const sockaddr_storage&, socklen_t, const char* d, size_t size) {
+      relay_new_client_tag tag;
+      if (size < sizeof(tag)) return;  // cannot happen: the verdict program always tags
+      std::memcpy(&tag, d, sizeof(tag));
+      sockaddr_storage none{};
+      handle_client_datagram(none, 0, tag.sender_cookie, d + sizeof(tag), size - sizeof(tag));
+    });
+    if (n < kBatch) break;
+  }
 }
 
 void DatagramRoute::on_listener_readable() {
@@ -117,93 +167,117 @@ void DatagramRoute::on_listener_readable() {
   // cannot starve the others.
   for (int round = 0; round < 8; ++round) {
     int n = read_batch(listener_.get(), buffer_, [&](const sockaddr_storage& peer, socklen_t len, const char* d,
-                                                     size_t size) { handle_client_datagram(peer, len, d, size); });
+                                                     size_t size) { handle_client_datagram(peer, len, 0, d, size); });
     if (n < kBatch) break;
   }
 }
 
-void DatagramRoute::handle_client_datagram(const sockaddr_storage& peer, socklen_t peer_len, const char* data,
-                                           size_t len) {
-  std::string key(reinterpret_cast<const char*>(&peer), has_reply_address(peer, peer_len) ? peer_len : 0);
+void DatagramRoute::handle_client_datagram(const sockaddr_storage& peer, socklen_t peer_len,
+                                           uint64_t tagged_cookie, const char* data, size_t len) {
+  std::string key;
+  if (!unix_listener())
+    key.assign(reinterpret_cast<const char*>(&peer), peer_len);
+  else if (tagged_cookie)
+    key = "cookie:" + std::to_string(tagged_cookie);
+  else
+    key = "addr:" + std::string(reinterpret_cast<const char*>(&peer), peer_len);
   auto it = flows_.find(key);
-  Flow* flow = it != flows_.end() ? it->second.get() : create_flow(peer, peer_len);
+  if (it == flows_.end() && !tagged_cookie && unix_listener()) {
+    auto alias = unix_address_alias_.find(key);  // a known client seen untagged
+    if (alias != unix_address_alias_.end()) it = flows_.find(alias->second);
+  }
+  Flow* flow = it != flows_.end() ? it->second.get() : create_flow(key, peer, peer_len, tagged_cookie);
   if (!flow) return;  // counted by create_flow
   send_to_upstream(*flow, data, len);
 }
 
-DatagramRoute::Flow* DatagramRoute::create_flow(const sockaddr_storage& peer, socklen_t peer_len) {
-  std::string peer_text = format_address(reinterpret_cast<const sockaddr*>(&peer), peer_len);
+DatagramRoute::Flow* DatagramRoute::create_flow(const std::string& key, const sockaddr_storage& peer,
+                                                socklen_t peer_len, uint64_t unix_cookie) {
+  auto flow = std::make_unique<Flow>();
+  flow->key = key;
+  flow->unix_cookie = unix_cookie;
+  if (has_reply_address(peer, peer_len)) {
+    flow->peer = peer;
+    flow->peer_len = peer_len;
+  }
+  if (unix_listener()) {
+    // Learn the other half of the client's identity: its address from its
+    // cookie, or its cookie from its address.
+    auto info = unix_cookie ? find_unix_dgram_by_cookie(unix_cookie)
+                            : find_unix_dgram_by_address(reinterpret_cast<const sockaddr*>(&peer), peer_len);
+    if (!info) {
+      spdlog::debug("route {}: {}", spec_.route_id, info.error().describe());
+    } else if (info->has_value()) {
+      const UnixSocketInfo& u = **info;
+      flow->unix_cookie = u.cookie;
+      flow->connected_to_listener = u.peer_inode == listener_inode_;
+      if (u.address_length > offsetof(sockaddr_un, sun_path)) {
+        std::memcpy(&flow->peer, &u.address, u.address_length);
+        flow->peer_len = u.address_length;
+      }
+    }
+  }
   if (!budget_.try_take()) {
     if (counters_.refused_max_sessions++ % 1000 == 0)
       spdlog::warn("route {}: max-sessions ({}) reached, dropping datagrams from new client {} (counted)",
-                   spec_.route_id, budget_.max(), peer_text);
+                   spec_.route_id, budget_.max(), flow->peer_text());
     return nullptr;
   }
-  auto flow = std::make_unique<Flow>();
-  flow->replyable = has_reply_address(peer, peer_len);
-  flow->key.assign(reinterpret_cast<const char*>(&peer), flow->replyable ? peer_len : 0);
-  flow->peer = peer;
-  flow->peer_len = peer_len;
   flow->last_user_ns = now_ns();
 
   auto upstream = open_datagram_upstream(*spec_.to);
   if (!upstream) {
     budget_.give_back();
     if (counters_.drop_setup_failed++ % 1000 == 0)
-      spdlog::warn("route {}: new client {}: {} (datagram dropped, counted)", spec_.route_id, peer_text,
+      spdlog::warn("route {}: new client {}: {} (datagram dropped, counted)", spec_.route_id, flow->peer_text(),
                    upstream.error().describe());
     return nullptr;
   }
   flow->upstream = std::move(*upstream);
   flow->upstream_cookie = socket_cookie(flow->upstream.get()).value();
 
-  // The reply path: a socket connected to the client, so that the kernel can
-  // send through it. Without one, replies go out of the listener from user space.
-  if (flow->replyable && peer.ss_family != AF_UNIX) {
+  // The reply path: a socket connected to the client, which the kernel can
+  // send through. Without one, user space replies from the listener.
+  if (flow->replyable() && !unix_listener()) {
     auto local = spec_.from->address;
-    auto s = open_udp_flow_socket(local.sa(), local.length, reinterpret_cast<const sockaddr*>(&peer), peer_len);
+    auto s = open_udp_flow_socket(local.sa(), local.length, reinterpret_cast<const sockaddr*>(&flow->peer),
+                                  flow->peer_len);
     if (s) {
       flow->client_socket = std::move(*s);
       flow->client_socket_is_source = true;
     } else {
-      spdlog::debug("route {}: {}; replies to {} go through user space", spec_.route_id, s.error().describe(), peer_text);
+      spdlog::debug("route {}: {}; replies to {} go through user space", spec_.route_id, s.error().describe(),
+                    flow->peer_text());
     }
-  } else if (flow->replyable) {
-    // AF_UNIX routes by sender: learn the client's cookie. A client that
-    // connect()ed to our listener accepts datagrams from the listener only,
-    // so a socket of ours connected to it could not reply.
-    auto info = find_unix_dgram_socket(reinterpret_cast<const sockaddr*>(&peer), peer_len);
-    bool connected_to_us = false;
-    if (info && info->has_value()) {
-      flow->client_unix_cookie = (*info)->cookie;
-      connected_to_us = (*info)->peer_inode == listener_inode_;
-    } else if (!info) {
-      spdlog::debug("route {}: {}", spec_.route_id, info.error().describe());
-    }
-    if (!connected_to_us) {
-      auto s = open_unix_flow_socket(reinterpret_cast<const sockaddr*>(&peer), peer_len);
-      if (s) flow->client_socket = std::move(*s);
-    }
+  } else if (flow->replyable() && !flow->connected_to_listener) {
+    // A client that connect()ed to our listener accepts datagrams from the
+    // listener only, so a socket of ours connected to it could not reply.
+    auto s = open_unix_flow_socket(reinterpret_cast<const sockaddr*>(&flow->peer), flow->peer_len);
+    if (s) flow->client_socket = std::move(*s);
   }
   if (flow->client_socket) flow->client_socket_cookie = socket_cookie(flow->client_socket.get()).value();
 
   if (spec_.kernel) {
     if (auto st = wire_kernel(*flow); !st)
       spdlog::warn("route {}: client {}: kernel path not set up ({}); user space carries this flow", spec_.route_id,
-                   peer_text, st.error().describe());
+                   flow->peer_text(), st.error().describe());
   }
 
   Flow* raw = flow.get();
-  std::string key = flow->key;
   auto on_upstream = [this, raw](uint32_t events) { on_upstream_readable(*raw, events); };
   (void)loop_.add(raw->upstream.get(), EPOLLIN, on_upstream);
-  if (raw->client_socket && raw->client_socket_is_source) {
+  if (raw->client_socket_is_source) {
     auto on_client = [this, raw](uint32_t events) { on_client_socket_readable(*raw, events); };
     (void)loop_.add(raw->client_socket.get(), EPOLLIN, on_client);
   }
+  if (unix_listener() && raw->replyable() && raw->unix_cookie) {
+    std::string alias = "addr:" + std::string(reinterpret_cast<const char*>(&raw->peer), raw->peer_len);
+    if (alias != key) unix_address_alias_[alias] = key;
+  }
   flows_[key] = std::move(flow);
   ++counters_.flows_created;
-  spdlog::debug("route {}: new flow from {} ({} path)", spec_.route_id, peer_text, raw->kernel ? "kernel" : "user-space");
+  spdlog::debug("route {}: new flow from {} ({} path)", spec_.route_id, raw->peer_text(),
+                raw->kernel ? "kernel" : "user-space");
   // Data that reached the sockets before they entered the map is not
   // redirected until more arrives: move it now.
   on_upstream_readable(*raw, EPOLLIN);
@@ -217,31 +291,36 @@ Status DatagramRoute::wire_kernel(Flow& flow) {
   if (flow.client_socket_is_source) {
     flow.client_key = flow.client_socket_cookie;
   } else {
-    flow.client_key = flow.client_unix_cookie;  // 0 if unknown: user space forwards
+    flow.client_key = flow.unix_cookie;  // 0 if unknown: user space forwards
   }
-  bool reply_in_kernel = static_cast<bool>(flow.client_socket);
-  uint64_t reply_target = reply_in_kernel ? flow.client_socket_cookie : 0;
+  // Replies go through the kernel when we hold a socket connected to the
+  // client; otherwise the upstream socket stays out of the verdict program
+  // and user space reads its replies with their boundaries intact.
+  flow.upstream_is_source = static_cast<bool>(flow.client_socket);
 
   // Order: flows first, then targets, then sources (which starts the
   // verdict program on the socket).
-  if (auto st = maps_->set_flow(flow.upstream_cookie,
-                                FlowEntry{reply_target, route, reply_in_kernel ? 0u : RELAY_FLOW_TO_USER});
-      !st)
-    return st;
+  if (flow.upstream_is_source)
+    if (auto st = maps_->set_flow(flow.upstream_cookie, FlowEntry{flow.client_socket_cookie, route, 0}); !st)
+      return st;
   if (flow.client_key)
     if (auto st = maps_->set_flow(flow.client_key, FlowEntry{flow.upstream_cookie, route, 0}); !st) return st;
   if (auto st = maps_->add_target(flow.upstream_cookie, flow.upstream.get()); !st) return st;
-  if (reply_in_kernel)
+  if (flow.client_socket)
     if (auto st = maps_->add_target(flow.client_socket_cookie, flow.client_socket.get()); !st) return st;
   if (flow.client_socket_is_source)
     if (auto st = maps_->add_source(flow.client_socket_cookie, flow.client_socket.get()); !st) return st;
-  // AF_UNIX shows the verdict program the sender (the upstream server,
-  // shared by every flow): the upstream socket needs its own instance.
-  if (spec_.to->address.family() == AF_UNIX) {
-    if (auto st = maps_->add_private_source(flow.upstream_cookie, flow.upstream.get()); !st) return st;
-    flow.upstream_private = true;
-  } else {
-    if (auto st = maps_->add_source(flow.upstream_cookie, flow.upstream.get()); !st) return st;
+  if (flow.upstream_is_source) {
+    if (spec_.to->address.family() == AF_UNIX) {
+      // AF_UNIX shows the verdict program the sender: the one upstream
+      // server, shared by every flow. This socket needs its own instance.
+      MapWriter::PrivateProgram program;
+      program.fixed_source = flow.upstream_cookie;
+      if (auto st = maps_->add_private_source(flow.upstream_cookie, flow.upstream.get(), program); !st) return st;
+      flow.upstream_private = true;
+    } else if (auto st = maps_->add_source(flow.upstream_cookie, flow.upstream.get()); !st) {
+      return st;
+    }
   }
   flow.kernel = true;
   return {};
@@ -262,7 +341,7 @@ void DatagramRoute::send_to_client(Flow& flow, const char* data, size_t len) {
   ssize_t sent;
   if (flow.client_socket)
     sent = send(flow.client_socket.get(), data, len, MSG_DONTWAIT | MSG_NOSIGNAL);
-  else if (flow.replyable)
+  else if (flow.replyable())
     sent = sendto(listener_.get(), data, len, MSG_DONTWAIT | MSG_NOSIGNAL, reinterpret_cast<const sockaddr*>(&flow.peer),
                   flow.peer_len);
   else {
@@ -300,15 +379,14 @@ void DatagramRoute::destroy_flow(const std::string& key, bool failed) {
     socklen_t len = sizeof(err);
     getsockopt(flow.upstream.get(), SOL_SOCKET, SO_ERROR, &err, &len);
     ++counters_.flows_failed;
-    spdlog::debug("route {}: flow from {} closed on error: {}", spec_.route_id,
-                  format_address(reinterpret_cast<const sockaddr*>(&flow.peer), flow.peer_len),
+    spdlog::debug("route {}: flow from {} closed on error: {}", spec_.route_id, flow.peer_text(),
                   err ? std::strerror(err) : "socket error");
   }
   if (flow.kernel) {
     // Stop steering first, then forget the routes, then the targets.
     if (flow.upstream_private)
       maps_->remove_private_source(flow.upstream_cookie);
-    else
+    else if (flow.upstream_is_source)
       maps_->remove_source(flow.upstream_cookie);
     if (flow.client_socket_is_source) maps_->remove_source(flow.client_socket_cookie);
     if (flow.client_key) maps_->remove_flow(flow.client_key);
@@ -318,6 +396,7 @@ void DatagramRoute::destroy_flow(const std::string& key, bool failed) {
   }
   loop_.remove(flow.upstream.get());
   if (flow.client_socket) loop_.remove(flow.client_socket.get());
+  if (flow.replyable()) unix_address_alias_.erase("addr:" + std::string(reinterpret_cast<const char*>(&flow.peer), flow.peer_len));
   flows_.erase(it);
   budget_.give_back();
 }

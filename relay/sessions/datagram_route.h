@@ -71,8 +71,13 @@ class DatagramRoute {
   void on_listener_readable();
   void on_client_socket_readable(Flow& flow, uint32_t events);
   void on_upstream_readable(Flow& flow, uint32_t events);
-  void handle_client_datagram(const sockaddr_storage& peer, socklen_t peer_len, const char* data, size_t len);
-  Flow* create_flow(const sockaddr_storage& peer, socklen_t peer_len);
+  void on_new_client_readable();
+  Status steer_unix_listener();
+  // `tagged_cookie`: the sender's cookie when the verdict program tagged it.
+  void handle_client_datagram(const sockaddr_storage& peer, socklen_t peer_len, uint64_t tagged_cookie,
+                              const char* data, size_t len);
+  Flow* create_flow(const std::string& key, const sockaddr_storage& peer, socklen_t peer_len, uint64_t unix_cookie);
+  bool unix_listener() const;
   Status wire_kernel(Flow& flow);
   void send_to_upstream(Flow& flow, const char* data, size_t len);
   void send_to_client(Flow& flow, const char* data, size_t len);
@@ -86,7 +91,14 @@ class DatagramRoute {
   MapWriter* maps_;
   EventLoop& loop_;
   SessionBudget& budget_;
-  std::unordered_map<std::string, std::unique_ptr<Flow>> flows_;  // by peer address bytes
+  // Flows by client: UDP by address bytes; AF_UNIX by "cookie:N" on the
+  // kernel path (the verdict program knows senders by cookie) or by
+  // "addr:BYTES" on the user-space path.
+  std::unordered_map<std::string, std::unique_ptr<Flow>> flows_;
+  std::unordered_map<std::string, std::string> unix_address_alias_;  // "addr:..." -> "cookie:..." key
+  bool in_map_ = false;  // a unix listener steered by its own verdict instance
+  Fd new_client_tx_, new_client_rx_;  // where that instance sends unknown senders
+  uint64_t new_client_tx_cookie_ = 0;
   DatagramCounters counters_;
   std::vector<char> buffer_;  // user-space receive batch
   bool started_ = false;

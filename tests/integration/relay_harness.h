@@ -1,0 +1,251 @@
+// Running the real sockrelay binary against real sockets: a temp dir, a
+// config, the relay process, echo servers and clients. Used by the
+// integration tests; every test enters its own network namespace first.
+#pragma once
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/fd.h"
+#include "control/control_server.h"
+
+namespace sockrelay::testing {
+
+class TempDir {
+ public:
+  TempDir() {
+    char tmpl[] = "/tmp/sockrelay-test-XXXXXX";
+    path_ = mkdtemp(tmpl);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+inline std::string read_file(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// The first number after `"key":` at or after `from` in a JSON text.
+inline uint64_t json_number(const std::string& json, const std::string& key, size_t from = 0) {
+  std::string needle = "\"" + key + "\":";
+  size_t at = json.find(needle, from);
+  if (at == std::string::npos) return UINT64_MAX;
+  return std::stoull(json.substr(at + needle.size()));
+}
+// `json_number` inside the object that follows `"section":`.
+inline uint64_t json_counter(const std::string& json, const std::string& section, const std::string& key) {
+  size_t at = json.find("\"" + section + "\":");
+  if (at == std::string::npos) return UINT64_MAX;
+  return json_number(json, key, at);
+}
+
+// The relay as a child process: `sockrelay run --config DIR/relay.toml`.
+class RelayProcess {
+ public:
+  RelayProcess(const TempDir& dir, const std::string& config_body, std::vector<std::string> wrapper = {})
+      : dir_(dir) {
+    control_ = dir.file("control.sock");
+    config_ = dir.file("relay.toml");
+    log_ = dir.file("relay.log");
+    std::ofstream(config_) << "[relay]\nlog-level = \"debug\"\ncontrol = \"" << control_ << "\"\n" << config_body;
+    std::vector<std::string> argv = std::move(wrapper);
+    argv.insert(argv.end(), {SOCKRELAY_BINARY, "run", "--config", config_});
+    pid_ = fork();
+    if (pid_ == 0) {
+      int fd = open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      dup2(fd, 2);
+      dup2(fd, 1);
+      std::vector<char*> cargv;
+      for (auto& a : argv) cargv.push_back(a.data());
+      cargv.push_back(nullptr);
+      execvp(cargv[0], cargv.data());
+      _exit(127);
+    }
+  }
+  ~RelayProcess() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+
+  // Waits until the control socket answers; false if the relay died.
+  bool wait_ready(std::chrono::milliseconds limit = std::chrono::milliseconds(5000)) {
+    auto deadline = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (control_request(control_, "status")) return true;
+      int status;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        exit_status_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        return false;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return false;
+  }
+  std::string status_json() {
+    auto r = control_request(control_, "status json");
+    return r ? *r : std::string();
+  }
+  // SIGTERM and wait; the exit status (or -1 on timeout).
+  int terminate(std::chrono::milliseconds limit = std::chrono::milliseconds(5000)) {
+    if (pid_ <= 0) return exit_status_;
+    kill(pid_, SIGTERM);
+    auto deadline = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < deadline) {
+      int status;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        exit_status_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        return exit_status_;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return -1;
+  }
+  std::string log() const { return read_file(log_); }
+  const std::string& control() const { return control_; }
+  const std::string& config_path() const { return config_; }
+  pid_t pid() const { return pid_; }
+
+ private:
+  const TempDir& dir_;
+  std::string config_, control_, log_;
+  pid_t pid_ = -1;
+  int exit_status_ = -1;
+};
+
+// A socket address from "127.0.0.1:PORT" or a UNIX path.
+struct Addr {
+  sockaddr_storage ss{};
+  socklen_t len = 0;
+  static Addr inet(const std::string& ip, uint16_t port) {
+    Addr a;
+    auto* sin = reinterpret_cast<sockaddr_in*>(&a.ss);
+    sin->sin_family = AF_INET;
+    sin->sin_port = htons(port);
+    inet_pton(AF_INET, ip.c_str(), &sin->sin_addr);
+    a.len = sizeof(sockaddr_in);
+    return a;
+  }
+  static Addr unix_path(const std::string& path) {
+    Addr a;
+    auto* sun = reinterpret_cast<sockaddr_un*>(&a.ss);
+    sun->sun_family = AF_UNIX;
+    std::strncpy(sun->sun_path, path.c_str(), sizeof(sun->sun_path) - 1);
+    a.len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size() + 1);
+    return a;
+  }
+  const sockaddr* sa() const { return reinterpret_cast<const sockaddr*>(&ss); }
+  int family() const { return ss.ss_family; }
+};
+
+inline Fd bound_dgram(const Addr& addr) {
+  Fd s(socket(addr.family(), SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  if (addr.family() == AF_UNIX) unlink(reinterpret_cast<const sockaddr_un*>(&addr.ss)->sun_path);
+  if (bind(s.get(), addr.sa(), addr.len) != 0) return Fd();
+  return s;
+}
+
+// Echoes every datagram back to its sender until destroyed.
+class DgramEcho {
+ public:
+  explicit DgramEcho(const Addr& addr) : sock_(bound_dgram(addr)) {
+    thread_ = std::thread([this] { loop(); });
+  }
+  ~DgramEcho() {
+    stop_ = true;
+    thread_.join();
+  }
+  bool ok() const { return sock_.valid(); }
+  uint64_t echoed() const { return echoed_; }
+
+ private:
+  void loop() {
+    char buf[65536];
+    while (!stop_) {
+      pollfd p{sock_.get(), POLLIN, 0};
+      if (poll(&p, 1, 50) != 1) continue;
+      sockaddr_storage from{};
+      socklen_t flen = sizeof(from);
+      ssize_t n = recvfrom(sock_.get(), buf, sizeof(buf), MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&from), &flen);
+      if (n < 0) continue;
+      if (sendto(sock_.get(), buf, static_cast<size_t>(n), 0, reinterpret_cast<sockaddr*>(&from), flen) == n)
+        ++echoed_;
+    }
+  }
+  Fd sock_;
+  std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> echoed_{0};
+  std::thread thread_;
+};
+
+struct PingPongResult {
+  uint64_t sent = 0;
+  uint64_t matched = 0;    // replies byte-identical to what this client sent
+  uint64_t foreign = 0;    // replies carrying another client's payload (misrouted)
+  uint64_t timeouts = 0;
+  bool first_answered = false;  // the very first datagram got its reply, without a retry
+};
+
+// Sends `count` datagrams one at a time from `client` to `relay`, each
+// carrying the client id and a sequence number padded to `size` bytes,
+// and waits for each echo.
+inline PingPongResult ping_pong(Fd& client, const Addr& relay, int client_id, int count, size_t size = 64) {
+  PingPongResult r;
+  std::vector<char> msg(size, 'x'), reply(65536);
+  for (int i = 0; i < count; ++i) {
+    std::snprintf(msg.data(), size, "client=%d seq=%d ", client_id, i);
+    if (sendto(client.get(), msg.data(), size, 0, relay.sa(), relay.len) != static_cast<ssize_t>(size)) {
+      ++r.timeouts;
+      continue;
+    }
+    ++r.sent;
+    pollfd p{client.get(), POLLIN, 0};
+    if (poll(&p, 1, 1000) != 1) {
+      ++r.timeouts;
+      continue;
+    }
+    ssize_t n = recv(client.get(), reply.data(), reply.size(), 0);
+    if (n == static_cast<ssize_t>(size) && std::memcmp(reply.data(), msg.data(), size) == 0) {
+      ++r.matched;
+      if (i == 0) r.first_answered = true;
+    } else if (n > 0 && std::strncmp(reply.data(), "client=", 7) == 0 &&
+               std::atoi(reply.data() + 7) != client_id) {
+      ++r.foreign;
+    }
+  }
+  return r;
+}
+
+}  // namespace sockrelay::testing
