@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package the build, the demo and the tests use.
+# Idempotent: only missing packages are installed.
+set -euo pipefail
+
+packages=(
+  # build
+  cmake make g++ pkg-config clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev
+  libsystemd-dev libtomlplusplus-dev libspdlog-dev libgtest-dev
+  # demo, tests and benchmarks
+  iproute2 socat systemd procps shellcheck clang-format
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

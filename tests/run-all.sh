@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian 12 machine, as root:
+#   1. installs the packages (tests/install-deps.sh)
+#   2. lint: clang-format on C++, shellcheck on scripts
+#   3. builds and runs the unit tests under ASan/UBSan
+#   4. builds and runs unit + integration tests (ctest; integration needs root
+#      and the real kernel, each test in its own network namespace)
+#   5. vm-tests/run: VSOCK and other kernels inside qemu guests
+# Exit status 0 only if everything passed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+top=$(pwd)
+jobs=$(nproc)
+
+tests/install-deps.sh
+
+echo "== lint"
+mapfile -t cxx < <(git ls-files '*.cpp' '*.h' | grep -v '^bpf/')
+clang-format --dry-run --Werror "${cxx[@]}"
+mapfile -t scripts < <(git ls-files '*.sh' .ci/run vm-tests/run)
+shellcheck "${scripts[@]}"
+
+echo "== unit tests under ASan/UBSan"
+cmake -S "$top" -B "$top/build-asan" -DSOCKRELAY_SANITIZE=ON >/dev/null
+cmake --build "$top/build-asan" -j "$jobs" --target sockrelay_unit_tests
+"$top/build-asan/tests/sockrelay_unit_tests" --gtest_brief=1
+
+echo "== build"
+cmake -S "$top" -B "$top/build" >/dev/null
+cmake --build "$top/build" -j "$jobs"
+
+if [ -x vm-tests/run ]; then
+  echo "== vm-tests (qemu guests: VSOCK, kernel 6.12 and 6.1)"
+  vm-tests/run
+fi
+
+echo "== unit and integration tests"
+cd "$top/build"
+ctest --output-on-failure -j 1
