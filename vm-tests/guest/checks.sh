@@ -1,0 +1,100 @@
+#!/bin/sh
+# The commands guest tests run: `sh checks.sh FUNCTION ARGS...` (see
+# tests.sh). Exit 0 = PASS, 77 = SKIP, else FAIL; the last line printed is
+# the test's one-line detail. `VMOUT <test> <text>` lines are kept on the host
+# in vm-tests/out/results/<kernel>/<test>.txt.
+# Environment (from init): RELAY, TESTS (binaries), KERNEL (6.12, 6.1),
+# VMTEST_NAME.
+
+vmout() { echo "VMOUT $VMTEST_NAME $*"; }
+
+# load_modules: the modules vm-tests/run put in /modules, dependencies first.
+load_modules() {
+  while read -r module; do
+    insmod "/modules/$module" || return 1
+  done </modules/order
+  echo "loaded $(tr '\n' ' ' </modules/order)on $(uname -r)"
+}
+
+# gtest FILTER: the integration tests matching FILTER.
+gtest() {
+  out=/tmp/gtest.$VMTEST_NAME.out
+  "$TESTS" --gtest_filter="$1" --gtest_color=no >"$out" 2>&1
+  rc=$?
+  cat "$out"
+  grep -E '^\[  (FAILED|SKIPPED) \] [^ ]+\.[^ ]+' "$out" | sed 's/^/  /' | while read -r line; do vmout "$line"; done
+  n_pass=$(grep -c '^\[       OK \]' "$out")
+  n_fail=$(grep -cE '^\[  FAILED  \] [^ ]+\.[^ ]+ \(' "$out")
+  n_skip=$(grep -cE '^\[  SKIPPED \] [^ ]+\.[^ ]+ \(' "$out")
+  echo "gtest '$1': $n_pass passed, $n_fail failed, $n_skip skipped (exit $rc)"
+  [ "$rc" -eq 0 ] && [ "$n_pass" -gt 0 ]
+}
+
+# matrix_probe EXPECT: `sockrelay matrix --probe --json`, every cell judged.
+#   vsock-sockmap     every cell agrees with the matrix and the VSOCK cells
+#                     were really probed (over vsock loopback, CID 1)
+#   no-vsock-sockmap  an older kernel: VSOCK sockets cannot enter a sockmap
+#                     at all; every other cell agrees with the matrix
+# While the `matrix` command is still a placeholder, the same cells come from
+# the Probe.EveryTestableCellAgreesWithTheMatrix integration test's table.
+matrix_probe() {
+  expect=$1
+  cells=/tmp/cells.txt  # "source target mode support outcome agrees", one cell a line
+  source_of_cells="sockrelay matrix --probe --json"
+  "$RELAY" matrix --probe --json >/tmp/matrix.json 2>/tmp/matrix.err
+  matrix_rc=$?
+  cat /tmp/matrix.err
+  # Its exit status may say "disagreements": the cells are judged below.
+  if jq -e 'type == "array" and length > 0' /tmp/matrix.json >/dev/null 2>&1; then
+    echo "sockrelay matrix --probe --json: exit $matrix_rc"
+    jq -r '.[] | "\(.source) \(.target) \(.mode) \(.support) \(.probe.outcome // "none") \(.probe.agrees // false) \(.["min-kernel"] // "-")"' \
+      /tmp/matrix.json >"$cells"
+    jq -c '.[]' /tmp/matrix.json | while read -r line; do vmout "json $line"; done
+  else
+    echo "sockrelay matrix --probe --json gave no matrix (exit $matrix_rc): $(head -c 300 /tmp/matrix.json)"
+    source_of_cells="Probe.EveryTestableCellAgreesWithTheMatrix (matrix CLI not usable yet)"
+    "$TESTS" --gtest_filter='Probe.EveryTestableCellAgreesWithTheMatrix' --gtest_color=no >/tmp/probe.out 2>&1
+    cat /tmp/probe.out
+    # "  udp -> tcp (egress)   caveat   delivered   detail..." ; agrees as in probe_agrees()
+    awk '$2 == "->" && $3 ~ /^[a-z-]+$/ && $4 ~ /^\((egress|ingress)\)$/ {
+           mode = substr($4, 2, length($4) - 2); support = $5; outcome = $6
+           if (outcome == "not-testable-here") agrees = "true"
+           else if (outcome == "error") agrees = "false"
+           else if (outcome == "delivered") agrees = (support != "unsupported") ? "true" : "false"
+           else agrees = (support == "unsupported") ? "true" : "false"
+           print $1, $3, mode, support, outcome, agrees, "-" }' /tmp/probe.out >"$cells"
+  fi
+  while read -r line; do vmout "$line"; done <"$cells"
+
+  total=$(wc -l <"$cells")
+  if [ "$total" -eq 0 ]; then
+    echo "no probe results from $source_of_cells"
+    return 1
+  fi
+  # Judge every cell; print the ones that break the expectation.
+  bad=$(awk -v expect="$expect" '
+    function vsock(k) { return k ~ /^vsock-/ }
+    {
+      is_vsock = vsock($1) || vsock($2)
+      if ($5 == "error" || $5 == "none") { print "  probe failed: " $0; next }
+      if (is_vsock && $5 == "not-testable-here") { print "  VSOCK not probed: " $0; next }
+      if (expect == "no-vsock-sockmap" && is_vsock) {
+        if ($5 != "cannot-enter-map") print "  VSOCK entered a sockmap: " $0
+        next
+      }
+      if ($6 != "true") print "  disagrees with the matrix: " $0
+    }' "$cells")
+  digest=$(awk '$1 ~ /^vsock-/ || $2 ~ /^vsock-/ { n[$3 " " $5]++ }
+               END { for (k in n) printf "%s%s=%d", (s++ ? ", " : ""), k, n[k] }' "$cells")
+  others=$(awk '$1 !~ /^vsock-/ && $2 !~ /^vsock-/ { n[$5]++ }
+               END { for (k in n) printf "%s%s=%d", (s++ ? ", " : ""), k, n[k] }' "$cells")
+  echo "cells from: $source_of_cells"
+  if [ -n "$bad" ]; then
+    echo "$bad"
+    echo "$(echo "$bad" | wc -l) of $total cells break '$expect' on $(uname -r); VSOCK cells: $digest"
+    return 1
+  fi
+  echo "$total cells as expected ($expect, $(uname -r)); VSOCK: $digest; others: $others"
+}
+
+"$@"

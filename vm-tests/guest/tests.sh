@@ -1,0 +1,20 @@
+# The guest tests, sourced by the guest's /init. One line per test:
+#   vmtest KERNELS NAME COMMAND [ARGS...]
+# KERNELS: comma-separated kernel labels from vm-tests/run (6.12, 6.1) or
+# "all". COMMAND is a function in checks.sh (or any program in the guest);
+# exit 0 = PASS, 77 = SKIP, else FAIL; its last output line is the detail.
+# Tests run in this order, as root, in the guest's initial network namespace;
+# the integration tests make their own.
+# shellcheck shell=sh
+
+# kernels     name              command and arguments
+vmtest 6.12   matrix-probe      matrix_probe vsock-sockmap
+vmtest 6.1    matrix-probe      matrix_probe no-vsock-sockmap
+vmtest 6.12   gtest-probe       gtest 'Probe*'
+vmtest 6.12   gtest-datagram    gtest 'Datagram*:*AllFour*'
+vmtest 6.1    gtest-datagram    gtest 'BpfRelay*:Datagram*:*AllFour*'
+
+# Relay tests with VSOCK endpoints go here, e.g.
+#   vmtest 6.12 relay-vsock     gtest 'Vsock*'
+# or a new function in checks.sh that writes a config, starts "$RELAY" and
+# moves data over vsock CID 1 (VMADDR_CID_LOCAL) only.
