@@ -70,7 +70,8 @@ class KernelJudge {
     }
     CellKey key{cell.source, cell.target, cell.mode};
     auto it = cache_.find(key);
-    if (it == cache_.end()) it = cache_.emplace(key, prober_->probe_cell(cell.source, cell.target, cell.mode)).first;
+    if (it == cache_.end())
+      it = cache_.emplace(key, prober_->probe_cell(cell.source, cell.target, cell.mode)).first;
     const ProbeResult& r = it->second;
     *seen = std::string(outcome_name(r.outcome)) + (r.detail.empty() ? "" : ": " + r.detail);
     if (r.outcome == ProbeResult::Delivered || r.outcome == ProbeResult::NotTestableHere) return "";
@@ -123,16 +124,19 @@ int check_command(const Args& args) {
           const Endpoint* to = config.find_endpoint(to_name);
           const MatrixCell& cell = matrix_cell(from->kind, to->kind, route.mode);
           RouteVerdict v{id, from_name, to_name, route.mode, {}, {}};
-          std::string why_not = route.datapath == Datapath::Userspace ? "" : judge.unavailable(cell, &v.probe);
+          std::string why_not =
+              route.datapath == Datapath::Userspace ? "" : judge.unavailable(cell, &v.probe);
           v.choice = choose_datapath(route.datapath, cell, why_not);
-          std::string pairing = from_name + " (" + std::string(kind_name(from->kind)) + ") -> " + to_name + " (" +
-                                std::string(kind_name(to->kind)) + "), " + std::string(mode_name(route.mode)) + ": ";
+          std::string pairing = from_name + " (" + std::string(kind_name(from->kind)) + ") -> " + to_name +
+                                " (" + std::string(kind_name(to->kind)) + "), " +
+                                std::string(mode_name(route.mode)) + ": ";
           if (v.choice.refused)
             diags.push_back({config_path, route.pos, Severity::Error, pairing + v.choice.reason});
           else if (v.choice.fell_back)
             diags.push_back({config_path, route.pos, Severity::Warning, pairing + v.choice.reason});
           else if (v.choice.kernel && cell.support == Support::Caveat)
-            diags.push_back({config_path, route.pos, Severity::Note, pairing + "kernel path with a caveat: " + cell.reason});
+            diags.push_back({config_path, route.pos, Severity::Note,
+                             pairing + "kernel path with a caveat: " + cell.reason});
           verdicts.push_back(std::move(v));
         }
       }
@@ -147,7 +151,9 @@ int check_command(const Args& args) {
     j.begin_object().field("file", config_path).field("ok", ok);
     j.key("diagnostics").begin_array();
     for (const auto& d : diags) {
-      const char* sev = d.severity == Severity::Error ? "error" : d.severity == Severity::Warning ? "warning" : "note";
+      const char* sev = d.severity == Severity::Error     ? "error"
+                        : d.severity == Severity::Warning ? "warning"
+                                                          : "note";
       j.begin_object()
           .field("line", d.pos.line)
           .field("column", d.pos.column)
@@ -163,7 +169,9 @@ int check_command(const Args& args) {
           .field("from", v.from)
           .field("to", v.to)
           .field("mode", mode_name(v.mode))
-          .field("datapath", v.choice.refused ? "refused" : v.choice.kernel ? "kernel" : "userspace")
+          .field("datapath", v.choice.refused  ? "refused"
+                             : v.choice.kernel ? "kernel"
+                                               : "userspace")
           .field("reason", v.choice.reason)
           .field("probe", v.probe)
           .end_object();

@@ -19,7 +19,9 @@ class JournalPrefixFormatter : public spdlog::formatter {
     dest.append(msg.payload.data(), msg.payload.data() + msg.payload.size());
     dest.push_back('\n');
   }
-  std::unique_ptr<spdlog::formatter> clone() const override { return std::make_unique<JournalPrefixFormatter>(); }
+  std::unique_ptr<spdlog::formatter> clone() const override {
+    return std::make_unique<JournalPrefixFormatter>();
+  }
 };
 
 }  // namespace
@@ -27,7 +29,8 @@ class JournalPrefixFormatter : public spdlog::formatter {
 bool setup_logging(const std::string& level) {
   auto lvl = spdlog::level::from_str(level);
   if (lvl == spdlog::level::off && level != "off") return false;
-  auto logger = std::make_shared<spdlog::logger>("sockrelay", std::make_shared<spdlog::sinks::stderr_sink_mt>());
+  auto logger =
+      std::make_shared<spdlog::logger>("sockrelay", std::make_shared<spdlog::sinks::stderr_sink_mt>());
   if (std::getenv("JOURNAL_STREAM"))
     logger->set_formatter(std::make_unique<JournalPrefixFormatter>());
   else

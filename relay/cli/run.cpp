@@ -1,6 +1,6 @@
-#include <cstdio>
-
 #include <spdlog/spdlog.h>
+
+#include <cstdio>
 
 #include "cli/commands.h"
 #include "cli/logging.h"

@@ -1,11 +1,11 @@
 #include "control/control_server.h"
 
+#include <poll.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
-#include <poll.h>
 
 #include <cstring>
 #include <filesystem>
@@ -39,7 +39,8 @@ Result<ControlServer> ControlServer::open(const std::string& path) {
     if (errno != EADDRINUSE) return errno_error("control socket: bind " + path);
     Fd probe(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (connect(probe.get(), reinterpret_cast<sockaddr*>(&*addr), sizeof(*addr)) == 0)
-      return Error{EADDRINUSE, "control socket " + path + " is in use: is another sockrelay running with it?"};
+      return Error{EADDRINUSE,
+                   "control socket " + path + " is in use: is another sockrelay running with it?"};
     unlink(path.c_str());
     if (bind(fd.get(), reinterpret_cast<sockaddr*>(&*addr), sizeof(*addr)) != 0)
       return errno_error("control socket: bind " + path);
@@ -87,8 +88,9 @@ Result<std::string> control_request(const std::string& path, const std::string& 
   Fd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd) return errno_error("socket()");
   if (connect(fd.get(), reinterpret_cast<sockaddr*>(&*addr), sizeof(*addr)) != 0)
-    return errno_error("connect to the control socket " + path +
-                       " (is `sockrelay run` running? pass --config FILE or --control PATH to pick its socket)");
+    return errno_error(
+        "connect to the control socket " + path +
+        " (is `sockrelay run` running? pass --config FILE or --control PATH to pick its socket)");
   std::string line = request + "\n";
   if (send(fd.get(), line.data(), line.size(), MSG_NOSIGNAL) < 0) return errno_error("send request");
   std::string reply;

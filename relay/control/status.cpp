@@ -8,21 +8,23 @@ namespace sockrelay {
 
 std::string format_status_text(const StatusSnapshot& s) {
   std::ostringstream out;
-  out << "sockrelay " << s.version << ", pid " << s.pid << ", up " << s.uptime_seconds << "s, sessions " << s.sessions
-      << "/" << s.max_sessions << (s.bpf_loaded ? "" : ", BPF not loaded (user-space data path only)") << "\n";
+  out << "sockrelay " << s.version << ", pid " << s.pid << ", up " << s.uptime_seconds << "s, sessions "
+      << s.sessions << "/" << s.max_sessions
+      << (s.bpf_loaded ? "" : ", BPF not loaded (user-space data path only)") << "\n";
   for (const auto& r : s.routes) {
     out << "route " << r.id << ": " << r.from << " -> " << r.to << "\n"
         << "  datapath  " << r.datapath << " (" << r.datapath_reason << ")\n"
-        << "  sessions  " << r.sessions << " open, " << r.user.flows_created << " created, " << r.user.flows_expired
-        << " expired, " << r.user.flows_failed << " failed\n"
+        << "  sessions  " << r.sessions << " open, " << r.user.flows_created << " created, "
+        << r.user.flows_expired << " expired, " << r.user.flows_failed << " failed\n"
         << "  kernel    packets " << r.kernel.packets << ", bytes " << r.kernel.bytes << "\n"
         << "  user      packets " << r.user.user_packets << ", bytes " << r.user.user_bytes << "\n"
-        << "  drops     no-target " << r.kernel.drop_no_target << ", max-sessions " << r.user.refused_max_sessions
-        << ", setup-failed " << r.user.drop_setup_failed << ", send-error " << r.user.drop_send_error
-        << ", no-reply-path " << r.user.drop_no_reply_path << "\n";
+        << "  drops     no-target " << r.kernel.drop_no_target << ", max-sessions "
+        << r.user.refused_max_sessions << ", setup-failed " << r.user.drop_setup_failed << ", send-error "
+        << r.user.drop_send_error << ", no-reply-path " << r.user.drop_no_reply_path << "\n";
   }
   out << "global    unknown-source " << s.global.unknown_source << ", bad-route " << s.global.bad_route
-      << ", new-client-tag-failed " << s.global.tag_failed << ", new-client-lost " << s.global.new_client_lost << "\n";
+      << ", new-client-tag-failed " << s.global.tag_failed << ", new-client-lost " << s.global.new_client_lost
+      << "\n";
   return out.str();
 }
 

@@ -21,9 +21,9 @@ constexpr int kBatch = 32;
 constexpr size_t kMaxDatagram = 65536;
 
 uint64_t now_ns() {
-  return static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
-          .count());
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                   std::chrono::steady_clock::now().time_since_epoch())
+                                   .count());
 }
 
 // A UNIX client that never bound has no address: nothing can reply to it.
@@ -56,13 +56,13 @@ int read_batch(int fd, std::vector<char>& buffer, Each each) {
 }  // namespace
 
 struct DatagramRoute::Flow {
-  std::string key;            // in flows_: see identify_client()
-  sockaddr_storage peer{};    // where replies go...
-  socklen_t peer_len = 0;     // ...0 when the client has no address
-  uint64_t unix_cookie = 0;   // an AF_UNIX client's own socket (what the verdict sees)
+  std::string key;           // in flows_: see identify_client()
+  sockaddr_storage peer{};   // where replies go...
+  socklen_t peer_len = 0;    // ...0 when the client has no address
+  uint64_t unix_cookie = 0;  // an AF_UNIX client's own socket (what the verdict sees)
   bool connected_to_listener = false;
 
-  Fd upstream;               // connected to the route's target
+  Fd upstream;  // connected to the route's target
   uint64_t upstream_cookie = 0;
   bool upstream_is_source = false;  // replies steered by the verdict program
   bool upstream_private = false;    // ...by its own instance (unix-dgram)
@@ -79,7 +79,8 @@ struct DatagramRoute::Flow {
 
   bool replyable() const { return peer_len > 0; }
   std::string peer_text() const {
-    if (!replyable()) return unix_cookie ? "unnamed unix socket (cookie " + std::to_string(unix_cookie) + ")" : "unnamed";
+    if (!replyable())
+      return unix_cookie ? "unnamed unix socket (cookie " + std::to_string(unix_cookie) + ")" : "unnamed";
     return format_address(reinterpret_cast<const sockaddr*>(&peer), peer_len);
   }
 };
@@ -106,7 +107,8 @@ Status DatagramRoute::start() {
     if (auto st = steer_unix_listener(); !st) return st.error().wrap("listener " + spec_.from->name);
   // A UDP listener stays out of the map: each client gets a flow socket,
   // so the listener only ever sees first datagrams.
-  if (auto st = loop_.add(listener_.get(), EPOLLIN, [this](uint32_t) { on_listener_readable(); }); !st) return st;
+  if (auto st = loop_.add(listener_.get(), EPOLLIN, [this](uint32_t) { on_listener_readable(); }); !st)
+    return st;
   started_ = true;
   return {};
 }
@@ -151,13 +153,14 @@ void DatagramRoute::stop() {
 
 void DatagramRoute::on_new_client_readable() {
   for (int round = 0; round < 8; ++round) {
-    int n = read_batch(new_client_rx_.get(), buffer_, [&](const sockaddr_storage&, socklen_t, const char* d, size_t size) {
-      relay_new_client_tag tag;
-      if (size < sizeof(tag)) return;  // cannot happen: the verdict program always tags
-      std::memcpy(&tag, d, sizeof(tag));
-      sockaddr_storage none{};
-      handle_client_datagram(none, 0, tag.sender_cookie, d + sizeof(tag), size - sizeof(tag));
-    });
+    int n = read_batch(
+        new_client_rx_.get(), buffer_, [&](const sockaddr_storage&, socklen_t, const char* d, size_t size) {
+          relay_new_client_tag tag;
+          if (size < sizeof(tag)) return;  // cannot happen: the verdict program always tags
+          std::memcpy(&tag, d, sizeof(tag));
+          sockaddr_storage none{};
+          handle_client_datagram(none, 0, tag.sender_cookie, d + sizeof(tag), size - sizeof(tag));
+        });
     if (n < kBatch) break;
   }
 }
@@ -166,8 +169,10 @@ void DatagramRoute::on_listener_readable() {
   // A few batches per wake-up, then back to the loop so one busy route
   // cannot starve the others.
   for (int round = 0; round < 8; ++round) {
-    int n = read_batch(listener_.get(), buffer_, [&](const sockaddr_storage& peer, socklen_t len, const char* d,
-                                                     size_t size) { handle_client_datagram(peer, len, 0, d, size); });
+    int n = read_batch(listener_.get(), buffer_,
+                       [&](const sockaddr_storage& peer, socklen_t len, const char* d, size_t size) {
+                         handle_client_datagram(peer, len, 0, d, size);
+                       });
     if (n < kBatch) break;
   }
 }
@@ -229,8 +234,8 @@ DatagramRoute::Flow* DatagramRoute::create_flow(const std::string& key, const so
   if (!upstream) {
     budget_.give_back();
     if (counters_.drop_setup_failed++ % 1000 == 0)
-      spdlog::warn("route {}: new client {}: {} (datagram dropped, counted)", spec_.route_id, flow->peer_text(),
-                   upstream.error().describe());
+      spdlog::warn("route {}: new client {}: {} (datagram dropped, counted)", spec_.route_id,
+                   flow->peer_text(), upstream.error().describe());
     return nullptr;
   }
   flow->upstream = std::move(*upstream);
@@ -259,8 +264,8 @@ DatagramRoute::Flow* DatagramRoute::create_flow(const std::string& key, const so
 
   if (spec_.kernel) {
     if (auto st = wire_kernel(*flow); !st)
-      spdlog::warn("route {}: client {}: kernel path not set up ({}); user space carries this flow", spec_.route_id,
-                   flow->peer_text(), st.error().describe());
+      spdlog::warn("route {}: client {}: kernel path not set up ({}); user space carries this flow",
+                   spec_.route_id, flow->peer_text(), st.error().describe());
   }
 
   Flow* raw = flow.get();
@@ -316,7 +321,8 @@ Status DatagramRoute::wire_kernel(Flow& flow) {
       // server, shared by every flow. This socket needs its own instance.
       MapWriter::PrivateProgram program;
       program.fixed_source = flow.upstream_cookie;
-      if (auto st = maps_->add_private_source(flow.upstream_cookie, flow.upstream.get(), program); !st) return st;
+      if (auto st = maps_->add_private_source(flow.upstream_cookie, flow.upstream.get(), program); !st)
+        return st;
       flow.upstream_private = true;
     } else if (auto st = maps_->add_source(flow.upstream_cookie, flow.upstream.get()); !st) {
       return st;
@@ -342,8 +348,8 @@ void DatagramRoute::send_to_client(Flow& flow, const char* data, size_t len) {
   if (flow.client_socket)
     sent = send(flow.client_socket.get(), data, len, MSG_DONTWAIT | MSG_NOSIGNAL);
   else if (flow.replyable())
-    sent = sendto(listener_.get(), data, len, MSG_DONTWAIT | MSG_NOSIGNAL, reinterpret_cast<const sockaddr*>(&flow.peer),
-                  flow.peer_len);
+    sent = sendto(listener_.get(), data, len, MSG_DONTWAIT | MSG_NOSIGNAL,
+                  reinterpret_cast<const sockaddr*>(&flow.peer), flow.peer_len);
   else {
     ++counters_.drop_no_reply_path;
     return;
@@ -358,15 +364,18 @@ void DatagramRoute::send_to_client(Flow& flow, const char* data, size_t len) {
 
 void DatagramRoute::on_upstream_readable(Flow& flow, uint32_t events) {
   std::string key = flow.key;
-  int n = read_batch(flow.upstream.get(), buffer_,
-                     [&](const sockaddr_storage&, socklen_t, const char* d, size_t size) { send_to_client(flow, d, size); });
+  int n = read_batch(
+      flow.upstream.get(), buffer_,
+      [&](const sockaddr_storage&, socklen_t, const char* d, size_t size) { send_to_client(flow, d, size); });
   if (n < 0 || (events & EPOLLERR)) destroy_flow(key, true);
 }
 
 void DatagramRoute::on_client_socket_readable(Flow& flow, uint32_t events) {
   std::string key = flow.key;
-  int n = read_batch(flow.client_socket.get(), buffer_, [&](const sockaddr_storage&, socklen_t, const char* d,
-                                                             size_t size) { send_to_upstream(flow, d, size); });
+  int n = read_batch(flow.client_socket.get(), buffer_,
+                     [&](const sockaddr_storage&, socklen_t, const char* d, size_t size) {
+                       send_to_upstream(flow, d, size);
+                     });
   if (n < 0 || (events & EPOLLERR)) destroy_flow(key, true);
 }
 
@@ -396,7 +405,9 @@ void DatagramRoute::destroy_flow(const std::string& key, bool failed) {
   }
   loop_.remove(flow.upstream.get());
   if (flow.client_socket) loop_.remove(flow.client_socket.get());
-  if (flow.replyable()) unix_address_alias_.erase("addr:" + std::string(reinterpret_cast<const char*>(&flow.peer), flow.peer_len));
+  if (flow.replyable())
+    unix_address_alias_.erase("addr:" +
+                              std::string(reinterpret_cast<const char*>(&flow.peer), flow.peer_len));
   flows_.erase(it);
   budget_.give_back();
 }
@@ -421,7 +432,8 @@ void DatagramRoute::expire_idle() {
     ++counters_.flows_expired;
   }
   if (!expired.empty())
-    spdlog::debug("route {}: {} idle flow(s) expired, {} left", spec_.route_id, expired.size(), flows_.size());
+    spdlog::debug("route {}: {} idle flow(s) expired, {} left", spec_.route_id, expired.size(),
+                  flows_.size());
 }
 
 }  // namespace sockrelay

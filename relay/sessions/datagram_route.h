@@ -31,12 +31,12 @@ struct DatagramCounters {
   uint64_t user_packets = 0;  // datagrams user space forwarded (either way)
   uint64_t user_bytes = 0;
   uint64_t flows_created = 0;
-  uint64_t flows_expired = 0;       // idle for idle-timeout
-  uint64_t flows_failed = 0;        // torn down on a socket error
+  uint64_t flows_expired = 0;         // idle for idle-timeout
+  uint64_t flows_failed = 0;          // torn down on a socket error
   uint64_t refused_max_sessions = 0;  // datagrams dropped: max-sessions reached
-  uint64_t drop_setup_failed = 0;   // datagrams dropped: upstream socket could not be opened
-  uint64_t drop_send_error = 0;     // datagrams dropped: send() failed (full queue, refused)
-  uint64_t drop_no_reply_path = 0;  // replies dropped: the client has no address to reply to
+  uint64_t drop_setup_failed = 0;     // datagrams dropped: upstream socket could not be opened
+  uint64_t drop_send_error = 0;       // datagrams dropped: send() failed (full queue, refused)
+  uint64_t drop_no_reply_path = 0;    // replies dropped: the client has no address to reply to
 };
 
 struct DatagramRouteSpec {
@@ -76,7 +76,8 @@ class DatagramRoute {
   // `tagged_cookie`: the sender's cookie when the verdict program tagged it.
   void handle_client_datagram(const sockaddr_storage& peer, socklen_t peer_len, uint64_t tagged_cookie,
                               const char* data, size_t len);
-  Flow* create_flow(const std::string& key, const sockaddr_storage& peer, socklen_t peer_len, uint64_t unix_cookie);
+  Flow* create_flow(const std::string& key, const sockaddr_storage& peer, socklen_t peer_len,
+                    uint64_t unix_cookie);
   bool unix_listener() const;
   Status wire_kernel(Flow& flow);
   void send_to_upstream(Flow& flow, const char* data, size_t len);
@@ -96,7 +97,7 @@ class DatagramRoute {
   // "addr:BYTES" on the user-space path.
   std::unordered_map<std::string, std::unique_ptr<Flow>> flows_;
   std::unordered_map<std::string, std::string> unix_address_alias_;  // "addr:..." -> "cookie:..." key
-  bool in_map_ = false;  // a unix listener steered by its own verdict instance
+  bool in_map_ = false;               // a unix listener steered by its own verdict instance
   Fd new_client_tx_, new_client_rx_;  // where that instance sends unknown senders
   uint64_t new_client_tx_cookie_ = 0;
   DatagramCounters counters_;

@@ -2,8 +2,6 @@
 
 #include <sys/epoll.h>
 
-#include <vector>
-
 namespace sockrelay {
 
 Result<EventLoop> EventLoop::create() {
@@ -36,28 +34,29 @@ void EventLoop::remove(int fd) {
   if (handlers_.erase(fd) > 0) epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr);
 }
 
+Status EventLoop::run_once(std::chrono::milliseconds timeout) {
+  epoll_event events[64];
+  int n = epoll_wait(epoll_.get(), events, 64, static_cast<int>(timeout.count()));
+  if (n < 0) return errno == EINTR ? Status() : Status(errno_error("epoll_wait"));
+  for (int i = 0; i < n; ++i) {
+    int fd = static_cast<int>(events[i].data.u64 & 0xffffffffu);
+    uint64_t generation = events[i].data.u64 >> 32;
+    auto it = handlers_.find(fd);
+    if (it == handlers_.end() || it->second.generation != generation) continue;
+    Handler handler = it->second.handler;  // a copy: the handler may remove itself
+    handler(events[i].events);
+  }
+  return {};
+}
+
 Status EventLoop::run(std::chrono::milliseconds period, const std::function<void()>& tick) {
   running_ = true;
-  std::vector<epoll_event> events(64);
   auto next_tick = std::chrono::steady_clock::now() + period;
   while (running_) {
     auto now = std::chrono::steady_clock::now();
-    int timeout = now >= next_tick
-                      ? 0
-                      : static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(next_tick - now).count());
-    int n = epoll_wait(epoll_.get(), events.data(), static_cast<int>(events.size()), timeout);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return errno_error("epoll_wait");
-    }
-    for (int i = 0; i < n && running_; ++i) {
-      int fd = static_cast<int>(events[i].data.u64 & 0xffffffffu);
-      uint64_t generation = events[i].data.u64 >> 32;
-      auto it = handlers_.find(fd);
-      if (it == handlers_.end() || it->second.generation != generation) continue;
-      Handler handler = it->second.handler;  // a copy: the handler may remove itself
-      handler(events[i].events);
-    }
+    auto wait = now >= next_tick ? std::chrono::milliseconds(0)
+                                 : std::chrono::duration_cast<std::chrono::milliseconds>(next_tick - now);
+    if (auto st = run_once(wait); !st) return st;
     if (std::chrono::steady_clock::now() >= next_tick) {
       tick();
       next_tick = std::chrono::steady_clock::now() + period;

@@ -25,6 +25,9 @@ class EventLoop {
   Status modify(int fd, uint32_t events);
   void remove(int fd);  // safe to call from inside a handler
 
+  // Waits up to `timeout` for events and runs their handlers once.
+  Status run_once(std::chrono::milliseconds timeout);
+
   // Runs until stop(); `tick` is called about every `period`.
   Status run(std::chrono::milliseconds period, const std::function<void()>& tick);
   void stop() { running_ = false; }

@@ -29,19 +29,26 @@ class DatagramPairing : public ::testing::TestWithParam<Pairing> {
     SOCKRELAY_PRIVATE_NETNS();
   }
   bool is_unix(const char* kind) { return std::string(kind) == "unix-dgram"; }
-  Addr front() { return is_unix(GetParam().from) ? Addr::unix_path(dir_.file("front.sock")) : Addr::inet("127.0.0.1", 5300); }
-  Addr back() { return is_unix(GetParam().to) ? Addr::unix_path(dir_.file("back.sock")) : Addr::inet("127.0.0.1", 5301); }
+  Addr front() {
+    return is_unix(GetParam().from) ? Addr::unix_path(dir_.file("front.sock"))
+                                    : Addr::inet("127.0.0.1", 5300);
+  }
+  Addr back() {
+    return is_unix(GetParam().to) ? Addr::unix_path(dir_.file("back.sock")) : Addr::inet("127.0.0.1", 5301);
+  }
   std::string endpoint_config(const std::string& extra_relay = "") {
     auto text = [&](const char* kind, const char* role, const Addr& a, const char* name) {
       std::string addr = is_unix(kind) ? std::string(reinterpret_cast<const sockaddr_un*>(&a.ss)->sun_path)
                                        : std::string(role[0] == 'l' ? "127.0.0.1:5300" : "127.0.0.1:5301");
-      return "[endpoints." + std::string(name) + "]\ntype = \"" + kind + "\"\n" + role + " = \"" + addr + "\"\n";
+      return "[endpoints." + std::string(name) + "]\ntype = \"" + kind + "\"\n" + role + " = \"" + addr +
+             "\"\n";
     };
-    return extra_relay + text(GetParam().from, "listen", front(), "front") + text(GetParam().to, "connect", back(), "back") +
-           "[[routes]]\nfrom = \"front\"\nto = \"back\"\n";
+    return extra_relay + text(GetParam().from, "listen", front(), "front") +
+           text(GetParam().to, "connect", back(), "back") + "[[routes]]\nfrom = \"front\"\nto = \"back\"\n";
   }
   Fd client(int id) {
-    if (is_unix(GetParam().from)) return bound_dgram(Addr::unix_path(dir_.file("client" + std::to_string(id) + ".sock")));
+    if (is_unix(GetParam().from))
+      return bound_dgram(Addr::unix_path(dir_.file("client" + std::to_string(id) + ".sock")));
     return bound_dgram(Addr::inet("127.0.0.1", 0));
   }
   TempDir dir_;
@@ -175,7 +182,8 @@ TEST_F(DatagramRelay, UnnamedUnixClientForwardedRepliesCounted) {
   Fd anon(socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
   Addr to = Addr::unix_path(front);
   for (int i = 0; i < 20; ++i) ASSERT_EQ(sendto(anon.get(), "hello", 5, 0, to.sa(), to.len), 5);
-  for (int i = 0; i < 100 && echo.echoed() < 20; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  for (int i = 0; i < 100 && echo.echoed() < 20; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
   EXPECT_EQ(echo.echoed(), 20u);
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   std::string status = relay.status_json();
@@ -207,8 +215,9 @@ TEST_F(DatagramRelay, SocketActivatedByNameFirstDatagramDelivered) {
     GTEST_SKIP() << "systemd-socket-activate not installed (Debian package systemd)";
   DgramEcho echo(Addr::inet("127.0.0.1", 5301));
   std::string config = std::string(kUdpToUdp);
-  RelayProcess relay(dir_, config,
-                     {"/usr/bin/systemd-socket-activate", "--datagram", "-l", "127.0.0.1:5300", "--fdname=front"});
+  RelayProcess relay(
+      dir_, config,
+      {"/usr/bin/systemd-socket-activate", "--datagram", "-l", "127.0.0.1:5300", "--fdname=front"});
   std::this_thread::sleep_for(std::chrono::milliseconds(300));  // until it listens
   Fd c = bound_dgram(Addr::inet("127.0.0.1", 0));
   PingPongResult r = ping_pong(c, Addr::inet("127.0.0.1", 5300), 1, 100);

@@ -76,7 +76,8 @@ class RelayProcess {
     control_ = dir.file("control.sock");
     config_ = dir.file("relay.toml");
     log_ = dir.file("relay.log");
-    std::ofstream(config_) << "[relay]\nlog-level = \"debug\"\ncontrol = \"" << control_ << "\"\n" << config_body;
+    std::ofstream(config_) << "[relay]\nlog-level = \"debug\"\ncontrol = \"" << control_ << "\"\n"
+                           << config_body;
     std::vector<std::string> argv = std::move(wrapper);
     argv.insert(argv.end(), {SOCKRELAY_BINARY, "run", "--config", config_});
     pid_ = fork();
@@ -198,7 +199,8 @@ class DgramEcho {
       if (poll(&p, 1, 50) != 1) continue;
       sockaddr_storage from{};
       socklen_t flen = sizeof(from);
-      ssize_t n = recvfrom(sock_.get(), buf, sizeof(buf), MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&from), &flen);
+      ssize_t n =
+          recvfrom(sock_.get(), buf, sizeof(buf), MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&from), &flen);
       if (n < 0) continue;
       if (sendto(sock_.get(), buf, static_cast<size_t>(n), 0, reinterpret_cast<sockaddr*>(&from), flen) == n)
         ++echoed_;
@@ -212,8 +214,8 @@ class DgramEcho {
 
 struct PingPongResult {
   uint64_t sent = 0;
-  uint64_t matched = 0;    // replies byte-identical to what this client sent
-  uint64_t foreign = 0;    // replies carrying another client's payload (misrouted)
+  uint64_t matched = 0;  // replies byte-identical to what this client sent
+  uint64_t foreign = 0;  // replies carrying another client's payload (misrouted)
   uint64_t timeouts = 0;
   bool first_answered = false;  // the very first datagram got its reply, without a retry
 };

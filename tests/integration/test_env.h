@@ -3,9 +3,9 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <net/if.h>
 #include <sched.h>
 #include <sys/ioctl.h>
-#include <net/if.h>
 #include <unistd.h>
 
 #include <string>
@@ -13,8 +13,8 @@
 namespace sockrelay::testing {
 
 // Skips the current test (with the reason printed) unless we are root.
-#define SOCKRELAY_REQUIRE_ROOT()                                                         \
-  do {                                                                                   \
+#define SOCKRELAY_REQUIRE_ROOT()                                                              \
+  do {                                                                                        \
     if (geteuid() != 0) GTEST_SKIP() << "needs root (BPF maps, sockmap, netns); run as root"; \
   } while (0)
 
@@ -36,9 +36,9 @@ inline bool enter_private_netns(std::string* why) {
   return ok;
 }
 
-#define SOCKRELAY_PRIVATE_NETNS()                                     \
-  do {                                                                \
-    std::string why_;                                                 \
+#define SOCKRELAY_PRIVATE_NETNS()                                          \
+  do {                                                                     \
+    std::string why_;                                                      \
     ASSERT_TRUE(::sockrelay::testing::enter_private_netns(&why_)) << why_; \
   } while (0)
 

@@ -1,0 +1,113 @@
+// The `sockrelay` command line as users meet it: exit statuses, messages
+// naming FILE:LINE:COL, --help on every subcommand, the probe.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <fstream>
+
+#include "relay_harness.h"
+#include "test_env.h"
+
+namespace sockrelay::testing {
+namespace {
+
+struct Output {
+  int status;
+  std::string text;  // stdout + stderr
+};
+
+Output sockrelay(const std::string& args) {
+  std::string cmd = std::string(SOCKRELAY_BINARY) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  Output out{-1, ""};
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.text.append(buf, n);
+  int st = pclose(p);
+  out.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return out;
+}
+
+TEST(Cli, HelpOnEverySubcommandAndVersion) {
+  for (const char* sub : {"run", "check", "matrix", "status"}) {
+    Output o = sockrelay(std::string(sub) + " --help");
+    EXPECT_EQ(o.status, 0) << sub;
+    EXPECT_NE(o.text.find("Usage: sockrelay " + std::string(sub)), std::string::npos) << o.text;
+  }
+  EXPECT_EQ(sockrelay("--version").status, 0);
+  EXPECT_EQ(sockrelay("frobnicate").status, 2);
+  EXPECT_EQ(sockrelay("run --bogus").status, 2);
+}
+
+TEST(Cli, CheckAcceptsTheShippedConfigs) {
+  for (const char* name :
+       {"sockrelay.toml", "udp-to-unix-dgram.toml", "unix-to-unix.toml", "unix-dgram-to-udp.toml"}) {
+    Output o =
+        sockrelay(std::string("check --no-probe --config ") + SOCKRELAY_SOURCE_DIR + "/config/" + name);
+    EXPECT_EQ(o.status, 0) << name << "\n" << o.text;
+  }
+}
+
+TEST(Cli, CheckRefusesKernelDatapathOnUnsupportedPairingWithPosition) {
+  TempDir dir;
+  std::ofstream(dir.file("bad.toml"))
+      << "[endpoints.a]\ntype = \"unix-seqpacket\"\nlisten = \"" << dir.file("a.sock")
+      << "\"\n[endpoints.b]\ntype = \"tcp\"\nconnect = \"127.0.0.1:9\"\n"
+         "[[routes]]\nfrom = \"a\"\nto = \"b\"\ndatapath = \"kernel\"\n";
+  Output o = sockrelay("check --no-probe --config " + dir.file("bad.toml"));
+  EXPECT_EQ(o.status, 1) << o.text;
+  EXPECT_NE(o.text.find(dir.file("bad.toml") + ":7:1: error:"), std::string::npos) << o.text;
+  EXPECT_NE(o.text.find("unix-seqpacket cannot enter a sockmap"), std::string::npos) << o.text;
+  // The same with auto: a warning, and it would run.
+  std::ofstream(dir.file("auto.toml"))
+      << "[endpoints.a]\ntype = \"unix-seqpacket\"\nlisten = \"" << dir.file("a.sock")
+      << "\"\n[endpoints.b]\ntype = \"tcp\"\nconnect = \"127.0.0.1:9\"\n"
+         "[[routes]]\nfrom = \"a\"\nto = \"b\"\n";
+  o = sockrelay("check --no-probe --config " + dir.file("auto.toml"));
+  EXPECT_EQ(o.status, 0) << o.text;
+  EXPECT_NE(o.text.find("warning:"), std::string::npos) << o.text;
+}
+
+TEST(Cli, CheckReportsSyntaxErrorsWithLineAndColumn) {
+  TempDir dir;
+  std::ofstream(dir.file("broken.toml")) << "[relay]\nmax-sessions = \n";
+  Output o = sockrelay("check --no-probe --config " + dir.file("broken.toml"));
+  EXPECT_EQ(o.status, 1);
+  EXPECT_NE(o.text.find(dir.file("broken.toml") + ":2:"), std::string::npos) << o.text;
+}
+
+TEST(Cli, CheckProbesTheLiveKernel) {
+  SOCKRELAY_REQUIRE_ROOT();
+  SOCKRELAY_PRIVATE_NETNS();
+  Output o = sockrelay(std::string("check --json --config ") + SOCKRELAY_SOURCE_DIR +
+                       "/config/udp-to-unix-dgram.toml");
+  EXPECT_EQ(o.status, 0) << o.text;
+  EXPECT_NE(o.text.find("\"probe\":\"delivered"), std::string::npos) << o.text;
+}
+
+TEST(Cli, MatrixProbeAgreesOnThisKernel) {
+  SOCKRELAY_REQUIRE_ROOT();
+  SOCKRELAY_PRIVATE_NETNS();
+  Output o = sockrelay("matrix --probe");
+  EXPECT_EQ(o.status, 0) << o.text;
+  EXPECT_NE(o.text.find(" 0 DISAGREE"), std::string::npos) << o.text;
+}
+
+TEST(Cli, RunRefusesABadConfigAndNamesIt) {
+  TempDir dir;
+  std::ofstream(dir.file("r.toml")) << "[endpoints.a]\ntype = \"udpp\"\nlisten = \"127.0.0.1:1\"\n";
+  Output o = sockrelay("run --config " + dir.file("r.toml"));
+  EXPECT_EQ(o.status, 1);
+  EXPECT_NE(o.text.find(dir.file("r.toml") + ":2:"), std::string::npos) << o.text;
+}
+
+TEST(Cli, StatusWithoutRelaySaysHowToFixIt) {
+  TempDir dir;
+  Output o = sockrelay("status --control " + dir.file("none.sock"));
+  EXPECT_EQ(o.status, 1);
+  EXPECT_NE(o.text.find("is `sockrelay run` running?"), std::string::npos) << o.text;
+}
+
+}  // namespace
+}  // namespace sockrelay::testing

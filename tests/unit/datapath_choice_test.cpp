@@ -1,0 +1,48 @@
+#include "matrix/datapath_choice.h"
+
+#include <gtest/gtest.h>
+
+namespace sockrelay {
+namespace {
+
+const MatrixCell& cell(EndpointKind s, EndpointKind t, Mode m = Mode::Egress) { return matrix_cell(s, t, m); }
+
+TEST(DatapathChoice, SupportedCellGoesToTheKernel) {
+  auto c = choose_datapath(Datapath::Auto, cell(EndpointKind::Udp, EndpointKind::UnixDgram), "");
+  EXPECT_TRUE(c.kernel);
+  EXPECT_FALSE(c.refused);
+  EXPECT_FALSE(c.fell_back);
+}
+
+TEST(DatapathChoice, UserspaceIsHonoured) {
+  auto c = choose_datapath(Datapath::Userspace, cell(EndpointKind::Udp, EndpointKind::Udp), "");
+  EXPECT_FALSE(c.kernel);
+  EXPECT_FALSE(c.fell_back);
+  EXPECT_NE(c.reason.find("userspace"), std::string::npos);
+}
+
+TEST(DatapathChoice, AutoFallsBackOnUnsupportedCellAndSaysWhy) {
+  auto c = choose_datapath(Datapath::Auto, cell(EndpointKind::UnixSeqpacket, EndpointKind::Tcp), "");
+  EXPECT_FALSE(c.kernel);
+  EXPECT_TRUE(c.fell_back);
+  EXPECT_NE(c.reason.find("unix-seqpacket"), std::string::npos) << c.reason;
+}
+
+TEST(DatapathChoice, KernelOnUnsupportedCellIsRefused) {
+  auto c = choose_datapath(Datapath::Kernel,
+                           cell(EndpointKind::Tcp, EndpointKind::VsockStream, Mode::Ingress), "");
+  EXPECT_TRUE(c.refused);
+  EXPECT_NE(c.reason.find("VSOCK"), std::string::npos) << c.reason;
+  EXPECT_NE(c.reason.find("auto"), std::string::npos) << "the message should name the fix: " << c.reason;
+}
+
+TEST(DatapathChoice, KernelUnavailableRefusesKernelAndFallsBackAuto) {
+  const auto& supported = cell(EndpointKind::Udp, EndpointKind::Udp);
+  EXPECT_TRUE(choose_datapath(Datapath::Kernel, supported, "needs root").refused);
+  auto c = choose_datapath(Datapath::Auto, supported, "needs root");
+  EXPECT_TRUE(c.fell_back);
+  EXPECT_NE(c.reason.find("needs root"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace sockrelay
