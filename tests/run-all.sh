@@ -11,19 +11,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$(pwd)
 jobs=$(nproc)
+failed=()
 
 tests/install-deps.sh
 
+# Lint failures are reported at the end; the tests still run.
 echo "== lint"
 mapfile -t cxx < <(git ls-files '*.cpp' '*.h' | grep -v '^bpf/')
-clang-format --dry-run --Werror "${cxx[@]}"
+clang-format --dry-run --Werror "${cxx[@]}" || failed+=("clang-format")
 mapfile -t scripts < <(git ls-files '*.sh' .ci/run vm-tests/run)
-shellcheck "${scripts[@]}"
+shellcheck "${scripts[@]}" || failed+=("shellcheck")
 
 echo "== unit tests under ASan/UBSan"
 cmake -S "$top" -B "$top/build-asan" -DSOCKRELAY_SANITIZE=ON >/dev/null
 cmake --build "$top/build-asan" -j "$jobs" --target sockrelay_unit_tests
-"$top/build-asan/tests/sockrelay_unit_tests" --gtest_brief=1
+"$top/build-asan/tests/sockrelay_unit_tests" --gtest_brief=1 || failed+=("unit tests under ASan/UBSan")
 
 echo "== build"
 cmake -S "$top" -B "$top/build" >/dev/null
@@ -31,9 +33,14 @@ cmake --build "$top/build" -j "$jobs"
 
 if [ -x vm-tests/run ]; then
   echo "== vm-tests (qemu guests: VSOCK, kernel 6.12 and 6.1)"
-  vm-tests/run
+  vm-tests/run || failed+=("vm-tests")
 fi
 
 echo "== unit and integration tests"
-cd "$top/build"
-ctest --output-on-failure -j 1
+(cd "$top/build" && ctest --output-on-failure -j 1) || failed+=("ctest")
+
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "FAILED: ${failed[*]}"
+  exit 1
+fi
+echo "all test stages passed"
