@@ -137,6 +137,9 @@ int relay_verdict(struct __sk_buff *skb)
 	}
 	stats->packets += 1;
 	stats->bytes += skb->len;
+	/* Atomic: a flow's skbs can be verdicted on several CPUs at once, and
+	 * the stream half-close rule needs an exact total. */
+	__sync_fetch_and_add(&flow->bytes, skb->len);
 	return SK_PASS;
 }
 

@@ -33,6 +33,12 @@ struct relay_flow {
 	relay_u32 route_id;
 	relay_u32 flags;
 	relay_u64 last_ns; /* bpf_ktime_get_ns() of the last skb; for idle expiry */
+	/*
+	 * Payload bytes redirected for this flow, added atomically by the
+	 * verdict program. A stream session compares it with what the target
+	 * socket has sent before it propagates a FIN (see stream_route.h).
+	 */
+	relay_u64 bytes;
 };
 
 /*

@@ -60,13 +60,17 @@ Status BpfRelay::add_target(uint64_t cookie, int fd) {
   return update_sock(bpf_map__fd(skel_->maps.relay_targets), &cookie, fd, "relay_targets");
 }
 
-void BpfRelay::remove_target(uint64_t cookie) { bpf_map_delete_elem(bpf_map__fd(skel_->maps.relay_targets), &cookie); }
+void BpfRelay::remove_target(uint64_t cookie) {
+  bpf_map_delete_elem(bpf_map__fd(skel_->maps.relay_targets), &cookie);
+}
 
 Status BpfRelay::add_source(uint64_t cookie, int fd) {
   return update_sock(bpf_map__fd(skel_->maps.relay_sources), &cookie, fd, "relay_sources");
 }
 
-void BpfRelay::remove_source(uint64_t cookie) { bpf_map_delete_elem(bpf_map__fd(skel_->maps.relay_sources), &cookie); }
+void BpfRelay::remove_source(uint64_t cookie) {
+  bpf_map_delete_elem(bpf_map__fd(skel_->maps.relay_sources), &cookie);
+}
 
 Status BpfRelay::add_private_source(uint64_t id, int fd, const PrivateProgram& program) {
   RelaySkeleton inst(relay__open());
@@ -124,10 +128,17 @@ uint64_t BpfRelay::flow_last_ns(uint64_t key) {
   return value.last_ns;
 }
 
+uint64_t BpfRelay::flow_bytes(uint64_t key) {
+  struct relay_flow value = {};
+  if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.relay_flows), &key, &value) != 0) return 0;
+  return value.bytes;
+}
+
 RouteCounters BpfRelay::route_counters(uint32_t route_id) const {
   std::vector<struct relay_route_stats> per_cpu(ncpus_);
   RouteCounters sum;
-  if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.relay_route_stats), &route_id, per_cpu.data()) != 0) return sum;
+  if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.relay_route_stats), &route_id, per_cpu.data()) != 0)
+    return sum;
   for (const auto& s : per_cpu) {
     sum.packets += s.packets;
     sum.bytes += s.bytes;

@@ -50,6 +50,7 @@ class BpfRelay final : public MapWriter {
   Status set_flow(uint64_t key, const FlowEntry& entry) override;
   void remove_flow(uint64_t key) override;
   uint64_t flow_last_ns(uint64_t key) override;
+  uint64_t flow_bytes(uint64_t key) override;
 
   RouteCounters route_counters(uint32_t route_id) const;
   GlobalCounters global_counters() const;

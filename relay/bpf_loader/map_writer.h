@@ -32,7 +32,7 @@ class MapWriter {
   // until removed. AF_UNIX shows the program the sender, not the receiving
   // socket, so such sockets need per-socket constants:
   struct PrivateProgram {
-    uint64_t fixed_source = 0;  // look every skb up under this key instead
+    uint64_t fixed_source = 0;       // look every skb up under this key instead
     uint64_t new_client_target = 0;  // unknown senders: tag and redirect here
   };
   virtual Status add_private_source(uint64_t id, int fd, const PrivateProgram& program) = 0;
@@ -42,6 +42,9 @@ class MapWriter {
   virtual void remove_flow(uint64_t key) = 0;
   // bpf_ktime_get_ns() (CLOCK_MONOTONIC) of the flow's last skb, 0 if none.
   virtual uint64_t flow_last_ns(uint64_t key) = 0;
+  // Payload bytes the verdict program redirected for this flow so far.
+  // Not pure: fakes that never redirect need not implement it.
+  virtual uint64_t flow_bytes(uint64_t /*key*/) { return 0; }
 };
 
 }  // namespace sockrelay
