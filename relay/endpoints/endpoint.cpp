@@ -23,7 +23,8 @@ Result<Fd> new_socket(int family, int type) {
 }
 
 Status set_int_option(int fd, int level, int name, int value, const char* what) {
-  if (setsockopt(fd, level, name, &value, sizeof(value)) != 0) return errno_error(std::string("setsockopt(") + what + ")");
+  if (setsockopt(fd, level, name, &value, sizeof(value)) != 0)
+    return errno_error(std::string("setsockopt(") + what + ")");
   return {};
 }
 
@@ -52,7 +53,8 @@ Result<Fd> open_listener(const Endpoint& endpoint) {
   }
   if (bind(fd->get(), endpoint.address.sa(), endpoint.address.length) != 0) {
     int code = errno;
-    if (code == EADDRINUSE && endpoint.address.family() == AF_UNIX && stale_unix_path(endpoint.address, type)) {
+    if (code == EADDRINUSE && endpoint.address.family() == AF_UNIX &&
+        stale_unix_path(endpoint.address, type)) {
       unlink(reinterpret_cast<const sockaddr_un*>(&endpoint.address.storage)->sun_path);
       if (bind(fd->get(), endpoint.address.sa(), endpoint.address.length) == 0) code = 0;
     }
@@ -80,7 +82,7 @@ Result<Fd> open_datagram_upstream(const Endpoint& endpoint) {
   }
   if (connect(fd->get(), endpoint.address.sa(), endpoint.address.length) != 0) {
     int code = errno;
-    std::string hint = code == ENOENT ? " (no socket at that path: is the service running?)"
+    std::string hint = code == ENOENT         ? " (no socket at that path: is the service running?)"
                        : code == ECONNREFUSED ? " (nobody is bound there)"
                                               : "";
     return Error{code, what + hint};
@@ -88,7 +90,8 @@ Result<Fd> open_datagram_upstream(const Endpoint& endpoint) {
   return fd;
 }
 
-Result<Fd> open_udp_flow_socket(const sockaddr* local, socklen_t local_len, const sockaddr* peer, socklen_t peer_len) {
+Result<Fd> open_udp_flow_socket(const sockaddr* local, socklen_t local_len, const sockaddr* peer,
+                                socklen_t peer_len) {
   auto fd = new_socket(local->sa_family, SOCK_DGRAM);
   if (!fd) return fd.error().wrap("UDP flow socket");
   if (auto st = set_int_option(fd->get(), SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR"); !st)

@@ -59,7 +59,8 @@ Result<std::optional<UnixSocketInfo>> find_unix_dgram(const Match& match) {
       if (msg->udiag_type != SOCK_DGRAM || found) continue;
       UnixSocketInfo info;
       info.inode = msg->udiag_ino;
-      info.cookie = static_cast<uint64_t>(msg->udiag_cookie[0]) | (static_cast<uint64_t>(msg->udiag_cookie[1]) << 32);
+      info.cookie =
+          static_cast<uint64_t>(msg->udiag_cookie[0]) | (static_cast<uint64_t>(msg->udiag_cookie[1]) << 32);
       int attr_len = static_cast<int>(h->nlmsg_len - NLMSG_LENGTH(sizeof(*msg)));
       for (auto* a = reinterpret_cast<rtattr*>(msg + 1); RTA_OK(a, attr_len); a = RTA_NEXT(a, attr_len)) {
         if (a->rta_type == UNIX_DIAG_NAME) {
@@ -86,9 +87,11 @@ uint32_t socket_inode(int fd) {
 Result<std::optional<UnixSocketInfo>> find_unix_dgram_by_address(const sockaddr* address, socklen_t length) {
   constexpr size_t base = offsetof(sockaddr_un, sun_path);
   if (address->sa_family != AF_UNIX || length <= base) return std::optional<UnixSocketInfo>();
-  std::string_view wanted = name_bytes(reinterpret_cast<const sockaddr_un*>(address)->sun_path, length - base);
+  std::string_view wanted =
+      name_bytes(reinterpret_cast<const sockaddr_un*>(address)->sun_path, length - base);
   return find_unix_dgram([&](const UnixSocketInfo& info) {
-    return info.address_length > base && name_bytes(info.address.sun_path, info.address_length - base) == wanted;
+    return info.address_length > base &&
+           name_bytes(info.address.sun_path, info.address_length - base) == wanted;
   });
 }
 

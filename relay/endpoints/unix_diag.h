@@ -16,10 +16,10 @@
 namespace sockrelay {
 
 struct UnixSocketInfo {
-  uint64_t cookie = 0;      // as bpf_get_socket_cookie() sees it
-  uint32_t inode = 0;       // the socket's inode
-  uint32_t peer_inode = 0;  // inode of the socket it is connected to, 0 if none
-  sockaddr_un address{};    // its bound address...
+  uint64_t cookie = 0;           // as bpf_get_socket_cookie() sees it
+  uint32_t inode = 0;            // the socket's inode
+  uint32_t peer_inode = 0;       // inode of the socket it is connected to, 0 if none
+  sockaddr_un address{};         // its bound address...
   socklen_t address_length = 0;  // ...or 0 when it never bound
 };
 
