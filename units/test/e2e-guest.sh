@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# units/test/e2e-guest.sh — runs INSIDE the systemd-nspawn container started
+# by e2e-nspawn.sh, as a oneshot service under systemd as PID 1. Installs the
+# staged `cmake --install` tree, drives the units with systemctl and real
+# traffic, writes one "ok"/"FAIL"/"SKIP" line per check to /results/log (and
+# diagnostics next to it), then powers the container off.
+set -uo pipefail
+
+results=/results
+log=$results/log
+: >"$log"
+relay=/usr/local/bin/sockrelay
+start=$(date +%s.%N)
+passed=0 failed=0
+
+say() { echo "$*" >>"$log"; }
+elapsed() { awk -v s="$start" -v n="$(date +%s.%N)" 'BEGIN { printf "%.1f", n - s }'; }
+ok() { say "ok    [$(elapsed)s] $*"; passed=$((passed + 1)); }
+fail() { say "FAIL  [$(elapsed)s] $*"; failed=$((failed + 1)); }
+check() {  # check NAME CMD...: ok if CMD succeeds
+  local name=$1
+  shift
+  if "$@" >>"$results/diag" 2>&1; then ok "$name"; else fail "$name"; fi
+}
+prop() { systemctl show -p "$2" --value "$1"; }
+udp_ask() {  # udp_ask PORT TEXT -> the reply
+  printf '%s\n' "$2" | timeout 10 socat -T3 - "UDP4:127.0.0.1:$1" 2>>"$results/diag"
+}
+finish() {
+  say "SUMMARY $passed passed, $failed failed"
+  journalctl --no-pager -o short-monotonic -u 'sockrelay*' -u echo-server >"$results/journal.txt" 2>&1
+  systemctl poweroff --no-block
+  exit 0
+}
+
+# --- install what `cmake --install` staged --------------------------------------
+tar -C /stage/root -cf - . | tar -C / -xf - --keep-directory-symlink
+systemctl daemon-reload
+check "installed: binary, config, units" test -x "$relay" -a -f /etc/sockrelay/sockrelay.toml \
+  -a -f /lib/systemd/system/sockrelay.service -a -f /lib/systemd/system/sockrelay@.service
+"$relay" --version >>"$results/diag" 2>&1
+
+# --- UDP echo server at 127.0.0.1:5301 (the default config's upstream) ----------
+systemd-run --quiet --unit=echo-server socat UDP4-RECVFROM:5301,bind=127.0.0.1,fork SYSTEM:cat
+ip link set lo up
+
+# --- socket activation: sockrelay-udp.socket -> sockrelay.service ---------------
+check "sockrelay-udp.socket starts" systemctl start sockrelay-udp.socket
+check "sockrelay.service not running before the first datagram" \
+  test "$(prop sockrelay.service ActiveState)" = inactive
+t0=$(date +%s%N)
+reply=$(udp_ask 5300 "first datagram")
+first_ms=$((($(date +%s%N) - t0) / 1000000))
+if [ "$reply" = "first datagram" ]; then
+  ok "first datagram started the service and was answered (${first_ms} ms)"
+else
+  fail "first datagram answered (got \"$reply\" after ${first_ms} ms)"
+fi
+check "systemctl is-active sockrelay.service" systemctl is-active sockrelay.service
+state="$(prop sockrelay.service ActiveState)/$(prop sockrelay.service SubState) StatusText=\"$(prop sockrelay.service StatusText)\""
+# Type=notify: "active" only after READY=1; before it the unit is "activating".
+if [ "$state" = 'active/running StatusText="relaying"' ] || [[ $state == active/running\ StatusText=\"?* ]]; then
+  ok "READY=1 seen: $state"
+else
+  fail "READY=1 seen: $state"
+fi
+journalctl --no-pager -u sockrelay.service >"$results/journal-1.txt"
+check "journal: route took the socket from systemd" grep -q "(socket from systemd)" "$results/journal-1.txt"
+
+pid=$(prop sockrelay.service MainPID)
+say "info  MainPID $pid: $(grep -E '^(Uid|CapEff|CapPrm|CapBnd|CapAmb|NoNewPrivs|Seccomp):' "/proc/$pid/status" | tr -s '\t\n' '  ')"
+uid=$(awk '/^Uid:/ {print $2}' "/proc/$pid/status")
+if [ "${uid:-0}" != 0 ]; then ok "relay runs as a non-root dynamic user (uid $uid)"; else fail "relay runs as non-root (uid ${uid:-?})"; fi
+
+replies=0
+for client in 1 2 3; do
+  [ "$(udp_ask 5300 "client $client")" = "client $client" ] && replies=$((replies + 1))
+done
+if [ "$replies" = 3 ]; then ok "three more clients answered"; else fail "three more clients answered ($replies of 3)"; fi
+# The 2nd and later datagrams of a flow go through the verdict program.
+two=$(printf 'one\ntwo\n' | timeout 10 socat -T3 - UDP4:127.0.0.1:5300 | tr '\n' ' ')
+if [ "$two" = "one two " ]; then ok "two datagrams on one flow answered"; else fail "two datagrams on one flow answered (got \"$two\")"; fi
+"$relay" status --control /run/sockrelay/control.sock >"$results/status.txt" 2>&1
+check "sockrelay status answers" test -s "$results/status.txt"
+check "sockrelay status: route on the kernel path" grep -q "datapath  kernel" "$results/status.txt"
+check "sockrelay status: kernel packets counted" grep -Eq "kernel +packets [1-9]" "$results/status.txt"
+check "sockrelay status: no failed flow" grep -q " 0 failed" "$results/status.txt"
+
+# --- reload (issue 5, item 4) ----------------------------------------------------
+# TODO(reload): not implemented in the daemon yet (SIGHUP is logged and
+# ignored). When it is: `systemctl reload sockrelay.service` with a live
+# flow must keep that flow answering; a broken config on reload must be
+# refused (journal says why) while the old one keeps serving; a datagram to
+# a route added by the reload must be answered; RELOADING=1 ... READY=1.
+say "SKIP  reload: not implemented in the daemon yet"
+
+# --- stop -------------------------------------------------------------------------
+check "systemctl stop sockrelay.service" systemctl stop sockrelay.service
+stopped="$(prop sockrelay.service ActiveState) Result=$(prop sockrelay.service Result) ExecMainStatus=$(prop sockrelay.service ExecMainStatus)"
+if [ "$stopped" = "inactive Result=success ExecMainStatus=0" ]; then ok "stopped cleanly: $stopped"; else fail "stopped cleanly: $stopped"; fi
+journalctl --no-pager -u sockrelay.service >"$results/journal-2.txt"
+check "journal: \"stopped cleanly\"" grep -q "stopped cleanly" "$results/journal-2.txt"
+check "the socket unit is still listening" test "$(prop sockrelay-udp.socket ActiveState)" = active
+if [ "$(udp_ask 5300 "after stop")" = "after stop" ]; then
+  ok "a datagram after the stop starts the service again and is answered"
+else
+  fail "a datagram after the stop starts the service again and is answered"
+fi
+
+# --- template: sockrelay@demo2.socket (UNIX dgram) -> sockrelay@demo2.service ------
+cat >/etc/sockrelay/demo2.toml <<'TOML'
+[relay]
+control = "/run/sockrelay/demo2.sock"
+[endpoints.in]
+type = "unix-dgram"
+listen = "/run/sockrelay/demo2.in.sock"
+[endpoints.out]
+type = "udp"
+connect = "127.0.0.1:5301"
+[[routes]]
+from = "in"
+to = "out"
+TOML
+check "sockrelay@demo2.socket starts" systemctl start sockrelay@demo2.socket
+unix_ask() {  # unix_ask CLIENT-PATH TEXT -> the reply
+  printf '%s\n' "$2" | timeout 10 socat -T3 - "UNIX-SENDTO:/run/sockrelay/demo2.in.sock,bind=$1" 2>>"$results/diag"
+}
+# The relay runs as a non-root dynamic user: sending a reply to a UNIX
+# client needs write permission on the client's socket file, hence umask 0.
+# The client binds under /run (outside the relay's RuntimeDirectory:
+# read-only for the relay under ProtectSystem=strict, which does not stop
+# sendto()).
+umask 000
+reply=$(unix_ask /run/client1.sock "unix client")
+if [ "$reply" = "unix client" ]; then
+  ok "template: first UNIX datagram started sockrelay@demo2.service and was answered"
+else
+  fail "template: first UNIX datagram answered (got \"$reply\")"
+fi
+# Known limit of PrivateTmp=yes (and ProtectHome=yes): a client bound under
+# /tmp (or /home) is invisible to the relay, its replies are lost (counted as
+# send-error). Checked so that a change of it is noticed.
+reply=$(unix_ask /tmp/client2.sock "tmp client")
+# A client socket the relay's user may not write to (root's 0755) gets no
+# reply either (send-error, EACCES).
+umask 022
+reply3=$(unix_ask /run/client3.sock "0755 client")
+if [ -z "$reply3" ]; then
+  ok "template: a client socket not writable by the relay's user gets no reply (documented)"
+else
+  fail "template: a client socket not writable by the relay's user gets no reply (got \"$reply3\": update units/README.md)"
+fi
+if [ -z "$reply" ]; then
+  ok "template: a client bound in /tmp gets no reply (PrivateTmp=yes, documented)"
+else
+  fail "template: a client bound in /tmp gets no reply under PrivateTmp=yes (got \"$reply\": update units/README.md)"
+fi
+check "template: sockrelay@demo2.service active" systemctl is-active sockrelay@demo2.service
+check "template: both relays run at once" systemctl is-active sockrelay.service sockrelay@demo2.service
+"$relay" status --control /run/sockrelay/demo2.sock >"$results/status-demo2.txt" 2>&1
+check "template: status on the instance's own control socket" grep -q "datapath" "$results/status-demo2.txt"
+check "template: systemctl stop sockrelay@demo2.service" systemctl stop sockrelay@demo2.service
+check "template: instance stopped with success" test "$(prop sockrelay@demo2.service Result)" = success
+check "template: sockrelay.service's control socket survives the instance's stop" \
+  "$relay" status --control /run/sockrelay/control.sock
+check "template: the instance's socket file survives its stop" test -S /run/sockrelay/demo2.in.sock
+
+# --- systemd-analyze security -------------------------------------------------------
+systemd-analyze security --no-pager sockrelay.service >"$results/security.txt" 2>&1
+score=$(grep -o 'Overall exposure level for sockrelay.service: .*' "$results/security.txt")
+if [ -n "$score" ]; then ok "systemd-analyze security: ${score#Overall exposure level for }"; else fail "systemd-analyze security"; fi
+
+systemctl stop sockrelay.service sockrelay-udp.socket sockrelay@demo2.socket echo-server
+finish
