@@ -28,16 +28,29 @@ shim=$work/drop_caps_at_ready.so
 # --- one case, inside its own netns -------------------------------------------
 if [ "${CAPS_IN_NETNS:-}" = 1 ]; then
   # $1 user (root|nobody)  $2 start caps (setpriv syntax, e.g. +bpf,+net_admin)
-  # $3 caps kept after READY (numbers, comma-separated)  $4 listen port
+  # $3 caps kept after READY (numbers, comma-separated)
+  # $4 listen port, or "PORT/unix": the upstream is a UNIX datagram echo
+  #    server (each of its flows gets a private verdict instance: a BPF
+  #    program loaded and a map created while the relay runs)
   # $5 expected: kernel (every flow in the kernel), userspace (BPF not
   #    loaded: the route falls back to user space), flow-bind-denied (kernel
   #    route, but the per-client flow socket cannot bind the listener's port,
-  #    so replies go through user space)
-  user=$1 start=$2 keep=$3 port=$4 want=$5
+  #    so replies go through user space), flow-setup-fails (kernel route, but
+  #    a new flow's private verdict instance cannot be loaded: user space
+  #    carries that flow)
+  user=$1 start=$2 keep=$3 port=${4%/unix} want=$5
   ip link set lo up
   dir=$work/case.$$
   mkdir -p "$dir/run"
   chmod 0777 "$dir" "$dir/run"
+  if [ "$4" = "$port/unix" ]; then
+    upstream_type=unix-dgram upstream=$dir/echo.sock
+    (umask 000 && exec socat "UNIX-RECVFROM:$upstream,fork" SYSTEM:cat) &
+  else
+    upstream_type=udp upstream=127.0.0.1:5301
+    socat UDP4-RECVFROM:5301,bind=127.0.0.1,fork SYSTEM:cat &
+  fi
+  echo_pid=$!
   cat >"$dir/relay.toml" <<TOML
 [relay]
 log-level = "debug"
@@ -46,14 +59,12 @@ control = "$dir/run/control.sock"
 type = "udp"
 listen = "127.0.0.1:$port"
 [endpoints.demo-echo]
-type = "udp"
-connect = "127.0.0.1:5301"
+type = "$upstream_type"
+connect = "$upstream"
 [[routes]]
 from = "demo-in"
 to = "demo-echo"
 TOML
-  socat UDP4-RECVFROM:5301,bind=127.0.0.1,fork SYSTEM:cat &
-  echo_pid=$!
   caps_arg=-all${start:+,$start}
   if [ "$user" = root ]; then
     ids=()
@@ -79,7 +90,7 @@ TOML
   [ -n "$reply" ] || fail+=("no reply to a two-datagram client")
   status=$("$relay" status --control "$dir/run/control.sock" 2>&1)
   route_path=$want
-  [ "$want" = flow-bind-denied ] && route_path=kernel
+  [ "$want" = flow-bind-denied ] || [ "$want" = flow-setup-fails ] && route_path=kernel
   grep -q "datapath  $route_path" <<<"$status" || fail+=("datapath is not $route_path: $(grep datapath <<<"$status")")
   if [ "$want" = kernel ]; then
     grep -Eq "kernel +packets [1-9]" <<<"$status" || fail+=("no kernel packets: $(grep 'kernel ' <<<"$status")")
@@ -96,6 +107,7 @@ TOML
   if grep -E " (error|critical) " "$dir/log" >/dev/null; then fail+=("error logged: $(grep -E ' (error|critical) ' "$dir/log" | head -n 2 | tr '\n' ' ')"); fi
   case $want in
     userspace) grep -q "BPF data path unavailable" "$dir/log" || fail+=("no \"BPF data path unavailable\" warning") ;;
+    flow-setup-fails) grep -q "kernel path not set up (load private verdict instance" "$dir/log" || fail+=("flows were set up in the kernel") ;;
     *) if grep -v "^libbpf" "$dir/log" | grep -q warning; then fail+=("warning logged: $(grep warning "$dir/log" | head -n 1)"); fi ;;
   esac
   if [ "$want" = flow-bind-denied ]; then
@@ -131,6 +143,9 @@ cases=(
   "nobody|+bpf,+net_admin||5300|kernel|after READY keep nothing"
   "nobody|+bpf,+net_admin,+net_bind_service|39|53|flow-bind-denied|port 53, after READY keep CAP_BPF only: flow sockets refused"
   "nobody|+bpf,+net_admin,+net_bind_service|39,10|53|kernel|port 53, after READY keep CAP_BPF+CAP_NET_BIND_SERVICE"
+  "nobody|+bpf,+net_admin|39,12|5300/unix|kernel|UNIX upstream, CAP_BPF+CAP_NET_ADMIN kept"
+  "nobody|+bpf,+net_admin|39|5300/unix|flow-setup-fails|UNIX upstream, after READY keep CAP_BPF only"
+  "nobody|+bpf,+net_admin||5300/unix|flow-setup-fails|UNIX upstream, after READY keep nothing"
 )
 
 passed=0 failed=0
