@@ -78,6 +78,25 @@ struct {
 	__type(value, __u64);
 } relay_global_stats SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, RELAY_MAX_ROUTES * RELAY_MAX_TARGETS);
+	__type(key, __u32);
+	__type(value, struct relay_target_stats);
+} relay_target_stats SEC(".maps");
+
+/*
+ * Per route, a bit per target index that has failed and waits for its
+ * retry: balanced flows skip it. Route-wide, so one write by user space
+ * takes a target out of (or back into) every flow of the route at once.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, RELAY_MAX_ROUTES);
+	__type(key, __u32);
+	__type(value, __u32);
+} relay_targets_down SEC(".maps");
+
 static __always_inline void count_global(__u32 which)
 {
 	__u64 *counter = bpf_map_lookup_elem(&relay_global_stats, &which);
@@ -86,38 +105,74 @@ static __always_inline void count_global(__u32 which)
 		*counter += 1;
 }
 
+/*
+ * Hands an AF_UNIX listener's skb to user space whole and with its sender:
+ * tagged with the sender's cookie and redirected to the listener's
+ * new-client socket (the socket's own queue would merge datagrams and lose
+ * the sender).
+ */
+static __always_inline int to_user_space(struct __sk_buff *skb, __u64 sender)
+{
+	struct relay_new_client_tag tag = { .sender_cookie = sender };
+	__u64 target = new_client_target;
+
+	if (bpf_skb_change_head(skb, sizeof(tag), 0) ||
+	    bpf_skb_store_bytes(skb, 0, &tag, sizeof(tag), 0)) {
+		/* No headroom for the tag: user space could not tell who sent it. */
+		count_global(RELAY_GLOBAL_TAG_FAILED);
+		return SK_DROP;
+	}
+	if (bpf_sk_redirect_hash(skb, &relay_targets, &target, 0) != SK_PASS) {
+		/* The listener is being torn down. */
+		count_global(RELAY_GLOBAL_NEW_CLIENT_LOST);
+		return SK_DROP;
+	}
+	return SK_PASS;
+}
+
+/*
+ * Index of the target this skb goes to, starting at `first` and skipping
+ * targets that are down; RELAY_MAX_TARGETS when all are down.
+ */
+static __always_inline __u32 next_live_target(struct relay_flow *flow, __u32 route, __u32 first)
+{
+	__u32 *down_mask = bpf_map_lookup_elem(&relay_targets_down, &route);
+	__u32 down = down_mask ? *down_mask : 0;
+	__u32 n = flow->n_targets;
+
+	if (n == 0 || n > RELAY_MAX_TARGETS)
+		return RELAY_MAX_TARGETS;
+	for (__u32 i = 0; i < RELAY_MAX_TARGETS; i++) {
+		__u32 idx;
+
+		if (i >= n)
+			break;
+		idx = ((first + i) % n) & (RELAY_MAX_TARGETS - 1);
+		if (flow->targets[idx] && !(down & (1u << idx)))
+			return idx;
+	}
+	return RELAY_MAX_TARGETS;
+}
+
 SEC("sk_skb")
 int relay_verdict(struct __sk_buff *skb)
 {
 	__u64 key = fixed_source ? fixed_source : bpf_get_socket_cookie(skb);
 	struct relay_route_stats *stats;
 	struct relay_flow *flow;
+	__u32 target_index;
 	__u64 target;
 	__u32 route;
 
 	flow = bpf_map_lookup_elem(&relay_flows, &key);
 	if (!flow) {
-		struct relay_new_client_tag tag = { .sender_cookie = key };
-
 		if (!new_client_target) {
 			/* Not a listener instance; user space set no flow for this
 			 * socket yet. Leave it to the socket's queue. */
 			count_global(RELAY_GLOBAL_UNKNOWN_SOURCE);
 			return SK_PASS;
 		}
-		if (bpf_skb_change_head(skb, sizeof(tag), 0) ||
-		    bpf_skb_store_bytes(skb, 0, &tag, sizeof(tag), 0)) {
-			/* No headroom for the tag: user space could not tell who sent it. */
-			count_global(RELAY_GLOBAL_TAG_FAILED);
-			return SK_DROP;
-		}
-		target = new_client_target;
-		if (bpf_sk_redirect_hash(skb, &relay_targets, &target, 0) != SK_PASS) {
-			/* The listener is being torn down. */
-			count_global(RELAY_GLOBAL_NEW_CLIENT_LOST);
-			return SK_DROP;
-		}
-		return SK_PASS;
+		return to_user_space(skb, key);
 	}
 	route = flow->route_id;
 	stats = bpf_map_lookup_elem(&relay_route_stats, &route);
@@ -126,14 +181,55 @@ int relay_verdict(struct __sk_buff *skb)
 		count_global(RELAY_GLOBAL_BAD_ROUTE);
 		return SK_DROP;
 	}
+	if (skb->len == 0 && (flow->flags & RELAY_FLOW_STREAM)) {
+		/* A TCP FIN reaches the verdict as an empty skb. Redirected, the
+		 * target's psock backlog sends 0 bytes, takes that for a hard
+		 * error (EPIPE) and stops transmitting. User space propagates
+		 * the FIN itself, after the data: nothing to carry here. */
+		return SK_DROP;
+	}
 	flow->last_ns = bpf_ktime_get_ns();
+	if (flow->balance == RELAY_BALANCE_BROADCAST && new_client_target) {
+		/* One skb can be redirected to one socket only: user space
+		 * copies it to every target. */
+		stats->packets += 1;
+		stats->bytes += skb->len;
+		return to_user_space(skb, key);
+	}
 	target = flow->target_cookie;
+	target_index = 0;
+	if (flow->balance == RELAY_BALANCE_ROUND_ROBIN || flow->balance == RELAY_BALANCE_HASH) {
+		/* The hash of the client's address is fixed per flow, so a
+		 * client sticks to one target while it is up and moves to the
+		 * next live one, for this skb already, when it is down. */
+		__u32 first = flow->balance == RELAY_BALANCE_HASH
+				      ? flow->client_hash
+				      : (__u32)__sync_fetch_and_add(&flow->next, 1);
+
+		target_index = next_live_target(flow, route, first);
+		if (target_index >= RELAY_MAX_TARGETS) {
+			/* Every target failed and waits for its retry. */
+			count_global(RELAY_GLOBAL_ALL_TARGETS_DOWN);
+			stats->drop_no_target += 1;
+			return SK_DROP;
+		}
+		target = flow->targets[target_index];
+	}
 	if (bpf_sk_redirect_hash(skb, &relay_targets, &target,
 				 (flow->flags & RELAY_FLOW_INGRESS) ? BPF_F_INGRESS : 0) != SK_PASS) {
 		/* The partner left relay_targets (session torn down under us):
 		 * nowhere to deliver; counted so status shows it. */
 		stats->drop_no_target += 1;
 		return SK_DROP;
+	}
+	if (flow->balance != RELAY_BALANCE_SINGLE) {
+		__u32 slot = route * RELAY_MAX_TARGETS + target_index;
+		struct relay_target_stats *ts = bpf_map_lookup_elem(&relay_target_stats, &slot);
+
+		if (ts) {
+			ts->packets += 1;
+			ts->bytes += skb->len;
+		}
 	}
 	stats->packets += 1;
 	stats->bytes += skb->len;

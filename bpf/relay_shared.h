@@ -20,8 +20,18 @@ typedef __u64 relay_u64;
 /* Sockets in the redirect target hash; sessions use two or three each. */
 #define RELAY_MAX_SOCKETS 65536
 
+/* Targets of one route (`to = [...]`); a power of two. */
+#define RELAY_MAX_TARGETS 8
+
+/* relay_flow.balance: how a flow with several targets picks one per skb. */
+#define RELAY_BALANCE_SINGLE 0      /* always target_cookie */
+#define RELAY_BALANCE_ROUND_ROBIN 1 /* targets[next++ % n_targets], skipping down ones */
+#define RELAY_BALANCE_HASH 2        /* targets[client_hash % n_targets], skipping down ones */
+#define RELAY_BALANCE_BROADCAST 3   /* to user space, which copies to every target */
+
 /* relay_flow.flags */
 #define RELAY_FLOW_INGRESS (1u << 0) /* redirect with BPF_F_INGRESS */
+#define RELAY_FLOW_STREAM (1u << 1)  /* a stream session: empty skbs (a TCP FIN) are dropped */
 
 /*
  * relay_flows: key = the socket cookie the verdict program sees for an skb
@@ -38,6 +48,22 @@ struct relay_flow {
 	 * verdict program. A stream session compares it with what the target
 	 * socket has sent before it propagates a FIN (see stream_route.h).
 	 */
+	relay_u64 bytes;
+	relay_u32 balance;     /* RELAY_BALANCE_* */
+	relay_u32 n_targets;   /* targets[] in use, in the route's `to` order */
+	relay_u64 next;        /* round-robin position */
+	relay_u32 client_hash; /* hash of the client's address: RELAY_BALANCE_HASH */
+	relay_u32 _pad;
+	/* Keys into relay_targets by target index; 0 = that target is down. */
+	relay_u64 targets[RELAY_MAX_TARGETS];
+};
+
+/*
+ * Per-target counters of routes with several targets: a per-CPU array
+ * indexed by route id * RELAY_MAX_TARGETS + target index.
+ */
+struct relay_target_stats {
+	relay_u64 packets;
 	relay_u64 bytes;
 };
 
@@ -65,7 +91,8 @@ enum relay_global_counter {
 	RELAY_GLOBAL_BAD_ROUTE = 1,      /* flow names a route id out of range: dropped */
 	RELAY_GLOBAL_TAG_FAILED = 2,     /* could not prepend the new-client tag: dropped */
 	RELAY_GLOBAL_NEW_CLIENT_LOST = 3, /* the new-client socket is gone: dropped */
-	RELAY_GLOBAL_MAX = 4,
+	RELAY_GLOBAL_ALL_TARGETS_DOWN = 4, /* balanced flow with every target down: dropped */
+	RELAY_GLOBAL_MAX = 5,
 };
 
 #endif

@@ -4,6 +4,7 @@
 #include <bpf/libbpf.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <string>
 
 #include "relay.skel.h"
@@ -87,6 +88,8 @@ Status BpfRelay::add_private_source(uint64_t id, int fd, const PrivateProgram& p
       {inst->maps.relay_flows, skel_->maps.relay_flows},
       {inst->maps.relay_route_stats, skel_->maps.relay_route_stats},
       {inst->maps.relay_global_stats, skel_->maps.relay_global_stats},
+      {inst->maps.relay_target_stats, skel_->maps.relay_target_stats},
+      {inst->maps.relay_targets_down, skel_->maps.relay_targets_down},
   };
   for (auto& r : reuse) {
     if (int ret = bpf_map__reuse_fd(r.mine, bpf_map__fd(r.shared)); ret != 0)
@@ -115,8 +118,18 @@ Status BpfRelay::set_flow(uint64_t key, const FlowEntry& entry) {
   value.target_cookie = entry.target_cookie;
   value.route_id = entry.route_id;
   value.flags = entry.flags;
+  value.balance = entry.balance;
+  value.client_hash = entry.client_hash;
+  value.n_targets = std::min<uint32_t>(entry.n_targets, RELAY_MAX_TARGETS);
+  for (uint32_t i = 0; i < value.n_targets; ++i) value.targets[i] = entry.targets[i];
   if (bpf_map_update_elem(bpf_map__fd(skel_->maps.relay_flows), &key, &value, BPF_ANY) != 0)
     return errno_error("update relay_flows");
+  return {};
+}
+
+Status BpfRelay::set_targets_down(uint32_t route_id, uint32_t mask) {
+  if (bpf_map_update_elem(bpf_map__fd(skel_->maps.relay_targets_down), &route_id, &mask, BPF_ANY) != 0)
+    return errno_error("update relay_targets_down");
   return {};
 }
 
@@ -147,6 +160,19 @@ RouteCounters BpfRelay::route_counters(uint32_t route_id) const {
   return sum;
 }
 
+RouteCounters BpfRelay::target_counters(uint32_t route_id, uint32_t target_index) const {
+  std::vector<struct relay_target_stats> per_cpu(ncpus_);
+  RouteCounters sum;
+  uint32_t slot = route_id * RELAY_MAX_TARGETS + target_index;
+  if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.relay_target_stats), &slot, per_cpu.data()) != 0)
+    return sum;
+  for (const auto& s : per_cpu) {
+    sum.packets += s.packets;
+    sum.bytes += s.bytes;
+  }
+  return sum;
+}
+
 GlobalCounters BpfRelay::global_counters() const {
   GlobalCounters g;
   std::vector<uint64_t> per_cpu(ncpus_);
@@ -160,6 +186,7 @@ GlobalCounters BpfRelay::global_counters() const {
   g.bad_route = read(RELAY_GLOBAL_BAD_ROUTE);
   g.tag_failed = read(RELAY_GLOBAL_TAG_FAILED);
   g.new_client_lost = read(RELAY_GLOBAL_NEW_CLIENT_LOST);
+  g.all_targets_down = read(RELAY_GLOBAL_ALL_TARGETS_DOWN);
   return g;
 }
 

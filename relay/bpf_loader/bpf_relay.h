@@ -27,6 +27,7 @@ struct GlobalCounters {
   uint64_t bad_route = 0;
   uint64_t tag_failed = 0;
   uint64_t new_client_lost = 0;
+  uint64_t all_targets_down = 0;
 };
 
 struct SkeletonDeleter {
@@ -48,11 +49,14 @@ class BpfRelay final : public MapWriter {
   Status add_private_source(uint64_t id, int fd, const PrivateProgram& program) override;
   void remove_private_source(uint64_t id) override;
   Status set_flow(uint64_t key, const FlowEntry& entry) override;
+  Status set_targets_down(uint32_t route_id, uint32_t mask) override;
   void remove_flow(uint64_t key) override;
   uint64_t flow_last_ns(uint64_t key) override;
   uint64_t flow_bytes(uint64_t key) override;
 
   RouteCounters route_counters(uint32_t route_id) const;
+  // Packets and bytes sent to `to[target_index]` of a balanced route.
+  RouteCounters target_counters(uint32_t route_id, uint32_t target_index) const;
   GlobalCounters global_counters() const;
 
  private:

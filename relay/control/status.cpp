@@ -20,11 +20,23 @@ std::string format_status_text(const StatusSnapshot& s) {
         << "  user      packets " << r.user.user_packets << ", bytes " << r.user.user_bytes << "\n"
         << "  drops     no-target " << r.kernel.drop_no_target << ", max-sessions "
         << r.user.refused_max_sessions << ", setup-failed " << r.user.drop_setup_failed << ", send-error "
-        << r.user.drop_send_error << ", no-reply-path " << r.user.drop_no_reply_path << "\n";
+        << r.user.drop_send_error << ", no-reply-path " << r.user.drop_no_reply_path << ", all-targets-down "
+        << r.user.drop_all_targets_down << ", target-full " << r.user.drop_target_full << "\n";
+    for (const auto& t : r.targets) {
+      out << "  target    " << t.report.name << ": " << (t.report.up ? "up" : "DOWN") << ", kernel packets "
+          << t.kernel.packets << ", user packets " << t.report.user_packets << ", failures "
+          << t.report.failures;
+      if (!t.report.up) out << ", retry in " << t.report.retry_in_ms << " ms";
+      out << "\n";
+    }
+    if (r.is_stream)
+      out << "  stream    closed " << r.stream.sessions_closed << ", half-closes " << r.stream.half_closes
+          << ", connect-failed " << r.stream.connect_failed << ", refused " << r.stream.refused_max_sessions
+          << ", user bytes " << r.stream.user_bytes << ", user messages " << r.stream.user_messages << "\n";
   }
   out << "global    unknown-source " << s.global.unknown_source << ", bad-route " << s.global.bad_route
       << ", new-client-tag-failed " << s.global.tag_failed << ", new-client-lost " << s.global.new_client_lost
-      << "\n";
+      << ", all-targets-down " << s.global.all_targets_down << "\n";
   return out.str();
 }
 
@@ -41,7 +53,8 @@ std::string format_status_json(const StatusSnapshot& s) {
   j.field("unknown-source", s.global.unknown_source)
       .field("bad-route", s.global.bad_route)
       .field("new-client-tag-failed", s.global.tag_failed)
-      .field("new-client-lost", s.global.new_client_lost);
+      .field("new-client-lost", s.global.new_client_lost)
+      .field("all-targets-down", s.global.all_targets_down);
   j.end_object();
   j.key("routes").begin_array();
   for (const auto& r : s.routes) {
@@ -66,8 +79,38 @@ std::string format_status_json(const StatusSnapshot& s) {
         .field("max-sessions", r.user.refused_max_sessions)
         .field("setup-failed", r.user.drop_setup_failed)
         .field("send-error", r.user.drop_send_error)
-        .field("no-reply-path", r.user.drop_no_reply_path);
+        .field("no-reply-path", r.user.drop_no_reply_path)
+        .field("all-targets-down", r.user.drop_all_targets_down)
+        .field("target-full", r.user.drop_target_full);
     j.end_object();
+    if (!r.targets.empty()) {
+      j.key("targets").begin_array();
+      for (const auto& t : r.targets) {
+        j.begin_object()
+            .field("name", t.report.name)
+            .field("up", t.report.up)
+            .field("failures", t.report.failures)
+            .field("retry-in-ms", t.report.retry_in_ms)
+            .field("kernel-packets", t.kernel.packets)
+            .field("kernel-bytes", t.kernel.bytes)
+            .field("user-packets", t.report.user_packets)
+            .field("user-bytes", t.report.user_bytes)
+            .end_object();
+      }
+      j.end_array();
+    }
+    if (r.is_stream) {
+      j.key("stream").begin_object();
+      j.field("sessions-closed", r.stream.sessions_closed)
+          .field("sessions-failed", r.stream.sessions_failed)
+          .field("sessions-expired", r.stream.sessions_expired)
+          .field("half-closes", r.stream.half_closes)
+          .field("connect-failed", r.stream.connect_failed)
+          .field("refused-max-sessions", r.stream.refused_max_sessions)
+          .field("user-bytes", r.stream.user_bytes)
+          .field("user-messages", r.stream.user_messages);
+      j.end_object();
+    }
     j.end_object();
   }
   j.end_array();

@@ -8,8 +8,15 @@
 
 #include "bpf_loader/bpf_relay.h"
 #include "sessions/datagram_route.h"
+#include "sessions/stream_route.h"
 
 namespace sockrelay {
+
+// One target of a route with several.
+struct TargetStatus {
+  TargetReport report;   // health and user-space counters
+  RouteCounters kernel;  // what the verdict program sent to it
+};
 
 struct RouteStatus {
   uint32_t id = 0;
@@ -19,7 +26,10 @@ struct RouteStatus {
   std::string datapath_reason;  // why this path
   size_t sessions = 0;
   RouteCounters kernel;
-  DatagramCounters user;
+  DatagramCounters user;  // stream routes fill in the fields both kinds share
+  bool is_stream = false;
+  StreamCounters stream;
+  std::vector<TargetStatus> targets;  // routes with several targets only
 };
 
 struct StatusSnapshot {

@@ -16,6 +16,7 @@
 #include "control/status.h"
 #include "sessions/datagram_route.h"
 #include "sessions/event_loop.h"
+#include "sessions/stream_route.h"
 
 namespace sockrelay {
 
@@ -31,8 +32,11 @@ class Relay {
   StatusSnapshot snapshot() const;
 
  private:
+  // One of the two is set: datagram kinds get flows, stream and
+  // seqpacket kinds get sessions.
   struct RouteSource {
     std::unique_ptr<DatagramRoute> route;
+    std::unique_ptr<StreamRoute> stream;
     std::string datapath_reason;
   };
 

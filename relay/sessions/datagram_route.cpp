@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstring>
+#include <deque>
 
 #include "common/socket_cookie.h"
 #include "config/address.h"
@@ -18,12 +19,35 @@ namespace sockrelay {
 namespace {
 
 constexpr int kBatch = 32;
+constexpr size_t kMaxPending = 1024;  // per upstream socket
 constexpr size_t kMaxDatagram = 65536;
 
 uint64_t now_ns() {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
                                    std::chrono::steady_clock::now().time_since_epoch())
                                    .count());
+}
+
+// A stable hash of the client's identity (FNV-1a), for balance = "hash":
+// the same client lands on the same target across flows and restarts.
+uint32_t identity_hash(const std::string& identity) {
+  uint32_t h = 2166136261u;
+  for (unsigned char c : identity) h = (h ^ c) * 16777619u;
+  return h;
+}
+
+uint32_t balance_code(Balance balance) {
+  switch (balance) {
+    case Balance::RoundRobin:
+      return RELAY_BALANCE_ROUND_ROBIN;
+    case Balance::Hash:
+      return RELAY_BALANCE_HASH;
+    case Balance::Broadcast:
+      return RELAY_BALANCE_BROADCAST;
+    case Balance::Single:
+      break;
+  }
+  return RELAY_BALANCE_SINGLE;
 }
 
 // A UNIX client that never bound has no address: nothing can reply to it.
@@ -55,21 +79,32 @@ int read_batch(int fd, std::vector<char>& buffer, Each each) {
 
 }  // namespace
 
+struct DatagramRoute::Upstream {
+  Fd fd;  // connected to the target; closed while the target is down
+  uint64_t cookie = 0;
+  bool is_source = false;   // replies steered by the verdict program
+  bool is_private = false;  // ...by its own instance (unix-dgram)
+  // Datagrams user space could not send yet (the target's queue was full:
+  // a UNIX receiver takes only net.unix.max_dgram_qlen). Sent on EPOLLOUT,
+  // in order; bounded, and what does not fit is dropped and counted.
+  std::deque<std::string> pending;
+};
+
 struct DatagramRoute::Flow {
-  std::string key;           // in flows_: see identify_client()
+  std::string key;           // in flows_: see handle_client_datagram()
   sockaddr_storage peer{};   // where replies go...
   socklen_t peer_len = 0;    // ...0 when the client has no address
   uint64_t unix_cookie = 0;  // an AF_UNIX client's own socket (what the verdict sees)
   bool connected_to_listener = false;
+  uint32_t client_hash = 0;
 
-  Fd upstream;  // connected to the route's target
-  uint64_t upstream_cookie = 0;
-  bool upstream_is_source = false;  // replies steered by the verdict program
-  bool upstream_private = false;    // ...by its own instance (unix-dgram)
+  std::vector<Upstream> upstreams;  // by target index
+  uint64_t next_target = 0;         // user space's round-robin position
 
   Fd client_socket;  // connected to the client (the reply path); may stay closed
   uint64_t client_socket_cookie = 0;
-  bool client_socket_is_source = false;  // UDP flow socket: client datagrams arrive on it
+  bool client_socket_is_udp = false;     // UDP flow socket: the client's datagrams arrive on it
+  bool client_socket_is_source = false;  // ...and the verdict program steers them
 
   // What the verdict program sees for this client's datagrams: the UDP flow
   // socket's cookie, or the UNIX client's own cookie. 0 = user space.
@@ -87,11 +122,12 @@ struct DatagramRoute::Flow {
 
 DatagramRoute::DatagramRoute(DatagramRouteSpec spec, Fd listener, MapWriter* maps, EventLoop& loop,
                              SessionBudget& budget)
-    : spec_(spec),
+    : spec_(std::move(spec)),
       listener_(std::move(listener)),
       maps_(maps),
       loop_(loop),
       budget_(budget),
+      targets_(spec_.to.size()),
       buffer_(kBatch * kMaxDatagram) {}
 
 DatagramRoute::~DatagramRoute() { stop(); }
@@ -103,8 +139,11 @@ Status DatagramRoute::start() {
   if (!cookie) return cookie.error();
   listener_cookie_ = *cookie;
   listener_inode_ = socket_inode(listener_.get());
-  if (spec_.kernel && unix_listener())
-    if (auto st = steer_unix_listener(); !st) return st.error().wrap("listener " + spec_.from->name);
+  if (spec_.kernel) {
+    if (auto st = publish_targets_down(); !st) return st;  // a reused route id starts clean
+    if (unix_listener())
+      if (auto st = steer_unix_listener(); !st) return st.error().wrap("listener " + spec_.from->name);
+  }
   // A UDP listener stays out of the map: each client gets a flow socket,
   // so the listener only ever sees first datagrams.
   if (auto st = loop_.add(listener_.get(), EPOLLIN, [this](uint32_t) { on_listener_readable(); }); !st)
@@ -140,7 +179,7 @@ Status DatagramRoute::steer_unix_listener() {
 
 void DatagramRoute::stop() {
   if (!started_) return;
-  while (!flows_.empty()) destroy_flow(flows_.begin()->first, false);
+  while (!flows_.empty()) destroy_flow(std::string(flows_.begin()->first), "");
   loop_.remove(listener_.get());
   if (in_map_) {
     maps_->remove_private_source(listener_cookie_);
@@ -179,6 +218,9 @@ void DatagramRoute::on_listener_readable() {
 
 void DatagramRoute::handle_client_datagram(const sockaddr_storage& peer, socklen_t peer_len,
                                            uint64_t tagged_cookie, const char* data, size_t len) {
+  // Flows by client: UDP by address; AF_UNIX by cookie when the verdict
+  // program tagged the datagram, else by address (aliased to the cookie key
+  // once the flow knows both).
   std::string key;
   if (!unix_listener())
     key.assign(reinterpret_cast<const char*>(&peer), peer_len);
@@ -188,7 +230,7 @@ void DatagramRoute::handle_client_datagram(const sockaddr_storage& peer, socklen
     key = "addr:" + std::string(reinterpret_cast<const char*>(&peer), peer_len);
   auto it = flows_.find(key);
   if (it == flows_.end() && !tagged_cookie && unix_listener()) {
-    auto alias = unix_address_alias_.find(key);  // a known client seen untagged
+    auto alias = unix_address_alias_.find(key);
     if (alias != unix_address_alias_.end()) it = flows_.find(alias->second);
   }
   Flow* flow = it != flows_.end() ? it->second.get() : create_flow(key, peer, peer_len, tagged_cookie);
@@ -222,6 +264,8 @@ DatagramRoute::Flow* DatagramRoute::create_flow(const std::string& key, const so
       }
     }
   }
+  flow->client_hash = identity_hash(
+      flow->replyable() ? std::string(reinterpret_cast<const char*>(&flow->peer), flow->peer_len) : key);
   if (!budget_.try_take()) {
     if (counters_.refused_max_sessions++ % 1000 == 0)
       spdlog::warn("route {}: max-sessions ({}) reached, dropping datagrams from new client {} (counted)",
@@ -230,16 +274,27 @@ DatagramRoute::Flow* DatagramRoute::create_flow(const std::string& key, const so
   }
   flow->last_user_ns = now_ns();
 
-  auto upstream = open_datagram_upstream(*spec_.to);
-  if (!upstream) {
+  // One upstream socket per target that is up; a target that cannot be
+  // reached now leaves the rotation until its retry.
+  flow->upstreams.resize(spec_.to.size());
+  size_t opened = 0;
+  std::string why;
+  for (size_t t = 0; t < spec_.to.size(); ++t) {
+    if (targets_[t].down) continue;
+    if (auto st = open_upstream(*flow, t); !st) {
+      why = st.error().describe();
+      target_failed(t, why);
+    } else {
+      ++opened;
+    }
+  }
+  if (opened == 0) {
     budget_.give_back();
     if (counters_.drop_setup_failed++ % 1000 == 0)
-      spdlog::warn("route {}: new client {}: {} (datagram dropped, counted)", spec_.route_id,
-                   flow->peer_text(), upstream.error().describe());
+      spdlog::warn("route {}: new client {}: no target reachable{}{} (datagram dropped, counted)",
+                   spec_.route_id, flow->peer_text(), why.empty() ? "" : ": ", why);
     return nullptr;
   }
-  flow->upstream = std::move(*upstream);
-  flow->upstream_cookie = socket_cookie(flow->upstream.get()).value();
 
   // The reply path: a socket connected to the client, which the kernel can
   // send through. Without one, user space replies from the listener.
@@ -249,7 +304,7 @@ DatagramRoute::Flow* DatagramRoute::create_flow(const std::string& key, const so
                                   flow->peer_len);
     if (s) {
       flow->client_socket = std::move(*s);
-      flow->client_socket_is_source = true;
+      flow->client_socket_is_udp = true;
     } else {
       spdlog::debug("route {}: {}; replies to {} go through user space", spec_.route_id, s.error().describe(),
                     flow->peer_text());
@@ -269,9 +324,7 @@ DatagramRoute::Flow* DatagramRoute::create_flow(const std::string& key, const so
   }
 
   Flow* raw = flow.get();
-  auto on_upstream = [this, raw](uint32_t events) { on_upstream_readable(*raw, events); };
-  (void)loop_.add(raw->upstream.get(), EPOLLIN, on_upstream);
-  if (raw->client_socket_is_source) {
+  if (raw->client_socket_is_udp) {
     auto on_client = [this, raw](uint32_t events) { on_client_socket_readable(*raw, events); };
     (void)loop_.add(raw->client_socket.get(), EPOLLIN, on_client);
   }
@@ -285,61 +338,144 @@ DatagramRoute::Flow* DatagramRoute::create_flow(const std::string& key, const so
                 raw->kernel ? "kernel" : "user-space");
   // Data that reached the sockets before they entered the map is not
   // redirected until more arrives: move it now.
-  on_upstream_readable(*raw, EPOLLIN);
-  if (flows_.count(key) && raw->client_socket_is_source) on_client_socket_readable(*raw, EPOLLIN);
+  for (size_t t = 0; t < raw->upstreams.size() && flows_.count(key); ++t)
+    if (raw->upstreams[t].fd) on_upstream_readable(*raw, t, EPOLLIN);
+  if (flows_.count(key) && raw->client_socket_is_udp) on_client_socket_readable(*raw, EPOLLIN);
   return flows_.count(key) ? raw : nullptr;
 }
 
-Status DatagramRoute::wire_kernel(Flow& flow) {
-  const uint32_t route = spec_.route_id;
-  // Where the client's datagrams show up in the verdict program.
-  if (flow.client_socket_is_source) {
-    flow.client_key = flow.client_socket_cookie;
-  } else {
-    flow.client_key = flow.unix_cookie;  // 0 if unknown: user space forwards
-  }
-  // Replies go through the kernel when we hold a socket connected to the
-  // client; otherwise the upstream socket stays out of the verdict program
-  // and user space reads its replies with their boundaries intact.
-  flow.upstream_is_source = static_cast<bool>(flow.client_socket);
+Status DatagramRoute::open_upstream(Flow& flow, size_t target) {
+  auto fd = open_datagram_upstream(*spec_.to[target]);
+  if (!fd) return fd.error();
+  Upstream& up = flow.upstreams[target];
+  up.fd = std::move(*fd);
+  up.cookie = socket_cookie(up.fd.get()).value();
+  Flow* raw = &flow;
+  auto on_readable = [this, raw, target](uint32_t events) { on_upstream_readable(*raw, target, events); };
+  return loop_.add(up.fd.get(), EPOLLIN, on_readable);
+}
 
-  // Order: flows first, then targets, then sources (which starts the
-  // verdict program on the socket).
-  if (flow.upstream_is_source)
-    if (auto st = maps_->set_flow(flow.upstream_cookie, FlowEntry{flow.client_socket_cookie, route, 0}); !st)
-      return st;
-  if (flow.client_key)
-    if (auto st = maps_->set_flow(flow.client_key, FlowEntry{flow.upstream_cookie, route, 0}); !st) return st;
-  if (auto st = maps_->add_target(flow.upstream_cookie, flow.upstream.get()); !st) return st;
+Status DatagramRoute::wire_kernel(Flow& flow) {
+  // Where the client's datagrams show up in the verdict program. A UDP
+  // flow socket of a broadcast route stays out of it: user space reads it
+  // and copies each datagram to every target.
+  flow.client_socket_is_source = flow.client_socket_is_udp && !broadcast();
+  if (flow.client_socket_is_source)
+    flow.client_key = flow.client_socket_cookie;
+  else if (!flow.client_socket_is_udp)
+    flow.client_key = flow.unix_cookie;  // 0 if unknown: user space forwards
+  for (size_t t = 0; t < flow.upstreams.size(); ++t)
+    if (flow.upstreams[t].fd)
+      if (auto st = wire_upstream(flow, t); !st) return st;
   if (flow.client_socket)
     if (auto st = maps_->add_target(flow.client_socket_cookie, flow.client_socket.get()); !st) return st;
+  // Order: flows and targets first, then sources (which starts the verdict
+  // program on the socket).
+  if (flow.client_key)
+    if (auto st = write_forward_flow(flow); !st) return st;
   if (flow.client_socket_is_source)
     if (auto st = maps_->add_source(flow.client_socket_cookie, flow.client_socket.get()); !st) return st;
-  if (flow.upstream_is_source) {
-    if (spec_.to->address.family() == AF_UNIX) {
-      // AF_UNIX shows the verdict program the sender: the one upstream
-      // server, shared by every flow. This socket needs its own instance.
-      MapWriter::PrivateProgram program;
-      program.fixed_source = flow.upstream_cookie;
-      if (auto st = maps_->add_private_source(flow.upstream_cookie, flow.upstream.get(), program); !st)
-        return st;
-      flow.upstream_private = true;
-    } else if (auto st = maps_->add_source(flow.upstream_cookie, flow.upstream.get()); !st) {
-      return st;
-    }
-  }
   flow.kernel = true;
   return {};
 }
 
+Status DatagramRoute::wire_upstream(Flow& flow, size_t target) {
+  Upstream& up = flow.upstreams[target];
+  // Replies go through the kernel when we hold a socket connected to the
+  // client; otherwise the upstream socket stays out of the verdict program
+  // and user space reads its replies with their boundaries intact.
+  if (flow.client_socket)
+    if (auto st = maps_->set_flow(up.cookie, FlowEntry{flow.client_socket_cookie, spec_.route_id, 0}); !st)
+      return st;
+  if (auto st = maps_->add_target(up.cookie, up.fd.get()); !st) return st;
+  if (!flow.client_socket) return {};
+  if (spec_.to[target]->address.family() == AF_UNIX) {
+    // AF_UNIX shows the verdict program the sender: the one upstream
+    // server, shared by every flow. This socket needs its own instance.
+    MapWriter::PrivateProgram program;
+    program.fixed_source = up.cookie;
+    if (auto st = maps_->add_private_source(up.cookie, up.fd.get(), program); !st) return st;
+    up.is_private = true;
+  } else {
+    if (auto st = maps_->add_source(up.cookie, up.fd.get()); !st) return st;
+    up.is_source = true;
+  }
+  return {};
+}
+
+Status DatagramRoute::write_forward_flow(Flow& flow) {
+  FlowEntry entry;
+  entry.route_id = spec_.route_id;
+  if (spec_.to.size() == 1 && !broadcast()) {
+    entry.target_cookie = flow.upstreams[0].cookie;
+  } else {
+    entry.balance = balance_code(spec_.balance == Balance::Single ? Balance::RoundRobin : spec_.balance);
+    entry.n_targets = static_cast<uint32_t>(flow.upstreams.size());
+    for (size_t t = 0; t < flow.upstreams.size(); ++t) entry.targets[t] = flow.upstreams[t].cookie;
+    entry.client_hash = flow.client_hash;
+  }
+  return maps_->set_flow(flow.client_key, entry);
+}
+
+void DatagramRoute::close_upstream(Flow& flow, size_t target) {
+  Upstream& up = flow.upstreams[target];
+  if (!up.fd) return;
+  if (flow.kernel) {
+    // Stop steering first, then forget the route, then the target.
+    if (up.is_private) maps_->remove_private_source(up.cookie);
+    if (up.is_source) maps_->remove_source(up.cookie);
+    maps_->remove_flow(up.cookie);
+    maps_->remove_target(up.cookie);
+  }
+  counters_.drop_target_full += up.pending.size();  // never sent: the flow or target went away
+  loop_.remove(up.fd.get());
+  up = Upstream{};
+}
+
 void DatagramRoute::send_to_upstream(Flow& flow, const char* data, size_t len) {
   flow.last_user_ns = now_ns();
-  if (send(flow.upstream.get(), data, len, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
-    ++counters_.drop_send_error;
+  size_t n = flow.upstreams.size();
+  auto usable = [&](size_t t) { return flow.upstreams[t].fd.valid() && !targets_[t].down; };
+  auto send_one = [&](size_t t) {
+    Upstream& up = flow.upstreams[t];
+    if (up.pending.empty()) {
+      if (send(up.fd.get(), data, len, MSG_DONTWAIT | MSG_NOSIGNAL) >= 0) {
+        count_sent(t, len);
+        return;
+      }
+      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+        ++counters_.drop_send_error;
+        return;
+      }
+      (void)loop_.modify(up.fd.get(), EPOLLIN | EPOLLOUT);
+    }
+    if (up.pending.size() >= kMaxPending) {
+      ++counters_.drop_target_full;
+      return;
+    }
+    up.pending.emplace_back(data, len);
+  };
+  if (broadcast()) {
+    bool any = false;
+    for (size_t t = 0; t < n; ++t)
+      if (usable(t)) {
+        send_one(t);
+        any = true;
+      }
+    if (!any) ++counters_.drop_all_targets_down;
     return;
   }
-  ++counters_.user_packets;
-  counters_.user_bytes += len;
+  // The same choice the verdict program makes (relay.bpf.c), so a flow's
+  // first datagram goes where its next ones will.
+  size_t first = spec_.balance == Balance::Hash ? flow.client_hash % n : flow.next_target++ % n;
+  for (size_t i = 0; i < n; ++i) {
+    size_t t = (first + i) % n;
+    if (usable(t)) {
+      send_one(t);
+      return;
+    }
+  }
+  ++counters_.drop_all_targets_down;
 }
 
 void DatagramRoute::send_to_client(Flow& flow, const char* data, size_t len) {
@@ -362,12 +498,52 @@ void DatagramRoute::send_to_client(Flow& flow, const char* data, size_t len) {
   counters_.user_bytes += len;
 }
 
-void DatagramRoute::on_upstream_readable(Flow& flow, uint32_t events) {
+void DatagramRoute::count_sent(size_t target, size_t len) {
+  ++counters_.user_packets;
+  counters_.user_bytes += len;
+  ++targets_[target].user_packets;
+  targets_[target].user_bytes += len;
+}
+
+void DatagramRoute::flush_pending(Flow& flow, size_t target) {
+  Upstream& up = flow.upstreams[target];
+  while (!up.pending.empty()) {
+    const std::string& d = up.pending.front();
+    if (send(up.fd.get(), d.data(), d.size(), MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return;  // wait for the next EPOLLOUT
+      ++counters_.drop_send_error;
+    } else {
+      count_sent(target, d.size());
+    }
+    up.pending.pop_front();
+  }
+  (void)loop_.modify(up.fd.get(), EPOLLIN);
+}
+
+void DatagramRoute::on_upstream_readable(Flow& flow, size_t target, uint32_t events) {
   std::string key = flow.key;
-  int n = read_batch(
-      flow.upstream.get(), buffer_,
-      [&](const sockaddr_storage&, socklen_t, const char* d, size_t size) { send_to_client(flow, d, size); });
-  if (n < 0 || (events & EPOLLERR)) destroy_flow(key, true);
+  int fd = flow.upstreams[target].fd.get();
+  if (events & EPOLLOUT) flush_pending(flow, target);
+  int n = read_batch(fd, buffer_, [&](const sockaddr_storage&, socklen_t, const char* d, size_t size) {
+    send_to_client(flow, d, size);
+  });
+  if (n >= 0 && !(events & EPOLLERR)) return;
+  // recvmmsg() reports (and clears) a pending error; else ask SO_ERROR.
+  int err = n < 0 ? errno : 0;
+  socklen_t len = sizeof(err);
+  if (err == 0) getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+  std::string why = err ? std::strerror(err) : "socket error";
+  if (spec_.to.size() == 1) {
+    // One target: the flow cannot go on; the client's next datagram opens
+    // a new one.
+    destroy_flow(key, why);
+    return;
+  }
+  // Several: this target leaves the rotation of every flow until a retry
+  // finds it answering; the flow carries on with the others.
+  close_upstream(flow, target);
+  if (flow.kernel && flow.client_key) (void)write_forward_flow(flow);
+  target_failed(target, why);
 }
 
 void DatagramRoute::on_client_socket_readable(Flow& flow, uint32_t events) {
@@ -376,35 +552,91 @@ void DatagramRoute::on_client_socket_readable(Flow& flow, uint32_t events) {
                      [&](const sockaddr_storage&, socklen_t, const char* d, size_t size) {
                        send_to_upstream(flow, d, size);
                      });
-  if (n < 0 || (events & EPOLLERR)) destroy_flow(key, true);
+  if (n < 0 || (events & EPOLLERR)) destroy_flow(key, "client socket error");
 }
 
-void DatagramRoute::destroy_flow(const std::string& key, bool failed) {
+void DatagramRoute::target_failed(size_t target, const std::string& why) {
+  TargetState& ts = targets_[target];
+  auto now = std::chrono::steady_clock::now();
+  ++ts.failures;
+  if (ts.down) return;
+  // A target that stayed up for a while starts its back-off afresh.
+  if (now - ts.last_failure > kMaxBackoff) ts.backoff = kFirstBackoff;
+  ts.last_failure = now;
+  ts.down = true;
+  ts.retry_at = now + ts.backoff;
+  spdlog::warn("route {}: target {} failed ({}); out of the rotation, retry in {} ms", spec_.route_id,
+               spec_.to[target]->name, why, ts.backoff.count());
+  ts.backoff = std::min(ts.backoff * 2, kMaxBackoff);
+  if (spec_.kernel)
+    if (auto st = publish_targets_down(); !st)
+      spdlog::warn("route {}: {}", spec_.route_id, st.error().describe());
+}
+
+Status DatagramRoute::publish_targets_down() {
+  uint32_t mask = 0;
+  for (size_t t = 0; t < targets_.size(); ++t)
+    if (targets_[t].down) mask |= 1u << t;
+  return maps_->set_targets_down(spec_.route_id, mask);
+}
+
+void DatagramRoute::retry_targets() {
+  auto now = std::chrono::steady_clock::now();
+  for (size_t t = 0; t < targets_.size(); ++t) {
+    TargetState& ts = targets_[t];
+    if (!ts.down || now < ts.retry_at) continue;
+    // Back when a socket connects to it again (for UDP that is only a
+    // chance: a refusal on the next datagram takes it out again, with a
+    // longer back-off). Every flow gets its upstream socket for it back.
+    ts.down = false;
+    bool ok = true;
+    std::string why;
+    for (auto& [key, flow] : flows_) {
+      if (flow->upstreams[t].fd) continue;
+      Status st = open_upstream(*flow, t);
+      if (st && flow->kernel) st = wire_upstream(*flow, t);
+      if (st && flow->kernel && flow->client_key) st = write_forward_flow(*flow);
+      if (!st) {
+        close_upstream(*flow, t);
+        ok = false;
+        why = st.error().describe();
+        break;
+      }
+    }
+    if (ok && flows_.empty()) {
+      auto probe = open_datagram_upstream(*spec_.to[t]);
+      if (!probe) {
+        ok = false;
+        why = probe.error().describe();
+      }
+    }
+    if (!ok) {
+      ts.down = false;  // target_failed() sets it again with the next back-off
+      target_failed(t, why);
+      continue;
+    }
+    spdlog::info("route {}: target {} is back in the rotation", spec_.route_id, spec_.to[t]->name);
+    if (spec_.kernel)
+      if (auto st = publish_targets_down(); !st)
+        spdlog::warn("route {}: {}", spec_.route_id, st.error().describe());
+  }
+}
+
+void DatagramRoute::destroy_flow(const std::string& key, const std::string& failure) {
   auto it = flows_.find(key);
   if (it == flows_.end()) return;
   Flow& flow = *it->second;
-  if (failed) {
-    int err = 0;
-    socklen_t len = sizeof(err);
-    getsockopt(flow.upstream.get(), SOL_SOCKET, SO_ERROR, &err, &len);
+  if (!failure.empty()) {
     ++counters_.flows_failed;
-    spdlog::debug("route {}: flow from {} closed on error: {}", spec_.route_id, flow.peer_text(),
-                  err ? std::strerror(err) : "socket error");
+    spdlog::debug("route {}: flow from {} closed: {}", spec_.route_id, flow.peer_text(), failure);
   }
   if (flow.kernel) {
-    // Stop steering first, then forget the routes, then the targets.
-    if (flow.upstream_private)
-      maps_->remove_private_source(flow.upstream_cookie);
-    else if (flow.upstream_is_source)
-      maps_->remove_source(flow.upstream_cookie);
     if (flow.client_socket_is_source) maps_->remove_source(flow.client_socket_cookie);
     if (flow.client_key) maps_->remove_flow(flow.client_key);
-    maps_->remove_flow(flow.upstream_cookie);
-    maps_->remove_target(flow.upstream_cookie);
     if (flow.client_socket) maps_->remove_target(flow.client_socket_cookie);
   }
-  loop_.remove(flow.upstream.get());
-  if (flow.client_socket) loop_.remove(flow.client_socket.get());
+  for (size_t t = 0; t < flow.upstreams.size(); ++t) close_upstream(flow, t);
+  if (flow.client_socket_is_udp) loop_.remove(flow.client_socket.get());
   if (flow.replyable())
     unix_address_alias_.erase("addr:" +
                               std::string(reinterpret_cast<const char*>(&flow.peer), flow.peer_len));
@@ -415,10 +647,16 @@ void DatagramRoute::destroy_flow(const std::string& key, bool failed) {
 uint64_t DatagramRoute::last_activity_ns(const Flow& flow) const {
   uint64_t last = flow.last_user_ns;
   if (flow.kernel) {
-    last = std::max(last, maps_->flow_last_ns(flow.upstream_cookie));
+    for (const auto& up : flow.upstreams)
+      if (up.fd) last = std::max(last, maps_->flow_last_ns(up.cookie));
     if (flow.client_key) last = std::max(last, maps_->flow_last_ns(flow.client_key));
   }
   return last;
+}
+
+void DatagramRoute::tick() {
+  expire_idle();
+  retry_targets();
 }
 
 void DatagramRoute::expire_idle() {
@@ -428,12 +666,31 @@ void DatagramRoute::expire_idle() {
   for (const auto& [key, flow] : flows_)
     if (now - std::min(now, last_activity_ns(*flow)) > idle) expired.push_back(key);
   for (const auto& key : expired) {
-    destroy_flow(key, false);
+    destroy_flow(key, "");
     ++counters_.flows_expired;
   }
   if (!expired.empty())
     spdlog::debug("route {}: {} idle flow(s) expired, {} left", spec_.route_id, expired.size(),
                   flows_.size());
+}
+
+std::vector<TargetReport> DatagramRoute::targets() const {
+  std::vector<TargetReport> out;
+  auto now = std::chrono::steady_clock::now();
+  for (size_t t = 0; t < targets_.size(); ++t) {
+    const TargetState& ts = targets_[t];
+    TargetReport r;
+    r.name = spec_.to[t]->name;
+    r.up = !ts.down;
+    r.failures = ts.failures;
+    r.user_packets = ts.user_packets;
+    r.user_bytes = ts.user_bytes;
+    if (ts.down)
+      r.retry_in_ms = std::max<int64_t>(
+          0, std::chrono::duration_cast<std::chrono::milliseconds>(ts.retry_at - now).count());
+    out.push_back(r);
+  }
+  return out;
 }
 
 }  // namespace sockrelay

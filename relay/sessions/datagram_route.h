@@ -1,8 +1,12 @@
-// One datagram route source: a udp or unix-dgram listener relayed to a udp
-// or unix-dgram upstream, with replies flowing back to each client.
+// One datagram route source: a udp or unix-dgram listener relayed to one or
+// several udp or unix-dgram targets, with replies flowing back to each
+// client.
 //
-// Each client is a flow: an upstream socket of its own (so replies can be
-// told apart) and, for the reply path, a socket connected to the client.
+// Each client is a flow: an upstream socket of its own per target (so
+// replies can be told apart) and, for the reply path, a socket connected to
+// the client. With several targets the verdict program picks one per
+// datagram (round-robin, or by the client's hash); broadcast goes through
+// user space, since one skb can be redirected to one socket only.
 // On the kernel path the verdict program moves every datagram after the
 // first; user space sees only what the kernel passes to it (a new client's
 // first datagram, data queued before a socket entered the map, flows whose
@@ -31,18 +35,31 @@ struct DatagramCounters {
   uint64_t user_packets = 0;  // datagrams user space forwarded (either way)
   uint64_t user_bytes = 0;
   uint64_t flows_created = 0;
-  uint64_t flows_expired = 0;         // idle for idle-timeout
-  uint64_t flows_failed = 0;          // torn down on a socket error
-  uint64_t refused_max_sessions = 0;  // datagrams dropped: max-sessions reached
-  uint64_t drop_setup_failed = 0;     // datagrams dropped: upstream socket could not be opened
-  uint64_t drop_send_error = 0;       // datagrams dropped: send() failed (full queue, refused)
-  uint64_t drop_no_reply_path = 0;    // replies dropped: the client has no address to reply to
+  uint64_t flows_expired = 0;          // idle for idle-timeout
+  uint64_t flows_failed = 0;           // torn down on a socket error
+  uint64_t refused_max_sessions = 0;   // datagrams dropped: max-sessions reached
+  uint64_t drop_setup_failed = 0;      // datagrams dropped: upstream socket could not be opened
+  uint64_t drop_send_error = 0;        // datagrams dropped: send() failed (full queue, refused)
+  uint64_t drop_no_reply_path = 0;     // replies dropped: the client has no address to reply to
+  uint64_t drop_all_targets_down = 0;  // datagrams dropped in user space: no target up
+  uint64_t drop_target_full = 0;       // datagrams dropped: a target's queue stayed full
+};
+
+// One target of a route, as status shows it.
+struct TargetReport {
+  std::string name;
+  bool up = true;
+  uint64_t failures = 0;      // times it failed (refused, socket error, connect failed)
+  uint64_t user_packets = 0;  // datagrams user space sent to it
+  uint64_t user_bytes = 0;
+  int64_t retry_in_ms = 0;  // when down: until the next retry
 };
 
 struct DatagramRouteSpec {
   uint32_t route_id = 0;
   const Endpoint* from = nullptr;
-  const Endpoint* to = nullptr;
+  std::vector<const Endpoint*> to;  // 1..RELAY_MAX_TARGETS, the config's order
+  Balance balance = Balance::Single;
   bool kernel = true;  // kernel data path; false: user space carries it all
   std::chrono::milliseconds idle_timeout{120'000};
 };
@@ -56,21 +73,46 @@ class DatagramRoute {
   DatagramRoute& operator=(const DatagramRoute&) = delete;
 
   Status start();
-  // Tears down flows idle for longer than idle_timeout.
-  void expire_idle();
+  // Periodic work: tears down flows idle for longer than idle_timeout and
+  // retries failed targets whose back-off has passed.
+  void tick();
   // Removes every map entry and closes every socket but the listener.
   void stop();
 
   size_t flow_count() const { return flows_.size(); }
   const DatagramCounters& counters() const { return counters_; }
+  std::vector<TargetReport> targets() const;
   const DatagramRouteSpec& spec() const { return spec_; }
 
  private:
   struct Flow;
+  struct Upstream;
+  // A target's health, route-wide: a failed target leaves the rotation of
+  // every flow until a retry finds it answering.
+  struct TargetState {
+    bool down = false;
+    std::chrono::steady_clock::time_point retry_at{};
+    std::chrono::steady_clock::time_point last_failure{};
+    std::chrono::milliseconds backoff{kFirstBackoff};
+    uint64_t failures = 0;
+    uint64_t user_packets = 0;
+    uint64_t user_bytes = 0;
+  };
+  static constexpr std::chrono::milliseconds kFirstBackoff{500};
+  static constexpr std::chrono::milliseconds kMaxBackoff{30'000};
 
+  void expire_idle();
+  void retry_targets();
   void on_listener_readable();
   void on_client_socket_readable(Flow& flow, uint32_t events);
-  void on_upstream_readable(Flow& flow, uint32_t events);
+  void on_upstream_readable(Flow& flow, size_t target, uint32_t events);
+  Status open_upstream(Flow& flow, size_t target);
+  Status wire_upstream(Flow& flow, size_t target);
+  void close_upstream(Flow& flow, size_t target);
+  Status write_forward_flow(Flow& flow);
+  void target_failed(size_t target, const std::string& why);
+  Status publish_targets_down();
+  bool broadcast() const { return spec_.balance == Balance::Broadcast; }
   void on_new_client_readable();
   Status steer_unix_listener();
   // `tagged_cookie`: the sender's cookie when the verdict program tagged it.
@@ -82,7 +124,10 @@ class DatagramRoute {
   Status wire_kernel(Flow& flow);
   void send_to_upstream(Flow& flow, const char* data, size_t len);
   void send_to_client(Flow& flow, const char* data, size_t len);
-  void destroy_flow(const std::string& key, bool failed);
+  void flush_pending(Flow& flow, size_t target);
+  void count_sent(size_t target, size_t len);
+  // `failure` empty: an orderly close (idle, stop); else why it failed.
+  void destroy_flow(const std::string& key, const std::string& failure);
   uint64_t last_activity_ns(const Flow& flow) const;
 
   DatagramRouteSpec spec_;
@@ -101,7 +146,8 @@ class DatagramRoute {
   Fd new_client_tx_, new_client_rx_;  // where that instance sends unknown senders
   uint64_t new_client_tx_cookie_ = 0;
   DatagramCounters counters_;
-  std::vector<char> buffer_;  // user-space receive batch
+  std::vector<TargetState> targets_;  // by index in spec_.to
+  std::vector<char> buffer_;          // user-space receive batch
   bool started_ = false;
 };
 

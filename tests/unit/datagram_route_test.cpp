@@ -14,6 +14,7 @@
 #include <set>
 
 #include "common/socket_cookie.h"
+#include "relay_shared.h"
 
 namespace sockrelay {
 namespace {
@@ -41,12 +42,17 @@ class FakeMaps : public MapWriter {
   }
   void remove_flow(uint64_t key) override { flows.erase(key); }
   uint64_t flow_last_ns(uint64_t) override { return 0; }
+  Status set_targets_down(uint32_t route_id, uint32_t mask) override {
+    targets_down[route_id] = mask;
+    return {};
+  }
 
   bool empty() const { return targets.empty() && sources.empty() && privates.empty() && flows.empty(); }
 
   std::set<uint64_t> targets, sources;
   std::map<uint64_t, PrivateProgram> privates;
   std::map<uint64_t, FlowEntry> flows;
+  std::map<uint32_t, uint32_t> targets_down;
 };
 
 // An endpoint bound on loopback (UDP, port chosen by the kernel) or at a
@@ -94,6 +100,18 @@ Bound unix_endpoint(const std::string& path, const std::string& name, Role role)
   return b;
 }
 
+DatagramRouteSpec spec(uint32_t id, const Bound& from, std::vector<const Bound*> to, bool kernel,
+                       std::chrono::milliseconds idle, Balance balance = Balance::Single) {
+  DatagramRouteSpec s;
+  s.route_id = id;
+  s.from = &from.endpoint;
+  for (const Bound* b : to) s.to.push_back(&b->endpoint);
+  s.balance = balance;
+  s.kernel = kernel;
+  s.idle_timeout = idle;
+  return s;
+}
+
 class DatagramRouteTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -126,8 +144,8 @@ TEST_F(DatagramRouteTest, UdpClientGetsFlowSocketAndUpstreamInBothDirections) {
   Bound listener = udp_endpoint("front", Role::Listen);
   Bound server = udp_endpoint("back", Role::Connect);
   SessionBudget budget(8);
-  DatagramRoute route({7, &listener.endpoint, &server.endpoint, true, std::chrono::seconds(60)},
-                      std::move(listener.fd), &maps_, *loop_, budget);
+  DatagramRoute route(spec(7, listener, {&server}, true, std::chrono::seconds(60)), std::move(listener.fd),
+                      &maps_, *loop_, budget);
   ASSERT_TRUE(route.start().ok());
   EXPECT_TRUE(maps_.empty()) << "a UDP listener never enters the map";
 
@@ -163,8 +181,8 @@ TEST_F(DatagramRouteTest, MaxSessionsRefusesNewClientsAndCounts) {
   Bound listener = udp_endpoint("front", Role::Listen);
   Bound server = udp_endpoint("back", Role::Connect);
   SessionBudget budget(1);
-  DatagramRoute route({0, &listener.endpoint, &server.endpoint, true, std::chrono::seconds(60)},
-                      std::move(listener.fd), &maps_, *loop_, budget);
+  DatagramRoute route(spec(0, listener, {&server}, true, std::chrono::seconds(60)), std::move(listener.fd),
+                      &maps_, *loop_, budget);
   ASSERT_TRUE(route.start().ok());
   Bound c1 = udp_endpoint("c1", Role::Connect), c2 = udp_endpoint("c2", Role::Connect);
   const auto& to = listener.endpoint.address;
@@ -181,17 +199,17 @@ TEST_F(DatagramRouteTest, IdleFlowsExpireAndLeaveNothingBehind) {
   Bound listener = udp_endpoint("front", Role::Listen);
   Bound server = udp_endpoint("back", Role::Connect);
   SessionBudget budget(8);
-  DatagramRoute route({0, &listener.endpoint, &server.endpoint, true, std::chrono::milliseconds(50)},
+  DatagramRoute route(spec(0, listener, {&server}, true, std::chrono::milliseconds(50)),
                       std::move(listener.fd), &maps_, *loop_, budget);
   ASSERT_TRUE(route.start().ok());
   Bound client = udp_endpoint("c", Role::Connect);
   const auto& to = listener.endpoint.address;
   ASSERT_EQ(sendto(client.fd.get(), "x", 1, 0, to.sa(), to.length), 1);
   ASSERT_TRUE(pump([&] { return route.flow_count() == 1; }));
-  route.expire_idle();
+  route.tick();
   EXPECT_EQ(route.flow_count(), 1u) << "not idle yet";
   usleep(100000);
-  route.expire_idle();
+  route.tick();
   EXPECT_EQ(route.flow_count(), 0u);
   EXPECT_EQ(route.counters().flows_expired, 1u);
   EXPECT_TRUE(maps_.empty());
@@ -207,8 +225,8 @@ TEST_F(DatagramRouteTest, UnixClientKeyedBySenderCookieUpstreamPrivate) {
   Bound server = unix_endpoint(dir_ + "/back.sock", "back", Role::Connect);
   SessionBudget budget(8);
   uint64_t listener_cookie = socket_cookie(listener.fd.get()).value();
-  DatagramRoute route({0, &listener.endpoint, &server.endpoint, true, std::chrono::seconds(60)},
-                      std::move(listener.fd), &maps_, *loop_, budget);
+  DatagramRoute route(spec(0, listener, {&server}, true, std::chrono::seconds(60)), std::move(listener.fd),
+                      &maps_, *loop_, budget);
   ASSERT_TRUE(route.start().ok());
   ASSERT_EQ(maps_.privates.count(listener_cookie), 1u);
   uint64_t new_client_target = maps_.privates[listener_cookie].new_client_target;
@@ -243,8 +261,8 @@ TEST_F(DatagramRouteTest, UserspacePathRelaysBothWaysWithoutMaps) {
   Bound listener = udp_endpoint("front", Role::Listen);
   Bound server = udp_endpoint("back", Role::Connect);
   SessionBudget budget(8);
-  DatagramRoute route({0, &listener.endpoint, &server.endpoint, false, std::chrono::seconds(60)},
-                      std::move(listener.fd), nullptr, *loop_, budget);
+  DatagramRoute route(spec(0, listener, {&server}, false, std::chrono::seconds(60)), std::move(listener.fd),
+                      nullptr, *loop_, budget);
   ASSERT_TRUE(route.start().ok());
   Bound client = udp_endpoint("c", Role::Connect);
   const auto& to = listener.endpoint.address;
@@ -268,6 +286,87 @@ TEST_F(DatagramRouteTest, UserspacePathRelaysBothWaysWithoutMaps) {
   }
   EXPECT_TRUE(maps_.empty());
   EXPECT_EQ(route.flow_count(), 1u);
+}
+
+// Several targets: one upstream socket per target, the forward flow entry
+// carries all of them with the balance and the client's hash, and each
+// target's replies come back to the client.
+TEST_F(DatagramRouteTest, SeveralTargetsGiveBalancedFlowEntries) {
+  Bound listener = udp_endpoint("front", Role::Listen);
+  Bound a = udp_endpoint("a", Role::Connect), b = udp_endpoint("b", Role::Connect),
+        c = udp_endpoint("c", Role::Connect);
+  SessionBudget budget(8);
+  DatagramRoute route(spec(3, listener, {&a, &b, &c}, true, std::chrono::seconds(60), Balance::RoundRobin),
+                      std::move(listener.fd), &maps_, *loop_, budget);
+  ASSERT_TRUE(route.start().ok());
+  Bound client = udp_endpoint("client", Role::Connect);
+  const auto& to = listener.endpoint.address;
+  ASSERT_EQ(sendto(client.fd.get(), "x", 1, 0, to.sa(), to.length), 1);
+  ASSERT_TRUE(pump([&] { return route.flow_count() == 1; }));
+  // The forward entry is the one with n_targets = 3.
+  const FlowEntry* forward = nullptr;
+  for (const auto& [key, entry] : maps_.flows)
+    if (entry.n_targets == 3) forward = &entry;
+  ASSERT_NE(forward, nullptr);
+  EXPECT_EQ(forward->balance, static_cast<uint32_t>(RELAY_BALANCE_ROUND_ROBIN));
+  EXPECT_EQ(forward->route_id, 3u);
+  for (int t = 0; t < 3; ++t) {
+    EXPECT_NE(forward->targets[t], 0u);
+    ASSERT_EQ(maps_.flows.count(forward->targets[t]), 1u) << "target " << t << " has no reply flow";
+  }
+  EXPECT_EQ(maps_.flows.size(), 4u);  // forward + one reply flow per target
+  EXPECT_EQ(route.targets().size(), 3u);
+  route.stop();
+  EXPECT_TRUE(maps_.empty());
+}
+
+// Broadcast: the UDP flow socket stays out of the verdict program (user
+// space copies each datagram to every target) and every target gets it.
+TEST_F(DatagramRouteTest, BroadcastCopiesToEveryTarget) {
+  Bound listener = udp_endpoint("front", Role::Listen);
+  Bound a = udp_endpoint("a", Role::Connect), b = udp_endpoint("b", Role::Connect);
+  SessionBudget budget(8);
+  DatagramRoute route(spec(0, listener, {&a, &b}, true, std::chrono::seconds(60), Balance::Broadcast),
+                      std::move(listener.fd), &maps_, *loop_, budget);
+  ASSERT_TRUE(route.start().ok());
+  Bound client = udp_endpoint("client", Role::Connect);
+  const auto& to = listener.endpoint.address;
+  for (int i = 0; i < 5; ++i) ASSERT_EQ(sendto(client.fd.get(), "copy", 4, 0, to.sa(), to.length), 4);
+  ASSERT_TRUE(pump([&] { return route.counters().user_packets == 10; }));
+  char buf[8];
+  for (const Bound* target : {&a, &b})
+    for (int i = 0; i < 5; ++i) ASSERT_EQ(recv_now(target->fd, buf, sizeof(buf)), 4);
+  // Only the two reply flows: nothing steers the client's datagrams.
+  EXPECT_EQ(maps_.flows.size(), 2u);
+  EXPECT_EQ(maps_.sources.size(), 2u);
+}
+
+// A target that refuses (ICMP port unreachable on loopback) leaves the
+// rotation route-wide, the flow goes on with the others, and after its
+// back-off it is tried again.
+TEST_F(DatagramRouteTest, FailedTargetLeavesRotationAndIsRetried) {
+  Bound listener = udp_endpoint("front", Role::Listen);
+  Bound dead = udp_endpoint("dead", Role::Connect), live = udp_endpoint("live", Role::Connect);
+  dead.fd.reset();  // nobody listens there any more
+  SessionBudget budget(8);
+  DatagramRoute route(spec(2, listener, {&dead, &live}, true, std::chrono::seconds(60), Balance::RoundRobin),
+                      std::move(listener.fd), &maps_, *loop_, budget);
+  ASSERT_TRUE(route.start().ok());
+  Bound client = udp_endpoint("client", Role::Connect);
+  const auto& to = listener.endpoint.address;
+  // The first datagram goes to target 0 (round-robin starts there): refused.
+  ASSERT_EQ(sendto(client.fd.get(), "1", 1, 0, to.sa(), to.length), 1);
+  ASSERT_TRUE(pump([&] { return !route.targets()[0].up; }));
+  EXPECT_EQ(maps_.targets_down[2], 1u) << "the verdict program must skip target 0";
+  EXPECT_EQ(route.flow_count(), 1u) << "the flow carries on with the live target";
+  EXPECT_GE(route.targets()[0].failures, 1u);
+  EXPECT_TRUE(route.targets()[1].up);
+  // After the back-off the dead target is tried again (and put back: for
+  // UDP only a refusal tells it is still dead).
+  usleep(600000);
+  route.tick();
+  EXPECT_TRUE(route.targets()[0].up);
+  EXPECT_EQ(maps_.targets_down[2], 0u);
 }
 
 }  // namespace

@@ -1,0 +1,717 @@
+#include "sessions/stream_route.h"
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <linux/sock_diag.h>
+#include <linux/sockios.h>
+#include <linux/tcp.h>
+#include <poll.h>
+#include <spdlog/spdlog.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+
+#include <cstring>
+#include <vector>
+
+#include "common/socket_cookie.h"
+#include "config/address.h"
+#include "relay_shared.h"
+
+namespace sockrelay {
+
+namespace {
+
+constexpr auto kHalfCloseCheck = std::chrono::milliseconds(5);
+constexpr int kStableChecks = 2;              // three equal observations, >= 10 ms apart
+constexpr size_t kPipeSize = 1 << 20;         // user path: bytes in flight per direction
+constexpr size_t kMessageBuffer = 256 * 1024; // user path: largest seqpacket message kept whole
+constexpr size_t kDrainChunk = 64 * 1024;
+
+uint64_t now_ns() {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+          .count());
+}
+
+bool would_block(int err) { return err == EAGAIN || err == EWOULDBLOCK || err == EINTR; }
+
+int socket_error(int fd) {
+  int err = 0;
+  socklen_t len = sizeof(err);
+  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) return errno;
+  return err;
+}
+
+int ioctl_int(int fd, unsigned long request) {
+  int value = 0;
+  if (ioctl(fd, request, &value) != 0) return -1;
+  return value;
+}
+
+uint32_t meminfo(int fd, int which) {
+  uint32_t mem[SK_MEMINFO_VARS] = {};
+  socklen_t len = sizeof(mem);
+  if (getsockopt(fd, SOL_SOCKET, SO_MEMINFO, mem, &len) != 0) return UINT32_MAX;
+  return mem[which];
+}
+
+// Bytes ever handed to a TCP socket's send path, plus `baseline` (the SYN
+// that tcpi_bytes_acked counts). tcpi_bytes_acked is read first: an ACK
+// arriving between the two reads moves bytes from outq to acked, so the sum
+// can only come out low, never high.
+uint64_t tcp_bytes_written(int fd) {
+  tcp_info info{};
+  socklen_t len = sizeof(info);
+  if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return 0;
+  int outq = ioctl_int(fd, SIOCOUTQ);
+  return info.tcpi_bytes_acked + static_cast<uint64_t>(outq < 0 ? 0 : outq);
+}
+
+uint64_t tcp_bytes_received(int fd) {
+  tcp_info info{};
+  socklen_t len = sizeof(info);
+  if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return 0;
+  return info.tcpi_bytes_received;
+}
+
+// A non-blocking connect: EINPROGRESS (tcp) is success for now; the caller
+// waits for EPOLLOUT and reads SO_ERROR.
+Result<Fd> start_connect(const Endpoint& endpoint) {
+  std::string what = "connect to " + endpoint.address.text + " for endpoint " + endpoint.name;
+  Fd fd(socket(endpoint.address.family(), kind_socktype(endpoint.kind) | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd) return errno_error(what + ": socket()");
+  if (connect(fd.get(), endpoint.address.sa(), endpoint.address.length) != 0 && errno != EINPROGRESS) {
+    int code = errno;
+    std::string hint = code == ENOENT         ? " (no socket at that path: is the service running?)"
+                       : code == ECONNREFUSED ? " (nobody listens there)"
+                       : code == EAGAIN       ? " (the listener's backlog is full)"
+                                              : "";
+    return Error{code, what + hint};
+  }
+  return fd;
+}
+
+}  // namespace
+
+struct StreamRoute::Side {
+  const char* name = "";
+  Fd fd;
+  uint64_t cookie = 0;
+  bool tcp = false;
+  bool messages = false;  // seqpacket: keep message boundaries
+
+  // Kernel path bookkeeping, for teardown in reverse.
+  bool target_added = false, flow_set = false, source_added = false, private_source = false;
+
+  bool eof = false;      // no more bytes will be read from it
+  bool hup = false;      // its peer is gone: nothing more can be written to it
+  bool shut_wr = false;  // FIN propagated to it (or nothing left to propagate)
+  uint64_t user_in = 0;   // bytes user space read from it
+  uint64_t user_out = 0;  // bytes user space wrote to it
+  uint64_t baseline = 0;  // tcp: tcp_bytes_written() before anything was written
+
+  // Data read from the other side, not yet written here.
+  std::string pending;                  // kernel path (pre-insertion bytes) and message copies
+  std::vector<std::string> messages_q;  // seqpacket messages, one entry each
+  Fd pipe_r, pipe_w;                    // user path, byte streams: splice() through here
+  size_t in_pipe = 0;
+
+  // The half-close stability check for the direction ending here.
+  uint64_t last_redirected = UINT64_MAX;
+  uint32_t last_wmem = UINT32_MAX;
+  int stable = 0;
+  bool warned_mismatch = false;
+
+  bool registered = false;
+  uint32_t events = 0;
+};
+
+struct StreamRoute::Session {
+  uint64_t id = 0;
+  Side client, upstream;
+  bool connecting = true;
+  bool kernel = false;  // wired into the maps
+  bool attached = false;  // sources added: the verdict program carries it
+  uint64_t started_ns = 0;
+  uint64_t last_user_ns = 0;
+  std::string peer;
+
+  Side& other(Side& s) { return &s == &client ? upstream : client; }
+  bool done() const { return client.shut_wr && upstream.shut_wr; }
+};
+
+StreamRoute::StreamRoute(StreamRouteSpec spec, Fd listener, MapWriter* maps, EventLoop& loop, SessionBudget& budget)
+    : spec_(spec), listener_(std::move(listener)), maps_(maps), loop_(loop), budget_(budget) {}
+
+StreamRoute::~StreamRoute() { stop(); }
+
+Status StreamRoute::start() {
+  timer_ = Fd(timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+  if (!timer_) return errno_error("timerfd_create");
+  if (auto st = loop_.add(timer_.get(), EPOLLIN, [this](uint32_t) { on_timer(); }); !st) return st;
+  if (auto st = loop_.add(listener_.get(), EPOLLIN, [this](uint32_t) { on_listener_readable(); }); !st) return st;
+  started_ = true;
+  return {};
+}
+
+void StreamRoute::stop() {
+  if (!started_) return;
+  while (!sessions_.empty()) close_session(sessions_.begin()->first, nullptr);
+  loop_.remove(listener_.get());
+  loop_.remove(timer_.get());
+  started_ = false;
+}
+
+void StreamRoute::on_listener_readable() {
+  // A bounded number per wake-up so one busy listener cannot starve others.
+  for (int round = 0; round < 64; ++round) {
+    sockaddr_storage peer{};
+    socklen_t peer_len = sizeof(peer);
+    Fd client(accept4(listener_.get(), reinterpret_cast<sockaddr*>(&peer), &peer_len, SOCK_NONBLOCK | SOCK_CLOEXEC));
+    if (!client) {
+      if (!would_block(errno) && errno != ECONNABORTED)
+        spdlog::warn("route {}: accept: {}", spec_.route_id, std::strerror(errno));
+      return;
+    }
+    std::string peer_text =
+        peer.ss_family == AF_UNIX ? "unix client" : format_address(reinterpret_cast<sockaddr*>(&peer), peer_len);
+    if (!budget_.try_take()) {
+      // Closed at once: the client sees EOF (tcp: RST if it already sent).
+      if (counters_.refused_max_sessions++ % 1000 == 0)
+        spdlog::warn("route {}: max-sessions ({}) reached, refusing {} (counted)", spec_.route_id, budget_.max(),
+                     peer_text);
+      continue;
+    }
+    auto upstream = start_connect(*spec_.to);
+    if (!upstream) {
+      budget_.give_back();
+      ++counters_.connect_failed;
+      spdlog::warn("route {}: {}: {}; closing the client (counted)", spec_.route_id, peer_text,
+                   upstream.error().describe());
+      continue;
+    }
+    auto s = std::make_unique<Session>();
+    s->id = next_id_++;
+    s->peer = peer_text;
+    s->started_ns = s->last_user_ns = now_ns();
+    s->client.name = "client";
+    s->upstream.name = "upstream";
+    s->client.fd = std::move(client);
+    s->upstream.fd = std::move(*upstream);
+    s->client.tcp = spec_.from->address.family() != AF_UNIX && kind_is_stream(spec_.from->kind);
+    s->upstream.tcp = spec_.to->address.family() != AF_UNIX && kind_is_stream(spec_.to->kind);
+    s->client.messages = kind_socktype(spec_.from->kind) == SOCK_SEQPACKET;
+    s->upstream.messages = kind_socktype(spec_.to->kind) == SOCK_SEQPACKET;
+    Session* raw = s.get();
+    sessions_[raw->id] = std::move(s);
+    // Writable = connected (or failed: SO_ERROR tells).
+    raw->upstream.registered = true;
+    raw->upstream.events = EPOLLOUT;
+    (void)loop_.add(raw->upstream.fd.get(), EPOLLOUT, [this, raw](uint32_t events) {
+      if (raw->connecting)
+        on_connected(*raw);
+      else
+        on_side_event(*raw, raw->upstream, events);
+    });
+  }
+}
+
+void StreamRoute::on_connected(Session& s) {
+  if (int err = socket_error(s.upstream.fd.get()); err != 0) {
+    ++counters_.connect_failed;
+    spdlog::warn("route {}: {}: connect to {}: {}; closing the client (counted)", spec_.route_id, s.peer,
+                 spec_.to->address.text, std::strerror(err));
+    close_session(s.id, nullptr);
+    return;
+  }
+  s.connecting = false;
+  ++counters_.sessions_created;
+  for (Side* side : {&s.client, &s.upstream}) {
+    auto cookie = socket_cookie(side->fd.get());
+    side->cookie = cookie ? *cookie : 0;
+    if (side->tcp) side->baseline = tcp_bytes_written(side->fd.get());
+  }
+  if (spec_.kernel) {
+    if (auto st = wire_kernel(s); !st) {
+      spdlog::warn("route {}: {}: kernel path not set up ({}); closing the session", spec_.route_id, s.peer,
+                   st.error().describe());
+      ++counters_.sessions_failed;
+      close_session(s.id, nullptr);
+      return;
+    }
+  } else {
+    for (Side* side : {&s.client, &s.upstream}) {
+      if (s.client.messages || s.upstream.messages) continue;  // message copies: no pipe
+      int p[2];
+      if (pipe2(p, O_NONBLOCK | O_CLOEXEC) != 0) {
+        spdlog::warn("route {}: {}: pipe2: {}; closing the session", spec_.route_id, s.peer, std::strerror(errno));
+        ++counters_.sessions_failed;
+        close_session(s.id, nullptr);
+        return;
+      }
+      side->pipe_r = Fd(p[0]);
+      side->pipe_w = Fd(p[1]);
+      fcntl(side->pipe_w.get(), F_SETPIPE_SZ, static_cast<int>(kPipeSize));  // best effort
+    }
+  }
+  Session* raw = &s;
+  raw->client.registered = true;
+  raw->client.events = 0;
+  (void)loop_.add(raw->client.fd.get(), 0,
+                  [this, raw](uint32_t events) { on_side_event(*raw, raw->client, events); });
+  spdlog::debug("route {}: session {} from {} ({} path)", spec_.route_id, s.id, s.peer,
+                spec_.kernel ? "kernel" : "user-space");
+  uint64_t id = s.id;
+  if (!spec_.kernel) {
+    // Data that arrived while we connected.
+    user_copy(s, s.client, s.upstream);
+    if (!sessions_.count(id)) return;
+    user_copy(s, s.upstream, s.client);
+    if (!sessions_.count(id)) return;
+  }
+  update_events(s);
+  check_half_close(s);
+}
+
+Status StreamRoute::wire_kernel(Session& s) {
+  const uint32_t route = spec_.route_id;
+  s.kernel = true;
+  // The verdict program looks flows up by the cookie it sees. For tcp that
+  // is the receiving socket; AF_UNIX shows it the sender (measured in
+  // StreamKernelFacts), so each unix socket gets its own program instance
+  // that looks everything up under its own cookie.
+  if (auto st = maps_->set_flow(s.client.cookie, FlowEntry{s.upstream.cookie, route, RELAY_FLOW_STREAM}); !st)
+    return st;
+  s.client.flow_set = true;
+  if (auto st = maps_->set_flow(s.upstream.cookie, FlowEntry{s.client.cookie, route, RELAY_FLOW_STREAM}); !st)
+    return st;
+  s.upstream.flow_set = true;
+  for (Side* side : {&s.client, &s.upstream}) {
+    if (auto st = maps_->add_target(side->cookie, side->fd.get()); !st) return st;
+    side->target_added = true;
+  }
+  // Bytes queued before the sockets enter the map would sit there until
+  // more arrived (and for unix, one skb per later send): move them now,
+  // while nothing else reads these sockets, so they go out first.
+  if (!drain_user(s, s.client, s.upstream) || !drain_user(s, s.upstream, s.client)) return plain_error("drain");
+  if (s.client.pending.empty() && s.upstream.pending.empty()) {
+    for (Side* side : {&s.client, &s.upstream}) {
+      if (side->tcp) {
+        if (auto st = maps_->add_source(side->cookie, side->fd.get()); !st) return st;
+      } else {
+        MapWriter::PrivateProgram program;
+        program.fixed_source = side->cookie;
+        if (auto st = maps_->add_private_source(side->cookie, side->fd.get(), program); !st) return st;
+        side->private_source = true;
+      }
+      side->source_added = true;
+    }
+    s.attached = true;
+    // What arrived between the drain and the insertion (a window of a few
+    // microseconds): without a later send it would stay stranded. Read in
+    // user space it could in principle be overtaken by a skb the verdict
+    // program redirects at the same moment; a client that sends and then
+    // waits for the answer (the common case) is not affected.
+    if (!drain_user(s, s.client, s.upstream) || !drain_user(s, s.upstream, s.client)) return plain_error("drain");
+  }
+  // else: the target is full; the sources go in once pending is written
+  // (on_side_event, EPOLLOUT), so kernel bytes never overtake these.
+  return {};
+}
+
+// Kernel path: reads what is queued on `from` (not yet steered) and writes
+// it to `to`. False when the session was closed.
+bool StreamRoute::drain_user(Session& s, Side& from, Side& to) {
+  char buf[kDrainChunk];
+  while (!from.eof) {
+    ssize_t n = recv(from.fd.get(), buf, sizeof(buf), MSG_DONTWAIT);
+    if (n < 0) {
+      if (would_block(errno)) break;
+      fail_session(s.id, from, errno);
+      return false;
+    }
+    if (n == 0) {
+      from.eof = true;
+      break;
+    }
+    from.user_in += static_cast<uint64_t>(n);
+    to.pending.append(buf, static_cast<size_t>(n));
+    s.last_user_ns = now_ns();
+  }
+  return flush_pending(s, to);
+}
+
+// Writes `to.pending`. False when the session was closed.
+bool StreamRoute::flush_pending(Session& s, Side& to) {
+  while (!to.pending.empty()) {
+    ssize_t n = send(to.fd.get(), to.pending.data(), to.pending.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n < 0) {
+      if (would_block(errno)) break;
+      fail_session(s.id, to, errno);
+      return false;
+    }
+    to.user_out += static_cast<uint64_t>(n);
+    counters_.user_bytes += static_cast<uint64_t>(n);
+    to.pending.erase(0, static_cast<size_t>(n));
+  }
+  return true;
+}
+
+void StreamRoute::update_events(Session& s) {
+  for (Side* side : {&s.client, &s.upstream}) {
+    Side& other = s.other(*side);
+    uint32_t want = 0;
+    if (s.kernel) {
+      // No EPOLLIN: a user-space read could race the verdict program for
+      // the same bytes. EOF and errors are all we need.
+      if (!side->eof) want |= EPOLLRDHUP;
+      if (!side->pending.empty()) want |= EPOLLOUT;
+    } else {
+      bool room = side->messages || other.messages ? other.pending.empty() && other.messages_q.empty()
+                                                   : other.in_pipe == 0;
+      if (!side->eof && room) want |= EPOLLIN | EPOLLRDHUP;
+      if (side->in_pipe > 0 || !side->pending.empty() || !side->messages_q.empty()) want |= EPOLLOUT;
+    }
+    if (side->hup) {
+      // HUP is level-triggered and cannot be masked: stop watching.
+      if (side->registered) loop_.remove(side->fd.get());
+      side->registered = false;
+      continue;
+    }
+    if (side->registered && want != side->events) {
+      (void)loop_.modify(side->fd.get(), want);
+      side->events = want;
+    }
+  }
+}
+
+void StreamRoute::on_side_event(Session& s, Side& side, uint32_t events) {
+  uint64_t id = s.id;
+  if (events & EPOLLERR) {
+    // (tcp_read_skb() hands a FIN to the verdict program as an empty skb;
+    // redirected, the target's backlog would report EPIPE here: the
+    // program drops empty skbs of RELAY_FLOW_STREAM flows.)
+    if (int err = socket_error(side.fd.get()); err != 0) {
+      fail_session(id, side, err);
+      return;
+    }
+  }
+  Side& other = s.other(side);
+  if (s.kernel) {
+    if (events & EPOLLOUT) {
+      if (!flush_pending(s, side)) return;
+      if (!s.attached && s.client.pending.empty() && s.upstream.pending.empty()) {
+        if (auto st = wire_kernel(s); !st) {
+          if (sessions_.count(id)) {
+            ++counters_.sessions_failed;
+            close_session(id, "kernel path not set up");
+          }
+          return;
+        }
+      }
+    }
+    if (events & (EPOLLRDHUP | EPOLLHUP)) side.eof = true;
+  } else {
+    if (events & EPOLLOUT) {
+      user_copy(s, other, side);
+      if (!sessions_.count(id)) return;
+    }
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP)) {
+      user_copy(s, side, other);
+      if (!sessions_.count(id)) return;
+    }
+  }
+  if (events & EPOLLHUP) {
+    // Both directions of this socket are shut: for unix its peer closed
+    // (anything still to be written to it has nowhere to go); for tcp both
+    // FINs have been exchanged.
+    side.hup = true;
+    side.eof = true;
+  }
+  if (sessions_.count(id)) {
+    update_events(s);
+    check_half_close(s);
+  }
+}
+
+// User path: moves what `from` has toward `to`, with splice() for byte
+// streams and one message at a time when either end keeps boundaries.
+void StreamRoute::user_copy(Session& s, Side& from, Side& to) {
+  uint64_t id = s.id;
+  bool messages = from.messages || to.messages;
+  for (int round = 0; round < 16; ++round) {
+    bool progress = false;
+    // Out: what is buffered toward `to`.
+    if (messages) {
+      while (!to.messages_q.empty()) {
+        const std::string& m = to.messages_q.front();
+        ssize_t n = send(to.fd.get(), m.data(), m.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n < 0) {
+          if (would_block(errno)) break;
+          if (errno == EPIPE && to.hup) {  // its peer left: nothing to deliver to
+            to.messages_q.clear();
+            break;
+          }
+          fail_session(id, to, errno);
+          return;
+        }
+        // A stream target may take part of a chunk; a seqpacket one all of it.
+        to.user_out += static_cast<uint64_t>(n);
+        counters_.user_bytes += static_cast<uint64_t>(n);
+        if (static_cast<size_t>(n) < m.size()) {
+          to.messages_q.front().erase(0, static_cast<size_t>(n));
+          break;
+        }
+        ++counters_.user_messages;
+        to.messages_q.erase(to.messages_q.begin());
+        progress = true;
+      }
+    } else {
+      while (to.in_pipe > 0) {
+        ssize_t n = splice(to.pipe_r.get(), nullptr, to.fd.get(), nullptr, to.in_pipe, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+        if (n < 0) {
+          if (would_block(errno)) break;
+          fail_session(id, to, errno);
+          return;
+        }
+        to.in_pipe -= static_cast<size_t>(n);
+        to.user_out += static_cast<uint64_t>(n);
+        counters_.user_bytes += static_cast<uint64_t>(n);
+        progress = true;
+      }
+    }
+    bool drained = messages ? to.messages_q.empty() : to.in_pipe == 0;
+    // In: only once the previous batch is out, which bounds user-space
+    // buffering to one pipe (or one message) per direction: a stopped
+    // reader stops us reading, and TCP flow control reaches the sender.
+    if (drained && !from.eof) {
+      if (messages) {
+        std::string buf(kMessageBuffer, '\0');
+        ssize_t n = recv(from.fd.get(), buf.data(), buf.size(), MSG_DONTWAIT);
+        if (n < 0) {
+          if (!would_block(errno)) {
+            fail_session(id, from, errno);
+            return;
+          }
+        } else if (n == 0) {
+          // 0 is EOF for a stream, and either EOF or an empty message for
+          // seqpacket: RDHUP tells them apart.
+          pollfd p{from.fd.get(), POLLRDHUP, 0};
+          if (!from.messages || (poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP)))) {
+            from.eof = true;
+          } else if (to.messages) {
+            to.messages_q.emplace_back();
+            progress = true;
+          }
+        } else {
+          buf.resize(static_cast<size_t>(n));
+          from.user_in += static_cast<uint64_t>(n);
+          to.messages_q.push_back(std::move(buf));
+          progress = true;
+        }
+      } else {
+        ssize_t n = splice(from.fd.get(), nullptr, to.pipe_w.get(), nullptr, kPipeSize, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+        if (n < 0) {
+          if (!would_block(errno)) {
+            fail_session(id, from, errno);
+            return;
+          }
+        } else if (n == 0) {
+          from.eof = true;
+        } else {
+          to.in_pipe += static_cast<size_t>(n);
+          from.user_in += static_cast<uint64_t>(n);
+          progress = true;
+        }
+      }
+    }
+    if (progress) s.last_user_ns = now_ns();
+    if (!progress) break;
+  }
+}
+
+// Kernel path: whether every byte of from -> to has reached `to`'s send
+// path, by the rule in stream_route.h. `timed` marks the periodic checks
+// that alone advance the stability counters.
+bool StreamRoute::direction_flushed(Session& s, Side& from, Side& to) {
+  (void)s;
+  uint64_t redirected = maps_->flow_bytes(from.cookie);
+  if (!to.pending.empty()) return false;
+  if (from.tcp) {
+    uint64_t received = tcp_bytes_received(from.fd.get());
+    // tcpi_bytes_received counts the FIN as one byte (measured).
+    if (received == 0 || received - 1 != redirected + from.user_in) {
+      if (received - 1 < redirected + from.user_in && !to.warned_mismatch) {
+        to.warned_mismatch = true;
+        spdlog::warn("route {}: session {}: {} received {} bytes but {} were forwarded", spec_.route_id, s.id,
+                     from.name, received - 1, redirected + from.user_in);
+      }
+      return false;
+    }
+  } else if (ioctl_int(from.fd.get(), SIOCINQ) != 0) {
+    return false;
+  }
+  uint64_t total = redirected + to.user_out;
+  uint32_t wmem = 0;
+  if (to.tcp) {
+    if (tcp_bytes_written(to.fd.get()) - to.baseline < total) return false;
+  } else {
+    wmem = meminfo(to.fd.get(), SK_MEMINFO_WMEM_ALLOC);
+    uint32_t sndbuf = meminfo(to.fd.get(), SK_MEMINFO_SNDBUF);
+    if (wmem == UINT32_MAX || wmem >= sndbuf / 2) {
+      to.stable = 0;
+      return false;
+    }
+  }
+  spdlog::debug("route {}: session {}: {} -> {}: redirected {} user_in {} user_out {} written {} baseline {}",
+                spec_.route_id, s.id, from.name, to.name, redirected, from.user_in, to.user_out,
+                to.tcp ? tcp_bytes_written(to.fd.get()) : 0, to.baseline);
+  if (from.tcp && to.tcp) return true;  // both counts exact
+  if (redirected != to.last_redirected || wmem != to.last_wmem) {
+    to.last_redirected = redirected;
+    to.last_wmem = wmem;
+    to.stable = 0;
+    return false;
+  }
+  return to.stable >= kStableChecks;
+}
+
+void StreamRoute::check_half_close(Session& s) {
+  if (s.connecting) return;
+  bool waiting = false;
+  for (Side* from : {&s.client, &s.upstream}) {
+    Side& to = s.other(*from);
+    if (to.shut_wr || !from->eof) continue;
+    if (to.hup) {
+      to.shut_wr = true;  // its peer is gone: there is no one to tell
+      continue;
+    }
+    bool flushed = s.kernel ? s.attached && direction_flushed(s, *from, to)
+                            : (to.in_pipe == 0 && to.pending.empty() && to.messages_q.empty());
+    if (!flushed) {
+      waiting = true;
+      continue;
+    }
+    if (shutdown(to.fd.get(), SHUT_WR) != 0 && errno != ENOTCONN)
+      spdlog::debug("route {}: session {}: shutdown {}: {}", spec_.route_id, s.id, to.name, std::strerror(errno));
+    to.shut_wr = true;
+    ++counters_.half_closes;
+    spdlog::debug("route {}: session {}: EOF from {} propagated to {}", spec_.route_id, s.id, from->name, to.name);
+  }
+  if (s.done()) {
+    ++counters_.sessions_closed;
+    close_session(s.id, nullptr);
+    return;
+  }
+  if (waiting && s.kernel) arm_timer(true);
+}
+
+void StreamRoute::arm_timer(bool on) {
+  if (on == timer_armed_) return;
+  itimerspec spec{};
+  if (on) {
+    auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(kHalfCloseCheck).count();
+    spec.it_interval.tv_nsec = ns;
+    spec.it_value.tv_nsec = ns;
+  }
+  timerfd_settime(timer_.get(), 0, &spec, nullptr);
+  timer_armed_ = on;
+}
+
+void StreamRoute::on_timer() {
+  uint64_t expirations;
+  while (read(timer_.get(), &expirations, sizeof(expirations)) > 0) {
+  }
+  bool any = false;
+  std::vector<uint64_t> ids;
+  for (auto& [id, s] : sessions_)
+    if (s->kernel && ((s->client.eof && !s->upstream.shut_wr) || (s->upstream.eof && !s->client.shut_wr)))
+      ids.push_back(id);
+  for (uint64_t id : ids) {
+    auto it = sessions_.find(id);
+    if (it == sessions_.end()) continue;
+    Session& s = *it->second;
+    for (Side* side : {&s.client, &s.upstream}) ++side->stable;
+    check_half_close(s);
+    auto again = sessions_.find(id);
+    if (again != sessions_.end() && !again->second->done()) any = true;
+  }
+  arm_timer(any);
+}
+
+void StreamRoute::fail_session(uint64_t id, Side& failed, int err) {
+  auto it = sessions_.find(id);
+  if (it == sessions_.end()) return;
+  Session& s = *it->second;
+  Side& other = s.other(failed);
+  ++counters_.sessions_failed;
+  spdlog::debug("route {}: session {} from {}: {} failed: {}; closing the {}", spec_.route_id, id, s.peer,
+                failed.name, std::strerror(err), other.name);
+  if (other.tcp && (err == ECONNRESET || err == EPIPE)) {
+    // Pass the reset on rather than a FIN the far side would take for a
+    // complete stream: close() with a zero linger sends RST.
+    linger lg{1, 0};
+    setsockopt(other.fd.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+  }
+  close_session(id, nullptr);
+}
+
+void StreamRoute::close_session(uint64_t id, const char* why) {
+  auto it = sessions_.find(id);
+  if (it == sessions_.end()) return;
+  Session& s = *it->second;
+  if (why) spdlog::debug("route {}: session {} closed: {}", spec_.route_id, id, why);
+  if (s.kernel) {
+    // Stop steering first, then forget the flows, then the targets.
+    for (Side* side : {&s.client, &s.upstream}) {
+      if (side->private_source)
+        maps_->remove_private_source(side->cookie);
+      else if (side->source_added)
+        maps_->remove_source(side->cookie);
+    }
+    for (Side* side : {&s.client, &s.upstream})
+      if (side->flow_set) maps_->remove_flow(side->cookie);
+    for (Side* side : {&s.client, &s.upstream})
+      if (side->target_added) maps_->remove_target(side->cookie);
+  }
+  for (Side* side : {&s.client, &s.upstream})
+    if (side->registered) loop_.remove(side->fd.get());
+  sessions_.erase(it);
+  budget_.give_back();
+}
+
+uint64_t StreamRoute::last_activity_ns(const Session& s) const {
+  uint64_t last = s.last_user_ns;
+  if (s.kernel) {
+    last = std::max(last, maps_->flow_last_ns(s.client.cookie));
+    last = std::max(last, maps_->flow_last_ns(s.upstream.cookie));
+  }
+  return last;
+}
+
+void StreamRoute::expire_idle() {
+  uint64_t now = now_ns();
+  uint64_t idle = static_cast<uint64_t>(std::chrono::nanoseconds(spec_.idle_timeout).count());
+  uint64_t connect_limit = static_cast<uint64_t>(std::chrono::nanoseconds(spec_.connect_timeout).count());
+  std::vector<uint64_t> expired, timed_out;
+  for (const auto& [id, s] : sessions_) {
+    if (s->connecting) {
+      if (now - s->started_ns > connect_limit) timed_out.push_back(id);
+    } else if (now - std::min(now, last_activity_ns(*s)) > idle) {
+      expired.push_back(id);
+    }
+  }
+  for (uint64_t id : timed_out) {
+    ++counters_.connect_failed;
+    spdlog::warn("route {}: session {}: connect to {} timed out; closing the client (counted)", spec_.route_id, id,
+                 spec_.to->address.text);
+    close_session(id, nullptr);
+  }
+  for (uint64_t id : expired) {
+    ++counters_.sessions_expired;
+    close_session(id, "idle");
+  }
+}
+
+}  // namespace sockrelay

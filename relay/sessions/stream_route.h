@@ -1,0 +1,125 @@
+// One stream route source: a tcp or unix-stream listener relayed to a tcp or
+// unix-stream (or, through user space, unix-seqpacket) upstream.
+//
+// Each accepted connection is a session: the client's socket plus an
+// upstream socket connected for it (non-blocking, with a connect timeout).
+// On the kernel path both sockets go into the sockmaps and the verdict
+// program carries both directions; user space only sees EOF, errors and
+// the half-close bookkeeping. On the user-space path the relay moves the
+// bytes itself: splice() through a pipe for byte streams, one recvmsg/
+// sendmsg per message when a seqpacket end keeps message boundaries.
+//
+// Half-close (the rule, for one direction X -> Y; X's peer sent FIN):
+// shutdown(Y, SHUT_WR) is issued only when
+//   1. X has seen EOF (EPOLLRDHUP: the verdict program never sees the FIN,
+//      but poll on a socket in a sockmap still reports RCV_SHUTDOWN), and
+//   2. every byte X received has passed the verdict program:
+//        tcp:  tcpi_bytes_received(X) - 1 (the FIN) == redirected(X) +
+//              bytes user space read from X  -- exact;
+//        unix: SIOCINQ(X) == 0 and redirected(X) unchanged over three
+//              checks -- a unix sender runs the verdict in its own
+//              sendmsg(), so once it shut down nothing more can come, and
+//              the checks cover a send racing the shutdown on another CPU;
+//   3. every byte of the direction has left Y's psock backlog into Y:
+//        tcp:  tcpi_bytes_acked(Y) + SIOCOUTQ(Y) - baseline == redirected(X)
+//              + bytes user space wrote to Y -- exact: Y's send sequence
+//              holds this direction's bytes only; acked is read before
+//              outq, so a concurrent ACK can only make the sum smaller
+//              (wait longer), never larger;
+//        unix: no cumulative send counter exists, so Y must have had room
+//              (wmem < sndbuf / 2) with wmem and redirected(X) unchanged
+//              over three checks: the psock backlog only stops while Y is
+//              full and retries every jiffy, so a backlog holding data
+//              while Y has room changes Y's wmem within a few ms.
+// A shutdown issued earlier would cut the stream: the redirected bytes
+// still in Y's psock backlog would then fail with EPIPE and be lost.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+
+#include "bpf_loader/map_writer.h"
+#include "common/fd.h"
+#include "config/model.h"
+#include "sessions/event_loop.h"
+#include "sessions/session_budget.h"
+
+namespace sockrelay {
+
+struct StreamCounters {
+  uint64_t sessions_created = 0;      // accepted and connected upstream
+  uint64_t sessions_closed = 0;       // both directions finished cleanly
+  uint64_t sessions_failed = 0;       // reset / socket error on either side
+  uint64_t sessions_expired = 0;      // idle for idle-timeout
+  uint64_t refused_max_sessions = 0;  // connections closed at accept: max-sessions reached
+  uint64_t connect_failed = 0;        // upstream unreachable / refused / timed out
+  uint64_t half_closes = 0;           // FINs propagated (shutdown(SHUT_WR) issued)
+  uint64_t user_bytes = 0;            // bytes user space moved (pre-insertion data, user path)
+  uint64_t user_messages = 0;         // seqpacket messages user space moved
+};
+
+struct StreamRouteSpec {
+  uint32_t route_id = 0;
+  const Endpoint* from = nullptr;
+  const Endpoint* to = nullptr;
+  bool kernel = true;  // kernel data path; false: user space carries it all
+  std::chrono::milliseconds idle_timeout{120'000};
+  std::chrono::milliseconds connect_timeout{5'000};
+};
+
+class StreamRoute {
+ public:
+  // `maps` may be null only when !spec.kernel.
+  StreamRoute(StreamRouteSpec spec, Fd listener, MapWriter* maps, EventLoop& loop, SessionBudget& budget);
+  ~StreamRoute();
+  StreamRoute(const StreamRoute&) = delete;
+  StreamRoute& operator=(const StreamRoute&) = delete;
+
+  Status start();
+  // Tears down sessions idle for longer than idle_timeout, and upstream
+  // connects older than connect_timeout.
+  void expire_idle();
+  // Removes every map entry and closes every session socket.
+  void stop();
+
+  size_t session_count() const { return sessions_.size(); }
+  const StreamCounters& counters() const { return counters_; }
+  const StreamRouteSpec& spec() const { return spec_; }
+
+ private:
+  struct Side;
+  struct Session;
+
+  void on_listener_readable();
+  void on_connected(Session& s);
+  Status wire_kernel(Session& s);
+  void on_side_event(Session& s, Side& side, uint32_t events);
+  void user_copy(Session& s, Side& from, Side& to);
+  bool flush_pending(Session& s, Side& to);
+  bool drain_user(Session& s, Side& from, Side& to);
+  void check_half_close(Session& s);
+  bool direction_flushed(Session& s, Side& from, Side& to);
+  void update_events(Session& s);
+  void arm_timer(bool on);
+  void on_timer();
+  void close_session(uint64_t id, const char* why);
+  void fail_session(uint64_t id, Side& failed, int err);
+  uint64_t last_activity_ns(const Session& s) const;
+
+  StreamRouteSpec spec_;
+  Fd listener_;
+  MapWriter* maps_;
+  EventLoop& loop_;
+  SessionBudget& budget_;
+  Fd timer_;  // fast half-close checks while a session waits to propagate a FIN
+  bool timer_armed_ = false;
+  std::unordered_map<uint64_t, std::unique_ptr<Session>> sessions_;
+  uint64_t next_id_ = 1;
+  StreamCounters counters_;
+  bool started_ = false;
+};
+
+}  // namespace sockrelay
