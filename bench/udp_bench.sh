@@ -1,0 +1,574 @@
+#!/usr/bin/env bash
+# UDP benchmark: 64-byte datagrams direct, through sockrelay (in-kernel
+# sockmap redirect) and through socat, all in one run, inside a private
+# network namespace (loopback only). See bench/README.md for what each
+# number means.
+set -euo pipefail
+
+usage() {
+  cat <<'EOF'
+usage: bench/udp_bench.sh [options]        (as root)
+
+Measures, for direct (sender -> sink), sockrelay and socat, in one run:
+  throughput  one sender blasting datagrams for --duration seconds (sendmmsg),
+              one sink counting them (recvmmsg, 64 MiB SO_RCVBUF);
+  fixed rate  the same, paced at --rate datagrams/s (default: 0.6 x what
+              direct delivered in this run, the issue's target);
+  ping-pong   one client, a UDP echo server behind the path, --count rounds;
+  CPU         the middlebox process (utime+stime), the kernel workers
+              (kworker/ksoftirqd: egress redirects are sent from there) and
+              the whole machine (/proc/stat), each as % of one core.
+
+options:
+  --duration S    seconds per throughput run (default 5)
+  --size N        datagram payload bytes (default 64)
+  --count N       ping-pong round trips (default 20000)
+  --rate R|auto|0 fixed-rate pass: datagrams/s, auto (0.6 x direct), 0 = skip
+  --quick         --duration 2 --count 5000 (a smoke run, ~20 s)
+  --build-dir D   CMake build directory (default: <repo>/build)
+  --no-build      do not run cmake --build
+  --relay PATH    the sockrelay binary to measure (default: the build's), to
+                  compare two builds of the relay against the same baseline
+  --pause-relay   diagnostic: SIGSTOP the relay once its flows run in the
+                  kernel, to measure the bare sockmap path without the
+                  relay process's wake-ups (status counters still read)
+  --perf-record F diagnostic: perf record -a -g into F during the relay's
+                  full-speed run (needs perf: Debian's linux-perf)
+  -h, --help      this text
+
+Output: markdown tables on stdout, plus one machine-readable line per result
+starting with "RESULT " (key=value pairs) and "RATIO " lines.
+EOF
+}
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+duration=5
+size=64
+count=20000
+warmup=2000
+rate=auto
+build_dir=$repo/build
+build=1
+pause_relay=0
+perf_file=
+relay_bin=
+orig_args=("$@")
+
+while (($#)); do
+  case $1 in
+    --duration) duration=$2; shift 2 ;;
+    --size) size=$2; shift 2 ;;
+    --count) count=$2; shift 2 ;;
+    --rate) rate=$2; shift 2 ;;
+    --quick) duration=2; count=5000; warmup=200; shift ;;
+    --build-dir) build_dir=$2; shift 2 ;;
+    --no-build) build=0; shift ;;
+    --pause-relay) pause_relay=1; shift ;;
+    --relay) relay_bin=$(realpath "$2"); shift 2 ;;
+    --perf-record) perf_file=$(realpath -m "$2"); shift 2 ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "udp_bench: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+for n in "$duration" "$size" "$count"; do
+  [[ $n =~ ^[0-9]+(\.[0-9]+)?$ ]] || { echo "udp_bench: not a number: $n" >&2; exit 2; }
+done
+# With --pause-relay the relay is stopped during the warm-up: make it long
+# enough to outlast the status polling.
+((pause_relay && warmup < 20000)) && warmup=20000
+[[ $rate == auto || $rate =~ ^[0-9]+$ ]] || { echo "udp_bench: --rate wants a number or auto" >&2; exit 2; }
+
+relay_bin=${relay_bin:-$build_dir/relay/sockrelay}
+load_bin=$build_dir/bench/sockrelay_udp_load
+
+# ---------------------------------------------------------------------------
+# Outside the namespace: privileges, build, socat (apt needs the network).
+if [[ -z ${SOCKRELAY_BENCH_IN_NETNS:-} ]]; then
+  if ((EUID != 0)); then
+    cat >&2 <<'EOF'
+udp_bench: must run as root. The relay loads BPF programs and puts sockets in
+a SOCKMAP (CAP_BPF, CAP_NET_ADMIN), and the benchmark runs in a private network
+namespace of its own (unshare -n). Try: sudo bench/udp_bench.sh
+EOF
+    exit 1
+  fi
+  if ((build)); then
+    if [[ ! -f $build_dir/CMakeCache.txt ]]; then
+      cmake -S "$repo" -B "$build_dir" >&2
+    fi
+    cmake --build "$build_dir" --target sockrelay sockrelay_udp_load -j "$(nproc)" >&2
+  fi
+  for bin in "$relay_bin" "$load_bin"; do
+    [[ -x $bin ]] || { echo "udp_bench: $bin missing (build it, or drop --no-build)" >&2; exit 1; }
+  done
+  if ! command -v socat >/dev/null; then
+    echo "udp_bench: socat missing, installing it (apt-get install -y socat)" >&2
+    apt-get install -y socat >&2 || echo "udp_bench: no socat: its rows will be skipped" >&2
+  fi
+  command -v unshare >/dev/null || { echo "udp_bench: unshare (util-linux) missing" >&2; exit 1; }
+  export SOCKRELAY_BENCH_IN_NETNS=1
+  exec unshare --net -- "$0" "${orig_args[@]}" --no-build --build-dir "$build_dir" --relay "$relay_bin"
+fi
+
+# ---------------------------------------------------------------------------
+# Inside a private network namespace: only loopback exists.
+ip link set lo up
+
+work=$(mktemp -d /tmp/sockrelay-bench.XXXXXX)
+started=() # PIDs of the processes this script started and has not reaped
+
+# The PIDs of a process's children (socat forks one per UDP peer).
+children_of() {
+  local file ids
+  for file in /proc/"$1"/task/*/children; do
+    ids=()
+    { read -ra ids <"$file"; } 2>/dev/null || true
+    ((${#ids[@]} == 0)) || printf '%s\n' "${ids[@]}"
+  done
+}
+
+# Stops processes of ours by PID (with a forked socat's children), reaps them.
+stop_pids() {
+  local pid child keep=()
+  for pid in "$@"; do
+    for child in $(children_of "$pid"); do
+      kill -TERM "$child" 2>/dev/null || true
+    done
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${started[@]}"; do
+    [[ " $* " == *" $pid "* ]] || keep+=("$pid")
+  done
+  started=("${keep[@]}")
+  for pid in "$@"; do
+    wait "$pid" 2>/dev/null || true
+  done
+}
+
+cleanup() {
+  stop_pids "${started[@]}"
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { echo "udp_bench: $*" >&2; }
+
+# awk does the arithmetic: bash has no floating point. The parentheses keep
+# a ">" in the expression from being read as awk output redirection.
+calc() { awk "BEGIN { printf \"%.${2:-1}f\", ($1) }"; }
+
+# Addresses. Sink and echo server are shared by all three paths; each path
+# has its own front address.
+sink_addr=127.0.0.1:7001
+echo_addr=127.0.0.1:7002
+declare -A front_data=([direct]=$sink_addr [relay]=127.0.0.1:7101 [socat]=127.0.0.1:7201)
+declare -A front_echo=([direct]=$echo_addr [relay]=127.0.0.1:7102 [socat]=127.0.0.1:7202)
+
+paths=(direct relay)
+if command -v socat >/dev/null; then
+  paths+=(socat)
+else
+  log "socat not found: skipping its rows"
+fi
+
+# utime+stime (clock ticks) of one process, 0 if gone.
+proc_ticks() {
+  local line fields
+  { read -r line <"/proc/$1/stat"; } 2>/dev/null || { echo 0; return; }
+  read -ra fields <<<"${line##*) }" # after "pid (comm) ": field 3 is [0]
+  echo $((fields[11] + fields[12]))
+}
+
+# A process and its descendants.
+proc_tree() {
+  local pid=$1 child
+  echo "$pid"
+  for child in $(children_of "$pid"); do
+    proc_tree "$child"
+  done
+}
+
+# Voluntary context switches (= wake-ups after sleeping) of these processes.
+voluntary_switches() {
+  local pid total=0 key value
+  for pid in "$@"; do
+    while read -r key value; do
+      [[ $key == voluntary_ctxt_switches: ]] && total=$((total + value))
+    done 2>/dev/null <"/proc/$pid/status"
+  done
+  echo "$total"
+}
+
+# "PID ticks" (utime+stime) of every kworker and ksoftirqd thread: sockmap
+# egress redirects are transmitted from a workqueue, not from the relay.
+kernel_worker_ticks() {
+  local stat line fields
+  for stat in /proc/[0-9]*/stat; do
+    { read -r line <"$stat"; } 2>/dev/null || continue
+    case $line in
+      *"(kworker/"* | *"(ksoftirqd/"*) ;;
+      *) continue ;;
+    esac
+    read -ra fields <<<"${line##*) }"
+    echo "${line%% *} $((fields[11] + fields[12]))"
+  done
+}
+
+# Ticks the kernel workers used between two kernel_worker_ticks samples,
+# per thread: a kworker that exits takes its ticks with it, one that starts
+# counts from 0.
+kernel_worker_delta() {
+  awk 'NR == FNR { before[$1] = $2; next } { total += $2 - ($1 in before ? before[$1] : 0) } END { print total + 0 }' \
+    "$1" "$2"
+}
+
+# Busy and total ticks of the whole machine (all CPUs): busy excludes idle,
+# iowait and steal (time the hypervisor gave to someone else).
+machine_ticks() {
+  local cpu user nice system idle iowait irq softirq steal rest
+  read -r cpu user nice system idle iowait irq softirq steal rest </proc/stat
+  : "$cpu" "$rest"
+  echo "$((user + nice + system + irq + softirq)) $((user + nice + system + idle + iowait + irq + softirq + steal))"
+}
+
+# Datagrams dropped because a socket's receive buffer was full, in this
+# namespace (sink, socat, relay sockets).
+rcvbuf_errors() {
+  awk '/^Udp:/ { n++; if (n == 1) { for (i = 1; i <= NF; i++) col[$i] = i } else { print $col["RcvbufErrors"] } }' \
+    /proc/net/snmp
+}
+
+wait_for_udp_port() {
+  local port=${1##*:} i
+  for ((i = 0; i < 100; i++)); do
+    [[ -n $(ss -Hnul "sport = :$port") ]] && return 0
+    sleep 0.05
+  done
+  log "nothing listens on $1"
+  return 1
+}
+
+write_relay_config() {
+  cat >"$work/relay.toml" <<EOF
+# Generated by bench/udp_bench.sh.
+[relay]
+log-level = "warn"
+idle-timeout = "120s"
+max-sessions = 64
+control = "$work/control.sock"
+
+[endpoints.bench-data-in]
+type = "udp"
+listen = "${front_data[relay]}"
+
+[endpoints.bench-sink]
+type = "udp"
+connect = "$sink_addr"
+
+[endpoints.bench-echo-in]
+type = "udp"
+listen = "${front_echo[relay]}"
+
+[endpoints.bench-echo]
+type = "udp"
+connect = "$echo_addr"
+
+[[routes]]
+from = "bench-data-in"
+to = "bench-sink"
+datapath = "auto"
+
+[[routes]]
+from = "bench-echo-in"
+to = "bench-echo"
+datapath = "auto"
+EOF
+}
+
+relay_status() {
+  "$relay_bin" status --json --control "$work/control.sock" 2>/dev/null
+}
+
+middle_pid=0 # the relay, or the socat that carries the throughput runs
+middle_pids=()
+
+# Starts the path's middlebox (none for direct).
+start_middle() {
+  local path=$1 i
+  middle_pid=0
+  middle_pids=()
+  case $path in
+    relay)
+      write_relay_config
+      "$relay_bin" run --config "$work/relay.toml" 2>>"$work/relay.log" &
+      middle_pid=$!
+      middle_pids=("$middle_pid")
+      started+=("$middle_pid")
+      for ((i = 0; i < 100; i++)); do
+        relay_status >/dev/null && break
+        sleep 0.05
+      done
+      relay_status | grep -q '"datapath":"kernel"' ||
+        log "warning: the relay did not choose the kernel data path: $(relay_status)"
+      ;;
+    socat)
+      # The common invocation (socat's man page, most how-tos): one forked
+      # child per UDP peer, connected to the upstream; -T reaps idle children.
+      local front upstream
+      for front in "${front_data[socat]}=$sink_addr" "${front_echo[socat]}=$echo_addr"; do
+        upstream=${front#*=}
+        front=${front%=*}
+        socat -T 30 "UDP4-LISTEN:${front##*:},bind=127.0.0.1,reuseaddr,fork" "UDP4:$upstream" \
+          2>>"$work/socat.log" &
+        middle_pids+=("$!")
+        started+=("$!")
+        wait_for_udp_port "$front"
+      done
+      middle_pid=${middle_pids[0]}
+      ;;
+  esac
+}
+
+stop_middle() {
+  ((${#middle_pids[@]})) || return 0
+  if [[ $1 == relay ]]; then
+    kill -TERM "$middle_pid"
+    wait "$middle_pid" || log "warning: the relay did not exit 0 on SIGTERM (see $work/relay.log)"
+  fi
+  stop_pids "${middle_pids[@]}"
+  middle_pid=0
+  middle_pids=()
+}
+
+# key=value lookup in one result line.
+field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<" $2"; }
+
+# One throughput run through $1 at rate $2 (0 = flat out). Prints a RESULT
+# line and records it in results[path.kind.key].
+declare -A results=()
+throughput() {
+  local path=$1 offered=$2 kind sink_out send_out
+  kind=$([[ $offered == 0 ]] && echo full || echo rate)
+  local sink_pid
+  "$load_bin" sink --bind "$sink_addr" --idle-ms 500 --max-s "$(calc "$duration + 60" 0)" >"$work/sink.out" &
+  sink_pid=$!
+  started+=("$sink_pid")
+  wait_for_udp_port "$sink_addr"
+
+  local -A before_proc=()
+  local pid tree=()
+  if ((middle_pid)); then
+    mapfile -t tree < <(proc_tree "$middle_pid")
+    for pid in "${tree[@]}"; do before_proc[$pid]=$(proc_ticks "$pid"); done
+  fi
+  local m0 rb0 ctx0=0
+  kernel_worker_ticks >"$work/kworkers.before"
+  m0=$(machine_ticks)
+  rb0=$(rcvbuf_errors)
+  ((middle_pid)) && ctx0=$(voluntary_switches "${tree[@]}")
+
+  "$load_bin" send --to "${front_data[$path]}" --duration "$duration" --size "$size" --rate "$offered" \
+    >"$work/send.out" &
+  local send_pid=$!
+  started+=("$send_pid")
+  [[ $path == relay ]] && ((pause_relay)) && pause_relay_once_wired 0
+  local perf_pid=0
+  if [[ $path == relay && $kind == full && -n $perf_file ]]; then
+    perf record -a -g -o "$perf_file" -- sleep "$(calc "$duration * 0.8")" >/dev/null 2>"$work/perf.log" &
+    perf_pid=$!
+    started+=("$perf_pid")
+  fi
+  wait "$send_pid" || log "warning: the sender failed"
+  stop_pids "$send_pid"
+  if ((perf_pid)); then
+    wait "$perf_pid" || log "warning: perf record failed: $(<"$work/perf.log")"
+    stop_pids "$perf_pid"
+    log "perf profile of the relay run: $perf_file (perf report -i $perf_file)"
+  fi
+  resume_relay
+  send_out=$(grep '^send ' "$work/send.out")
+
+  local m1 kw rb1 ctx1=0 proc=0
+  m1=$(machine_ticks)
+  kernel_worker_ticks >"$work/kworkers.after"
+  kw=$(kernel_worker_delta "$work/kworkers.before" "$work/kworkers.after")
+  rb1=$(rcvbuf_errors)
+  if ((middle_pid)); then
+    mapfile -t tree < <(proc_tree "$middle_pid")
+    ctx1=$(voluntary_switches "${tree[@]}")
+    for pid in "${tree[@]}"; do proc=$((proc + $(proc_ticks "$pid") - ${before_proc[$pid]:-0})); done
+  fi
+  wait "$sink_pid" || log "warning: the sink failed"
+  sink_out=$(grep '^sink ' "$work/sink.out")
+
+  local sent delivered elapsed hz ncpu wall busy0 busy1 total0 total1
+  sent=$(field sent "$send_out")
+  elapsed=$(field elapsed_s "$send_out")
+  delivered=$(field datagrams "$sink_out")
+  hz=$(getconf CLK_TCK)
+  ncpu=$(nproc)
+  read -r busy0 total0 <<<"$m0"
+  read -r busy1 total1 <<<"$m1"
+  wall=$(calc "($total1 - $total0) / $ncpu" 3) # ticks of one CPU over the run
+
+  local line
+  line="RESULT path=$path test=throughput offered=$([[ $offered == 0 ]] && echo full || echo "$offered")"
+  line+=" size=$size duration_s=$elapsed sent=$sent delivered=$delivered"
+  line+=" sent_per_s=$(calc "$sent / $elapsed" 0) delivered_per_s=$(calc "$delivered / $elapsed" 0)"
+  line+=" loss_pct=$(calc "$sent > 0 && $sent > $delivered ? 100 * ($sent - $delivered) / $sent : 0" 2)"
+  line+=" rcvbuf_errors=$((rb1 - rb0))"
+  line+=" middlebox_cpu_pct=$(calc "$wall > 0 ? 100 * $proc / $wall : 0")"
+  line+=" middlebox_wakeups_per_s=$(calc "($ctx1 - $ctx0) / $elapsed" 0)"
+  line+=" kernel_workers_cpu_pct=$(calc "$wall > 0 ? 100 * $kw / $wall : 0")"
+  line+=" machine_busy_pct=$(calc "$wall > 0 ? 100 * ($busy1 - $busy0) / $wall : 0")"
+  line+=" machine_us_per_datagram=$(calc "$delivered > 0 ? 1e6 * ($busy1 - $busy0) / $hz / $delivered : 0" 2)"
+  if [[ $path == relay ]]; then
+    local status
+    status=$(relay_status)
+    line+=" relay_kernel_packets=$(grep -o '"kernel":{"packets":[0-9]*' <<<"$status" | head -1 | grep -o '[0-9]*$')"
+    line+=" relay_user_packets=$(grep -o '"user":{"packets":[0-9]*' <<<"$status" | head -1 | grep -o '[0-9]*$')"
+    line+=" relay_sessions_failed=$(grep -o '"sessions-failed":[0-9]*' <<<"$status" | head -1 | grep -o '[0-9]*$')"
+    log "relay status after the run: $status"
+  fi
+  echo "$line"
+  local kv
+  for kv in ${line#RESULT }; do results[$path.$kind.${kv%%=*}]=${kv#*=}; done
+  stop_pids "$sink_pid"
+}
+
+# --pause-relay: once route $1 carries datagrams in the kernel, SIGSTOP the
+# relay process, so the run measures the bare in-kernel path without the
+# relay's own wake-ups. A diagnostic, not how the relay runs.
+relay_paused=0
+pause_relay_once_wired() {
+  local i packets
+  for ((i = 0; i < 200; i++)); do
+    packets=$(relay_status | grep -o '"kernel":{"packets":[0-9]*' | sed -n "$(($1 + 1))p" | grep -o '[0-9]*$')
+    ((${packets:-0} > 0)) && break
+    sleep 0.01
+  done
+  kill -STOP "$middle_pid" && relay_paused=1
+}
+
+resume_relay() {
+  ((relay_paused)) || return 0
+  kill -CONT "$middle_pid"
+  relay_paused=0
+}
+
+pingpong() {
+  local path=$1 out line kv
+  "$load_bin" ping --to "${front_echo[$path]}" --count "$count" --warmup "$warmup" --size "$size" >"$work/ping.out" &
+  local ping_pid=$!
+  started+=("$ping_pid")
+  [[ $path == relay ]] && ((pause_relay)) && pause_relay_once_wired 1
+  wait "$ping_pid" || log "warning: the ping-pong client failed"
+  stop_pids "$ping_pid"
+  resume_relay
+  out=$(grep '^ping ' "$work/ping.out")
+  line="RESULT path=$path test=pingpong size=$size ${out#ping }"
+  echo "$line"
+  for kv in ${line#RESULT }; do results[$path.ping.${kv%%=*}]=${kv#*=}; done
+}
+
+"$load_bin" echo --bind "$echo_addr" >"$work/echo.out" &
+started+=("$!")
+wait_for_udp_port "$echo_addr"
+
+read -r load1 _ </proc/loadavg
+revision=$(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown)
+log "sockrelay $revision, kernel $(uname -r)"
+log "$(nproc) CPUs, load average $load1 before the run$(
+  awk -v l="$load1" 'BEGIN { if (l > 0.5) print " (busy machine: expect noisy numbers)" }'
+)"
+log "pass 1: full speed ${duration}s + ping-pong $count rounds per path: ${paths[*]}"
+for path in "${paths[@]}"; do
+  start_middle "$path"
+  throughput "$path" 0
+  pingpong "$path"
+  stop_middle "$path"
+done
+
+fixed_rate=$rate
+if [[ $rate == auto ]]; then
+  fixed_rate=$(calc "0.6 * ${results[direct.full.delivered_per_s]}" 0)
+fi
+if ((fixed_rate > 0)); then
+  log "pass 2: fixed rate $fixed_rate datagrams/s for ${duration}s per path"
+  for path in "${paths[@]}"; do
+    start_middle "$path"
+    throughput "$path" "$fixed_rate"
+    stop_middle "$path"
+  done
+fi
+
+# ---------------------------------------------------------------------------
+# Report.
+ratio() { # ratio of results $1 / $2, or "-" when a side is missing or zero
+  local a=${results[$1]:-} b=${results[$2]:-}
+  [[ -n $a && -n $b ]] || { echo -; return; }
+  calc "$b > 0 ? $a / $b : 0" 2
+}
+
+echo "RUN revision=$revision kernel=$(uname -r) cpus=$(nproc) load1_before=$load1 duration_s=$duration size=$size"
+echo
+echo "### Throughput, ${size}-byte datagrams, one sender flat out for ${duration} s"
+echo
+echo "| path | sent/s | delivered/s | loss % | delivered vs direct | middlebox process CPU % | kernel workers CPU % | machine busy % | machine µs/datagram |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+for path in "${paths[@]}"; do
+  r=$path.full
+  printf '| %s | %s | %s | %s | %s× | %s | %s | %s | %s |\n' "$path" "${results[$r.sent_per_s]}" \
+    "${results[$r.delivered_per_s]}" "${results[$r.loss_pct]}" "$(ratio "$r.delivered_per_s" direct.full.delivered_per_s)" \
+    "$([[ $path == direct ]] && echo - || echo "${results[$r.middlebox_cpu_pct]}")" \
+    "${results[$r.kernel_workers_cpu_pct]}" "${results[$r.machine_busy_pct]}" "${results[$r.machine_us_per_datagram]}"
+done
+if ((fixed_rate > 0)); then
+  echo
+  echo "### Fixed rate: $fixed_rate datagrams/s offered for ${duration} s"
+  echo
+  echo "| path | sent/s | delivered/s | loss % | middlebox process CPU % | kernel workers CPU % | machine busy % |"
+  echo "|---|---:|---:|---:|---:|---:|---:|"
+  for path in "${paths[@]}"; do
+    r=$path.rate
+    printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$path" "${results[$r.sent_per_s]}" "${results[$r.delivered_per_s]}" \
+      "${results[$r.loss_pct]}" "$([[ $path == direct ]] && echo - || echo "${results[$r.middlebox_cpu_pct]}")" \
+      "${results[$r.kernel_workers_cpu_pct]}" "${results[$r.machine_busy_pct]}"
+  done
+fi
+echo
+echo "### Ping-pong, one client, $count round trips of ${size} bytes"
+echo
+echo "| path | p50 µs | p90 µs | p99 µs | max µs | lost | p50 vs direct |"
+echo "|---|---:|---:|---:|---:|---:|---:|"
+for path in "${paths[@]}"; do
+  r=$path.ping
+  printf '| %s | %s | %s | %s | %s | %s | %s× |\n' "$path" "${results[$r.p50_us]}" "${results[$r.p90_us]}" \
+    "${results[$r.p99_us]}" "${results[$r.max_us]}" "${results[$r.lost]}" "$(ratio "$r.p50_us" direct.ping.p50_us)"
+done
+
+# The issue's targets, from this run's numbers.
+check() { # label value op limit
+  local verdict
+  verdict=$(awk -v v="$2" -v l="$4" -v op="$3" 'BEGIN {
+    if (v == "-") { print "n/a"; exit }
+    ok = (op == ">=") ? (v + 0 >= l + 0) : (v + 0 <= l + 0)
+    print ok ? "PASS" : "FAIL" }')
+  printf '| %s | %s | %s %s | %s |\n' "$1" "$2" "$3" "$4" "$verdict"
+}
+d_ratio=$(ratio relay.full.delivered_per_s direct.full.delivered_per_s)
+s_ratio=$(ratio relay.full.delivered_per_s socat.full.delivered_per_s)
+p_ratio=$(ratio relay.ping.p50_us direct.ping.p50_us)
+echo "RATIO relay_vs_direct_delivered=$d_ratio relay_vs_socat_delivered=$s_ratio relay_vs_direct_p50=$p_ratio"
+echo
+echo "### Targets (issue 2), relay measured against this run's direct and socat"
+echo
+echo "| target | measured | wanted | verdict |"
+echo "|---|---:|---:|---|"
+check "delivered/s vs direct" "$d_ratio" ">=" 0.6
+check "delivered/s vs socat" "$s_ratio" ">=" 3
+check "loss % at full speed" "${results[relay.full.loss_pct]}" "<=" 1
+check "ping-pong p50 vs direct" "$p_ratio" "<=" 1.3
+check "relay process CPU % of a core" "${results[relay.full.middlebox_cpu_pct]}" "<=" 5
