@@ -4,7 +4,7 @@
 # the test's one-line detail. `VMOUT <test> <text>` lines are kept on the host
 # in vm-tests/out/results/<kernel>/<test>.txt.
 # Environment (from init): RELAY, TESTS (binaries), KERNEL (6.12, 6.1),
-# VMTEST_NAME.
+# VMTEST_NAME, VMTEST_LOG (this test's output file).
 
 vmout() { echo "VMOUT $VMTEST_NAME $*"; }
 
@@ -16,17 +16,22 @@ load_modules() {
   echo "loaded $(tr '\n' ' ' </modules/order)on $(uname -r)"
 }
 
-# gtest FILTER: the integration tests matching FILTER.
+# gtest FILTER: the integration tests matching FILTER. Their output goes
+# straight to the test's log, so a timeout still shows where it hung.
 gtest() {
-  out=/tmp/gtest.$VMTEST_NAME.out
-  "$TESTS" --gtest_filter="$1" --gtest_color=no >"$out" 2>&1
+  start_line=$(($(wc -l <"$VMTEST_LOG") + 1))
+  "$TESTS" --gtest_filter="$1" --gtest_color=no 2>&1
   rc=$?
-  cat "$out"
-  grep -E '^\[  (FAILED|SKIPPED) \] [^ ]+\.[^ ]+' "$out" | sed 's/^/  /' | while read -r line; do vmout "$line"; done
-  n_pass=$(grep -c '^\[       OK \]' "$out")
-  n_fail=$(grep -cE '^\[  FAILED  \] [^ ]+\.[^ ]+ \(' "$out")
-  n_skip=$(grep -cE '^\[  SKIPPED \] [^ ]+\.[^ ]+ \(' "$out")
-  echo "gtest '$1': $n_pass passed, $n_fail failed, $n_skip skipped (exit $rc)"
+  out=/tmp/gtest.$VMTEST_NAME.out
+  tail -n "+$start_line" "$VMTEST_LOG" >"$out"
+  # One line per finished test: "[  STATUS  ] Suite.Name[, where ...] (N ms)".
+  grep -E '^\[ +(OK|FAILED|SKIPPED) +\] [^ ]+\.[^ ]+.* \([0-9]+ ms\)$' "$out" >"$out.done"
+  sed -E 's/, where GetParam\(\) = .* (\([0-9]+ ms\))$/ \1/' "$out.done" | while read -r line; do vmout "$line"; done
+  n_pass=$(grep -c '^\[       OK \]' "$out.done")
+  n_fail=$(grep -c '^\[  FAILED  \]' "$out.done")
+  n_skip=$(grep -c '^\[  SKIPPED \]' "$out.done")
+  failed_names=$(grep '^\[  FAILED  \]' "$out.done" | sed -E 's/^[^]]*\] ([^ ,]+).*/\1/' | tr '\n' ' ')
+  echo "gtest '$1': $n_pass passed, $n_fail failed, $n_skip skipped (exit $rc)${failed_names:+; failed: $failed_names}"
   [ "$rc" -eq 0 ] && [ "$n_pass" -gt 0 ]
 }
 
