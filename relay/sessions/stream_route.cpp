@@ -1,10 +1,10 @@
 #include "sessions/stream_route.h"
 
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <linux/sock_diag.h>
 #include <linux/sockios.h>
 #include <linux/tcp.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <spdlog/spdlog.h>
 #include <sys/ioctl.h>
@@ -23,15 +23,15 @@ namespace sockrelay {
 namespace {
 
 constexpr auto kHalfCloseCheck = std::chrono::milliseconds(5);
-constexpr int kStableChecks = 2;              // three equal observations, >= 10 ms apart
-constexpr size_t kPipeSize = 1 << 20;         // user path: bytes in flight per direction
-constexpr size_t kMessageBuffer = 256 * 1024; // user path: largest seqpacket message kept whole
+constexpr int kStableChecks = 2;               // three equal observations, >= 10 ms apart
+constexpr size_t kPipeSize = 1 << 20;          // user path: bytes in flight per direction
+constexpr size_t kMessageBuffer = 256 * 1024;  // user path: largest seqpacket message kept whole
 constexpr size_t kDrainChunk = 64 * 1024;
 
 uint64_t now_ns() {
-  return static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
-          .count());
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                   std::chrono::steady_clock::now().time_since_epoch())
+                                   .count());
 }
 
 bool would_block(int err) { return err == EAGAIN || err == EWOULDBLOCK || err == EINTR; }
@@ -104,9 +104,9 @@ struct StreamRoute::Side {
   // Kernel path bookkeeping, for teardown in reverse.
   bool target_added = false, flow_set = false, source_added = false, private_source = false;
 
-  bool eof = false;      // no more bytes will be read from it
-  bool hup = false;      // its peer is gone: nothing more can be written to it
-  bool shut_wr = false;  // FIN propagated to it (or nothing left to propagate)
+  bool eof = false;       // no more bytes will be read from it
+  bool hup = false;       // its peer is gone: nothing more can be written to it
+  bool shut_wr = false;   // FIN propagated to it (or nothing left to propagate)
   uint64_t user_in = 0;   // bytes user space read from it
   uint64_t user_out = 0;  // bytes user space wrote to it
   uint64_t baseline = 0;  // tcp: tcp_bytes_written() before anything was written
@@ -131,7 +131,7 @@ struct StreamRoute::Session {
   uint64_t id = 0;
   Side client, upstream;
   bool connecting = true;
-  bool kernel = false;  // wired into the maps
+  bool kernel = false;    // wired into the maps
   bool attached = false;  // sources added: the verdict program carries it
   uint64_t started_ns = 0;
   uint64_t last_user_ns = 0;
@@ -141,7 +141,8 @@ struct StreamRoute::Session {
   bool done() const { return client.shut_wr && upstream.shut_wr; }
 };
 
-StreamRoute::StreamRoute(StreamRouteSpec spec, Fd listener, MapWriter* maps, EventLoop& loop, SessionBudget& budget)
+StreamRoute::StreamRoute(StreamRouteSpec spec, Fd listener, MapWriter* maps, EventLoop& loop,
+                         SessionBudget& budget)
     : spec_(spec), listener_(std::move(listener)), maps_(maps), loop_(loop), budget_(budget) {}
 
 StreamRoute::~StreamRoute() { stop(); }
@@ -150,7 +151,8 @@ Status StreamRoute::start() {
   timer_ = Fd(timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
   if (!timer_) return errno_error("timerfd_create");
   if (auto st = loop_.add(timer_.get(), EPOLLIN, [this](uint32_t) { on_timer(); }); !st) return st;
-  if (auto st = loop_.add(listener_.get(), EPOLLIN, [this](uint32_t) { on_listener_readable(); }); !st) return st;
+  if (auto st = loop_.add(listener_.get(), EPOLLIN, [this](uint32_t) { on_listener_readable(); }); !st)
+    return st;
   started_ = true;
   return {};
 }
@@ -168,19 +170,21 @@ void StreamRoute::on_listener_readable() {
   for (int round = 0; round < 64; ++round) {
     sockaddr_storage peer{};
     socklen_t peer_len = sizeof(peer);
-    Fd client(accept4(listener_.get(), reinterpret_cast<sockaddr*>(&peer), &peer_len, SOCK_NONBLOCK | SOCK_CLOEXEC));
+    Fd client(accept4(listener_.get(), reinterpret_cast<sockaddr*>(&peer), &peer_len,
+                      SOCK_NONBLOCK | SOCK_CLOEXEC));
     if (!client) {
       if (!would_block(errno) && errno != ECONNABORTED)
         spdlog::warn("route {}: accept: {}", spec_.route_id, std::strerror(errno));
       return;
     }
-    std::string peer_text =
-        peer.ss_family == AF_UNIX ? "unix client" : format_address(reinterpret_cast<sockaddr*>(&peer), peer_len);
+    std::string peer_text = peer.ss_family == AF_UNIX
+                                ? "unix client"
+                                : format_address(reinterpret_cast<sockaddr*>(&peer), peer_len);
     if (!budget_.try_take()) {
       // Closed at once: the client sees EOF (tcp: RST if it already sent).
       if (counters_.refused_max_sessions++ % 1000 == 0)
-        spdlog::warn("route {}: max-sessions ({}) reached, refusing {} (counted)", spec_.route_id, budget_.max(),
-                     peer_text);
+        spdlog::warn("route {}: max-sessions ({}) reached, refusing {} (counted)", spec_.route_id,
+                     budget_.max(), peer_text);
       continue;
     }
     auto upstream = start_connect(*spec_.to);
@@ -245,7 +249,8 @@ void StreamRoute::on_connected(Session& s) {
       if (s.client.messages || s.upstream.messages) continue;  // message copies: no pipe
       int p[2];
       if (pipe2(p, O_NONBLOCK | O_CLOEXEC) != 0) {
-        spdlog::warn("route {}: {}: pipe2: {}; closing the session", spec_.route_id, s.peer, std::strerror(errno));
+        spdlog::warn("route {}: {}: pipe2: {}; closing the session", spec_.route_id, s.peer,
+                     std::strerror(errno));
         ++counters_.sessions_failed;
         close_session(s.id, nullptr);
         return;
@@ -294,7 +299,8 @@ Status StreamRoute::wire_kernel(Session& s) {
   // Bytes queued before the sockets enter the map would sit there until
   // more arrived (and for unix, one skb per later send): move them now,
   // while nothing else reads these sockets, so they go out first.
-  if (!drain_user(s, s.client, s.upstream) || !drain_user(s, s.upstream, s.client)) return plain_error("drain");
+  if (!drain_user(s, s.client, s.upstream) || !drain_user(s, s.upstream, s.client))
+    return plain_error("drain");
   if (s.client.pending.empty() && s.upstream.pending.empty()) {
     for (Side* side : {&s.client, &s.upstream}) {
       if (side->tcp) {
@@ -313,7 +319,8 @@ Status StreamRoute::wire_kernel(Session& s) {
     // user space it could in principle be overtaken by a skb the verdict
     // program redirects at the same moment; a client that sends and then
     // waits for the answer (the common case) is not affected.
-    if (!drain_user(s, s.client, s.upstream) || !drain_user(s, s.upstream, s.client)) return plain_error("drain");
+    if (!drain_user(s, s.client, s.upstream) || !drain_user(s, s.upstream, s.client))
+      return plain_error("drain");
   }
   // else: the target is full; the sources go in once pending is written
   // (on_side_event, EPOLLOUT), so kernel bytes never overtake these.
@@ -469,7 +476,8 @@ void StreamRoute::user_copy(Session& s, Side& from, Side& to) {
       }
     } else {
       while (to.in_pipe > 0) {
-        ssize_t n = splice(to.pipe_r.get(), nullptr, to.fd.get(), nullptr, to.in_pipe, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+        ssize_t n = splice(to.pipe_r.get(), nullptr, to.fd.get(), nullptr, to.in_pipe,
+                           SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
         if (n < 0) {
           if (would_block(errno)) break;
           fail_session(id, to, errno);
@@ -511,7 +519,8 @@ void StreamRoute::user_copy(Session& s, Side& from, Side& to) {
           progress = true;
         }
       } else {
-        ssize_t n = splice(from.fd.get(), nullptr, to.pipe_w.get(), nullptr, kPipeSize, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+        ssize_t n = splice(from.fd.get(), nullptr, to.pipe_w.get(), nullptr, kPipeSize,
+                           SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
         if (n < 0) {
           if (!would_block(errno)) {
             fail_session(id, from, errno);
@@ -594,10 +603,12 @@ void StreamRoute::check_half_close(Session& s) {
       continue;
     }
     if (shutdown(to.fd.get(), SHUT_WR) != 0 && errno != ENOTCONN)
-      spdlog::debug("route {}: session {}: shutdown {}: {}", spec_.route_id, s.id, to.name, std::strerror(errno));
+      spdlog::debug("route {}: session {}: shutdown {}: {}", spec_.route_id, s.id, to.name,
+                    std::strerror(errno));
     to.shut_wr = true;
     ++counters_.half_closes;
-    spdlog::debug("route {}: session {}: EOF from {} propagated to {}", spec_.route_id, s.id, from->name, to.name);
+    spdlog::debug("route {}: session {}: EOF from {} propagated to {}", spec_.route_id, s.id, from->name,
+                  to.name);
   }
   if (s.done()) {
     ++counters_.sessions_closed;
@@ -704,8 +715,8 @@ void StreamRoute::expire_idle() {
   }
   for (uint64_t id : timed_out) {
     ++counters_.connect_failed;
-    spdlog::warn("route {}: session {}: connect to {} timed out; closing the client (counted)", spec_.route_id, id,
-                 spec_.to->address.text);
+    spdlog::warn("route {}: session {}: connect to {} timed out; closing the client (counted)",
+                 spec_.route_id, id, spec_.to->address.text);
     close_session(id, nullptr);
   }
   for (uint64_t id : expired) {

@@ -3,8 +3,8 @@
 // a socket in a sockmap, which cookie the verdict sees for AF_UNIX stream,
 // and what a stopped reader does to the psock backlog and socket memory.
 #include <gtest/gtest.h>
-#include <linux/sockios.h>
 #include <linux/sock_diag.h>
+#include <linux/sockios.h>
 #include <linux/tcp.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
@@ -105,15 +105,18 @@ TEST_P(StreamKernelFacts, EofBacklogAndCounters) {
   auto until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
   while (pushed < (64u << 20) && std::chrono::steady_clock::now() < until) {
     ssize_t n = send(front.client.get(), chunk.data(), chunk.size(), MSG_NOSIGNAL);
-    if (n > 0) pushed += n;
-    else std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    if (n > 0)
+      pushed += n;
+    else
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   auto snapshot = [&](const char* when) {
     tcp_info ti{};
     socklen_t tl = sizeof(ti);
     uint64_t received = 0, acked = 0;
-    if (family != AF_UNIX && getsockopt(a, IPPROTO_TCP, TCP_INFO, &ti, &tl) == 0) received = ti.tcpi_bytes_received;
+    if (family != AF_UNIX && getsockopt(a, IPPROTO_TCP, TCP_INFO, &ti, &tl) == 0)
+      received = ti.tcpi_bytes_received;
     if (family != AF_UNIX && getsockopt(u, IPPROTO_TCP, TCP_INFO, &ti, &tl) == 0) acked = ti.tcpi_bytes_acked;
     std::cout << when << ": client pushed " << pushed << ", flow bytes a->u " << bpf.flow_bytes(ca)
               << ", a: inq " << ioctl_int(a, SIOCINQ) << " rmem " << meminfo(a, SK_MEMINFO_RMEM_ALLOC)
@@ -139,8 +142,10 @@ TEST_P(StreamKernelFacts, EofBacklogAndCounters) {
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   while (got < pushed && std::chrono::steady_clock::now() < deadline) {
     ssize_t r = recv(back.accepted.get(), buf.data(), buf.size(), 0);
-    if (r > 0) got += r;
-    else std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    if (r > 0)
+      got += r;
+    else
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   snapshot("after the server read all");
@@ -149,7 +154,9 @@ TEST_P(StreamKernelFacts, EofBacklogAndCounters) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Stream, StreamKernelFacts, ::testing::Values(AF_INET, AF_UNIX),
-                         [](const ::testing::TestParamInfo<int>& i) { return i.param == AF_UNIX ? "unix" : "tcp"; });
+                         [](const ::testing::TestParamInfo<int>& i) {
+                           return i.param == AF_UNIX ? "unix" : "tcp";
+                         });
 
 }  // namespace
 }  // namespace sockrelay::testing

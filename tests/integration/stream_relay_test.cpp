@@ -1,0 +1,327 @@
+// The stream relay end to end: the real binary, real sockets, the kernel
+// path (and the user-space one), each test in a private network namespace.
+#include <gtest/gtest.h>
+
+#include <future>
+
+#include "relay_harness.h"
+#include "stream_harness.h"
+#include "test_env.h"
+
+namespace sockrelay::testing {
+namespace {
+
+constexpr uint64_t kMiB = 1 << 20;
+
+struct StreamPairingParam {
+  const char* from;  // "tcp" or "unix-stream"
+  const char* to;
+  const char* datapath;
+};
+
+std::string stream_pairing_name(const ::testing::TestParamInfo<StreamPairingParam>& info) {
+  std::string n = std::string(info.param.from) + "_to_" + info.param.to + "_" + info.param.datapath;
+  for (auto& c : n)
+    if (c == '-') c = '_';
+  return n;
+}
+
+bool is_unix(const std::string& kind) { return kind.rfind("unix", 0) == 0; }
+
+class StreamTest {
+ protected:
+  Addr addr(const std::string& kind, const std::string& name, uint16_t port) {
+    return is_unix(kind) ? Addr::unix_path(dir_.file(name + ".sock")) : Addr::inet("127.0.0.1", port);
+  }
+  Addr front(const std::string& kind) { return addr(kind, "front", 6300); }
+  Addr back(const std::string& kind) { return addr(kind, "back", 6301); }
+  std::string config(const std::string& from, const std::string& to, const std::string& datapath = "auto",
+                     const std::string& relay_extra = "") {
+    auto text = [&](const std::string& kind, const char* role, const char* name, uint16_t port) {
+      std::string a =
+          is_unix(kind) ? dir_.file(std::string(name) + ".sock") : "127.0.0.1:" + std::to_string(port);
+      return "[endpoints." + std::string(name) + "]\ntype = \"" + kind + "\"\n" + role + " = \"" + a + "\"\n";
+    };
+    return relay_extra + text(from, "listen", "front", 6300) + text(to, "connect", "back", 6301) +
+           "[[routes]]\nfrom = \"front\"\nto = \"back\"\ndatapath = \"" + datapath + "\"\n";
+  }
+  // Sessions drop to `n` within `limit`.
+  bool wait_sessions(RelayProcess& relay, uint64_t n,
+                     std::chrono::milliseconds limit = std::chrono::seconds(5)) {
+    auto deadline = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (json_number(relay.status_json(), "sessions") == n) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return false;
+  }
+  TempDir dir_;
+};
+
+class StreamPairing : public StreamTest, public ::testing::TestWithParam<StreamPairingParam> {
+ protected:
+  void SetUp() override {
+    SOCKRELAY_REQUIRE_ROOT();
+    SOCKRELAY_PRIVATE_NETNS();
+  }
+};
+
+// Several concurrent connections push 16 MiB of pseudo-random bytes each
+// way, each end half-closes when done sending, and both ends check every
+// byte and see the EOF: nothing lost, nothing reordered, FIN propagated
+// only after the data.
+TEST_P(StreamPairing, ConcurrentTransfersIntactWithHalfClose) {
+  const auto& p = GetParam();
+  constexpr int kConnections = 4;
+  const uint64_t kBytes = 16 * kMiB;
+  StreamServer server(back(p.to), kBytes);
+  ASSERT_TRUE(server.ok());
+  RelayProcess relay(dir_, config(p.from, p.to, p.datapath));
+  ASSERT_TRUE(relay.wait_ready()) << relay.log();
+
+  std::vector<std::future<TransferResult>> clients;
+  for (int i = 0; i < kConnections; ++i) {
+    clients.push_back(std::async(std::launch::async, [&, i] {
+      Fd c = stream_connect(front(p.from));
+      if (!c) return TransferResult{0, 0, false, false, errno, false};
+      TransferPlan plan;
+      plan.send_bytes = kBytes;
+      plan.out_seed = 1000 + static_cast<uint64_t>(i);
+      plan.in_seed = plan.out_seed ^ 0x5555aaaa5555aaaaull;
+      plan.send_seed_header = true;
+      return run_transfer(c.get(), plan);
+    }));
+  }
+  for (auto& f : clients) {
+    TransferResult r = f.get();
+    EXPECT_EQ(r.error, 0) << std::strerror(r.error) << "\n" << relay.log();
+    EXPECT_FALSE(r.timed_out) << "client: sent " << r.sent << " received " << r.received << "\n"
+                              << relay.status_json() << relay.log().substr(0, 20000);
+    EXPECT_EQ(r.sent, kBytes);
+    EXPECT_EQ(r.received, kBytes) << "bytes lost on the way back";
+    EXPECT_TRUE(r.intact) << "bytes corrupted or reordered on the way back";
+    EXPECT_TRUE(r.got_eof) << "the server's FIN never reached the client";
+  }
+  ASSERT_TRUE(server.wait_finished(kConnections, std::chrono::seconds(10)));
+  for (const auto& r : server.results()) {
+    EXPECT_EQ(r.received, kBytes) << "bytes lost on the way out";
+    EXPECT_TRUE(r.intact) << "bytes corrupted or reordered on the way out";
+    EXPECT_TRUE(r.got_eof) << "the client's FIN never reached the server";
+  }
+  EXPECT_TRUE(wait_sessions(relay, 0)) << relay.status_json();
+  std::string status = relay.status_json();
+  EXPECT_EQ(json_number(status, "sessions-created"), static_cast<uint64_t>(kConnections)) << status;
+  EXPECT_EQ(json_counter(status, "stream", "sessions-closed"), static_cast<uint64_t>(kConnections)) << status;
+  EXPECT_EQ(json_counter(status, "stream", "half-closes"), 2u * kConnections) << status;
+  const uint64_t total = 2 * kConnections * kBytes + 8 * kConnections;  // + seed headers
+  uint64_t kernel = json_counter(status, "kernel", "bytes"),
+           user = json_counter(status, "stream", "user-bytes");
+  EXPECT_EQ(kernel + user, total) << status;
+  if (std::string(p.datapath) == "userspace")
+    EXPECT_EQ(kernel, 0u) << status;
+  else
+    EXPECT_GT(kernel, total / 2) << "the kernel should carry nearly everything: " << status;
+  EXPECT_EQ(relay.terminate(), 0) << relay.log();
+}
+
+INSTANTIATE_TEST_SUITE_P(Stream, StreamPairing,
+                         ::testing::Values(StreamPairingParam{"tcp", "tcp", "auto"},
+                                           StreamPairingParam{"unix-stream", "unix-stream", "auto"},
+                                           StreamPairingParam{"tcp", "unix-stream", "auto"},
+                                           StreamPairingParam{"unix-stream", "tcp", "auto"},
+                                           StreamPairingParam{"tcp", "tcp", "userspace"},
+                                           StreamPairingParam{"unix-stream", "unix-stream", "userspace"},
+                                           StreamPairingParam{"tcp", "unix-stream", "userspace"}),
+                         stream_pairing_name);
+
+class StreamRelay : public StreamTest, public ::testing::Test {
+ protected:
+  void SetUp() override {
+    SOCKRELAY_REQUIRE_ROOT();
+    SOCKRELAY_PRIVATE_NETNS();
+  }
+  TransferPlan client_plan(uint64_t bytes, uint64_t seed = 7) {
+    TransferPlan plan;
+    plan.send_bytes = bytes;
+    plan.out_seed = seed;
+    plan.in_seed = seed ^ 0x5555aaaa5555aaaaull;
+    plan.send_seed_header = true;
+    plan.limit = std::chrono::seconds(20);
+    return plan;
+  }
+};
+
+// Nobody listens at the target: the client's connection is closed at once
+// (it reads EOF or a reset, not a hang), and the failure is counted.
+TEST_F(StreamRelay, UnreachableTargetClosesClientAtOnce) {
+  RelayProcess relay(dir_, config("tcp", "tcp"));
+  ASSERT_TRUE(relay.wait_ready()) << relay.log();
+  Fd c = stream_connect(front("tcp"));
+  ASSERT_TRUE(c.valid());
+  auto t0 = std::chrono::steady_clock::now();
+  pollfd p{c.get(), POLLIN, 0};
+  ASSERT_EQ(poll(&p, 1, 2000), 1) << "the client was left hanging";
+  char b;
+  EXPECT_LE(recv(c.get(), &b, 1, 0), 0);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(1000));
+  std::string status = relay.status_json();
+  EXPECT_EQ(json_counter(status, "stream", "connect-failed"), 1u) << status;
+  EXPECT_EQ(json_number(status, "sessions"), 0u) << status;
+  EXPECT_NE(relay.log().find("closing the client"), std::string::npos) << relay.log();
+}
+
+// The server reads a little and closes with data unread (a reset): the
+// client is not left hanging, and the session is gone.
+TEST_F(StreamRelay, ServerClosingEarlyClosesClient) {
+  TransferPlan server_plan;
+  server_plan.close_after_reading = 64 * 1024;
+  StreamServer server(back("tcp"), 0, server_plan);
+  RelayProcess relay(dir_, config("tcp", "tcp"));
+  ASSERT_TRUE(relay.wait_ready()) << relay.log();
+  Fd c = stream_connect(front("tcp"));
+  TransferResult r = run_transfer(c.get(), client_plan(64 * kMiB));
+  EXPECT_FALSE(r.timed_out) << "client hung: sent " << r.sent << "\n" << relay.status_json();
+  EXPECT_LT(r.sent, 64 * kMiB);
+  EXPECT_TRUE(wait_sessions(relay, 0)) << relay.status_json();
+  EXPECT_GE(json_counter(relay.status_json(), "stream", "sessions-failed"), 1u) << relay.status_json();
+}
+
+// The client resets mid-transfer: the server's connection is reset too
+// (or closed), never left open, and the session is counted as failed.
+TEST_F(StreamRelay, ClientResetClosesServerSide) {
+  StreamServer server(back("unix-stream"), 0);
+  RelayProcess relay(dir_, config("tcp", "unix-stream"));
+  ASSERT_TRUE(relay.wait_ready()) << relay.log();
+  Fd c = stream_connect(front("tcp"));
+  std::vector<char> data(256 * 1024, 'a');
+  uint64_t seed = 9;
+  ASSERT_EQ(send(c.get(), &seed, 8, 0), 8);
+  ASSERT_GT(send(c.get(), data.data(), data.size(), 0), 0);
+  ASSERT_TRUE(wait_sessions(relay, 1)) << relay.status_json();
+  linger lg{1, 0};
+  setsockopt(c.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+  c.reset();
+  EXPECT_TRUE(server.wait_finished(1, std::chrono::seconds(5))) << "the server side was left open";
+  EXPECT_TRUE(wait_sessions(relay, 0)) << relay.status_json();
+  EXPECT_EQ(json_counter(relay.status_json(), "stream", "sessions-failed"), 1u) << relay.status_json();
+}
+
+// The server stops reading for 2 s after the first MiB, then resumes:
+// every byte arrives, in order, and the FIN after them.
+TEST_F(StreamRelay, StoppedReaderResumesNothingLost) {
+  for (const char* to : {"tcp", "unix-stream"}) {
+    SCOPED_TRACE(to);
+    TempDir dir;
+    TransferPlan server_plan;
+    server_plan.pause_reading = std::chrono::milliseconds(2000);
+    StreamServer server(back(to), 0, server_plan);
+    RelayProcess relay(dir, config("tcp", to));
+    ASSERT_TRUE(relay.wait_ready()) << relay.log();
+    Fd c = stream_connect(front("tcp"));
+    TransferResult r = run_transfer(c.get(), client_plan(32 * kMiB));
+    EXPECT_EQ(r.sent, 32 * kMiB);
+    EXPECT_TRUE(r.got_eof);
+    ASSERT_TRUE(server.wait_finished(1, std::chrono::seconds(10)));
+    TransferResult s = server.results()[0];
+    EXPECT_EQ(s.received, 32 * kMiB) << relay.status_json();
+    EXPECT_TRUE(s.intact);
+    EXPECT_TRUE(s.got_eof);
+    EXPECT_TRUE(wait_sessions(relay, 0)) << relay.status_json();
+    EXPECT_EQ(relay.terminate(), 0);
+  }
+}
+
+TEST_F(StreamRelay, MaxSessionsRefusesAndCounts) {
+  StreamServer server(back("tcp"), 0);
+  RelayProcess relay(dir_, config("unix-stream", "tcp", "auto", "max-sessions = 2\n"));
+  ASSERT_TRUE(relay.wait_ready()) << relay.log();
+  Fd a = stream_connect(front("unix-stream")), b = stream_connect(front("unix-stream"));
+  ASSERT_TRUE(wait_sessions(relay, 2)) << relay.status_json();
+  Fd c = stream_connect(front("unix-stream"));
+  ASSERT_TRUE(c.valid());
+  pollfd p{c.get(), POLLIN, 0};
+  ASSERT_EQ(poll(&p, 1, 2000), 1) << "the refused client was left hanging";
+  char x;
+  EXPECT_EQ(recv(c.get(), &x, 1, 0), 0);
+  std::string status = relay.status_json();
+  EXPECT_EQ(json_counter(status, "stream", "refused-max-sessions"), 1u) << status;
+  EXPECT_EQ(json_number(status, "sessions"), 2u) << status;
+  // The admitted sessions still work.
+  TransferResult r = run_transfer(a.get(), client_plan(kMiB));
+  EXPECT_EQ(r.sent, kMiB);
+  EXPECT_TRUE(r.got_eof);
+}
+
+TEST_F(StreamRelay, IdleSessionsExpire) {
+  StreamServer server(back("tcp"), 0);
+  RelayProcess relay(dir_, config("tcp", "tcp", "auto", "idle-timeout = \"1s\"\n"));
+  ASSERT_TRUE(relay.wait_ready()) << relay.log();
+  Fd c = stream_connect(front("tcp"));
+  ASSERT_EQ(send(c.get(), "12345678", 8, 0), 8);
+  ASSERT_TRUE(wait_sessions(relay, 1)) << relay.status_json();
+  ASSERT_TRUE(wait_sessions(relay, 0, std::chrono::seconds(4))) << relay.status_json();
+  EXPECT_EQ(json_counter(relay.status_json(), "stream", "sessions-expired"), 1u) << relay.status_json();
+  pollfd p{c.get(), POLLIN, 0};
+  EXPECT_EQ(poll(&p, 1, 1000), 1) << "the expired client was left hanging";
+}
+
+TEST_F(StreamRelay, SigtermWithOpenSessionsExitsZero) {
+  StreamServer server(back("unix-stream"), 0);
+  RelayProcess relay(dir_, config("unix-stream", "unix-stream"));
+  ASSERT_TRUE(relay.wait_ready()) << relay.log();
+  Fd a = stream_connect(front("unix-stream")), b = stream_connect(front("unix-stream"));
+  ASSERT_EQ(send(a.get(), "12345678", 8, 0), 8);
+  ASSERT_TRUE(wait_sessions(relay, 2)) << relay.status_json();
+  EXPECT_EQ(relay.terminate(), 0) << relay.log();
+  // The open sessions were closed, not left hanging.
+  pollfd p{a.get(), POLLIN, 0};
+  EXPECT_EQ(poll(&p, 1, 1000), 1);
+}
+
+// unix-seqpacket cannot enter a sockmap: `auto` falls back to user space,
+// which keeps every message boundary; status says which path and why.
+TEST_F(StreamRelay, SeqpacketThroughUserSpaceKeepsBoundaries) {
+  Addr back_addr = Addr::unix_path(dir_.file("back.sock"));
+  Fd listener(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  unlink(dir_.file("back.sock").c_str());
+  ASSERT_EQ(bind(listener.get(), back_addr.sa(), back_addr.len), 0);
+  ASSERT_EQ(listen(listener.get(), 8), 0);
+  // Echo server: each message back as it came, then EOF after the client's.
+  std::thread echo([&] {
+    Fd conn(accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    std::vector<char> buf(70000);
+    for (;;) {
+      ssize_t n = recv(conn.get(), buf.data(), buf.size(), 0);
+      if (n <= 0) break;
+      send(conn.get(), buf.data(), static_cast<size_t>(n), MSG_NOSIGNAL);
+    }
+    shutdown(conn.get(), SHUT_WR);
+  });
+  RelayProcess relay(dir_, config("unix-seqpacket", "unix-seqpacket"));
+  ASSERT_TRUE(relay.wait_ready()) << relay.log();
+  Fd c = stream_connect(Addr::unix_path(dir_.file("front.sock")), SOCK_SEQPACKET);
+  ASSERT_TRUE(c.valid());
+  std::vector<size_t> sizes = {1, 100, 4096, 65000, 7, 3000};
+  std::vector<char> buf(70000), got(70000);
+  for (size_t round = 0; round < 50; ++round) {
+    for (size_t size : sizes) {
+      for (size_t i = 0; i < size; ++i) buf[i] = static_cast<char>(i * 31 + size + round);
+      ASSERT_EQ(send(c.get(), buf.data(), size, 0), static_cast<ssize_t>(size));
+      ssize_t n = recv(c.get(), got.data(), got.size(), 0);
+      ASSERT_EQ(n, static_cast<ssize_t>(size)) << "a message boundary was lost";
+      ASSERT_EQ(std::memcmp(buf.data(), got.data(), size), 0);
+    }
+  }
+  shutdown(c.get(), SHUT_WR);
+  char x;
+  EXPECT_EQ(recv(c.get(), &x, 1, 0), 0) << "EOF did not come back";
+  echo.join();
+  std::string status = relay.status_json();
+  EXPECT_NE(status.find("\"datapath\":\"userspace\""), std::string::npos) << status;
+  EXPECT_NE(status.find("user space because"), std::string::npos) << status;
+  EXPECT_EQ(json_counter(status, "stream", "user-messages"), 2u * 50 * sizes.size()) << status;
+  EXPECT_TRUE(wait_sessions(relay, 0)) << status;
+}
+
+}  // namespace
+}  // namespace sockrelay::testing
