@@ -11,8 +11,8 @@
 vmtest 6.12   matrix-probe      matrix_probe vsock-sockmap
 vmtest 6.1    matrix-probe      matrix_probe no-vsock-sockmap
 vmtest 6.12   gtest-probe       gtest 'Probe*'
-vmtest 6.12   gtest-datagram    --timeout 300 gtest 'Datagram*:*AllFour*'
-vmtest 6.1    gtest-datagram    --timeout 300 gtest 'BpfRelay*:Datagram*:*AllFour*'
+vmtest 6.12   gtest-datagram    --timeout 150 gtest 'Datagram*:*AllFour*'
+vmtest 6.1    gtest-datagram    --timeout 150 gtest 'BpfRelay*:Datagram*:*AllFour*'
 
 # Relay tests with VSOCK endpoints go here, e.g.
 #   vmtest 6.12 relay-vsock     gtest 'Vsock*'
