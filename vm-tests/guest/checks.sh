@@ -39,7 +39,9 @@ gtest() {
 #   vsock-sockmap     every cell agrees with the matrix and the VSOCK cells
 #                     were really probed (over vsock loopback, CID 1)
 #   no-vsock-sockmap  an older kernel: VSOCK sockets cannot enter a sockmap
-#                     at all; every other cell agrees with the matrix
+#                     at all (where the matrix says a cell works, its
+#                     min-kernel must be above this kernel); every other cell
+#                     agrees with the matrix
 # While the `matrix` command is still a placeholder, the same cells come from
 # the Probe.EveryTestableCellAgreesWithTheMatrix integration test's table.
 matrix_probe() {
@@ -77,14 +79,23 @@ matrix_probe() {
     return 1
   fi
   # Judge every cell; print the ones that break the expectation.
-  bad=$(awk -v expect="$expect" '
+  running=$(uname -r | sed -E 's/^([0-9]+\.[0-9]+).*/\1/')
+  bad=$(awk -v expect="$expect" -v running="$running" '
     function vsock(k) { return k ~ /^vsock-/ }
+    # a > b for "MAJOR.MINOR" versions
+    function newer(a, b,   x, y) {
+      split(a, x, "."); split(b, y, ".")
+      return x[1] + 0 > y[1] + 0 || (x[1] + 0 == y[1] + 0 && x[2] + 0 > y[2] + 0)
+    }
     {
       is_vsock = vsock($1) || vsock($2)
       if ($5 == "error" || $5 == "none") { print "  probe failed: " $0; next }
       if (is_vsock && $5 == "not-testable-here") { print "  VSOCK not probed: " $0; next }
       if (expect == "no-vsock-sockmap" && is_vsock) {
         if ($5 != "cannot-enter-map") print "  VSOCK entered a sockmap: " $0
+        # The matrix must say why this kernel differs: a min-kernel above it.
+        else if ($6 != "true" && $7 != "-" && !newer($7, running))
+          print "  matrix min-kernel " $7 " <= " running " but no VSOCK sockmap here: " $0
         next
       }
       if ($6 != "true") print "  disagrees with the matrix: " $0
