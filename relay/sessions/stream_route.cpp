@@ -23,8 +23,8 @@ namespace sockrelay {
 namespace {
 
 constexpr auto kHalfCloseCheck = std::chrono::milliseconds(5);
-constexpr int kStableChecks = 2;               // three equal observations, >= 10 ms apart
-constexpr size_t kPipeSize = 1 << 20;          // user path: bytes in flight per direction
+constexpr int kStableChecks = 20;      // 21 equal observations, >= 100 ms apart (unix has no exact count)
+constexpr size_t kPipeSize = 1 << 20;  // user path: bytes in flight per direction
 constexpr size_t kMessageBuffer = 256 * 1024;  // user path: largest seqpacket message kept whole
 constexpr size_t kDrainChunk = 64 * 1024;
 
@@ -314,6 +314,8 @@ Status StreamRoute::wire_kernel(Session& s) {
       side->source_added = true;
     }
     s.attached = true;
+    spdlog::debug("route {}: session {}: in the maps ({} + {} bytes moved before)", spec_.route_id, s.id,
+                  s.client.user_in, s.upstream.user_in);
     // What arrived between the drain and the insertion (a window of a few
     // microseconds): without a later send it would stay stranded. Read in
     // user space it could in principle be overtaken by a skb the verdict
@@ -330,9 +332,28 @@ Status StreamRoute::wire_kernel(Session& s) {
 // Kernel path: reads what is queued on `from` (not yet steered) and writes
 // it to `to`. False when the session was closed.
 bool StreamRoute::drain_user(Session& s, Side& from, Side& to) {
-  char buf[kDrainChunk];
+  // Whole skbs only: tcp_read_skb() and unix_read_skb() hand the verdict
+  // program whole skbs and ignore how much of one a recv() consumed, so a
+  // partly read skb would be redirected again in full (duplicated bytes,
+  // seen with unix-stream). So peek at everything queued, then read exactly
+  // that much: what arrives meanwhile queues behind it, in whole skbs.
+  // (SIOCINQ cannot tell: on a tcp socket in a sockmap it reports the psock
+  // queue only, 0 here, while the receive queue holds data.)
+  int rcvbuf = 0;
+  socklen_t optlen = sizeof(rcvbuf);
+  getsockopt(from.fd.get(), SOL_SOCKET, SO_RCVBUF, &rcvbuf, &optlen);
+  std::vector<char> buf(std::max<size_t>(kDrainChunk, static_cast<size_t>(rcvbuf) * 2));
   while (!from.eof) {
-    ssize_t n = recv(from.fd.get(), buf, sizeof(buf), MSG_DONTWAIT);
+    ssize_t queued = recv(from.fd.get(), buf.data(), buf.size(), MSG_DONTWAIT | MSG_PEEK);
+    if (queued <= 0) {
+      if (queued < 0 && !would_block(errno)) {
+        fail_session(s.id, from, errno);
+        return false;
+      }
+      if (queued == 0) from.eof = true;
+      break;
+    }
+    ssize_t n = recv(from.fd.get(), buf.data(), static_cast<size_t>(queued), MSG_DONTWAIT);
     if (n < 0) {
       if (would_block(errno)) break;
       fail_session(s.id, from, errno);
@@ -343,7 +364,7 @@ bool StreamRoute::drain_user(Session& s, Side& from, Side& to) {
       break;
     }
     from.user_in += static_cast<uint64_t>(n);
-    to.pending.append(buf, static_cast<size_t>(n));
+    to.pending.append(buf.data(), static_cast<size_t>(n));
     s.last_user_ns = now_ns();
   }
   return flush_pending(s, to);
