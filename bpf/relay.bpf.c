@@ -142,14 +142,22 @@ static __always_inline __u32 next_live_target(struct relay_flow *flow, __u32 rou
 
 	if (n == 0 || n > RELAY_MAX_TARGETS)
 		return RELAY_MAX_TARGETS;
+	/* Unrolled: eight straight-line steps keep the verifier's jump
+	 * history short whatever it knows about the flow. */
+	__u32 idx = first % n;
+#pragma unroll
 	for (__u32 i = 0; i < RELAY_MAX_TARGETS; i++) {
-		__u32 idx;
+		__u32 slot = idx;
 
 		if (i >= n)
 			break;
-		idx = ((first + i) % n) & (RELAY_MAX_TARGETS - 1);
-		if (flow->targets[idx] && !(down & (1u << idx)))
-			return idx;
+		/* clang knows idx < n <= 8 and would drop the mask; the
+		 * verifier does not know it and needs the mask. */
+		asm volatile("" : "+r"(slot));
+		slot &= RELAY_MAX_TARGETS - 1;
+		if (flow->targets[slot] && !(down & (1u << slot)))
+			return slot;
+		idx = idx + 1 == n ? 0 : idx + 1;
 	}
 	return RELAY_MAX_TARGETS;
 }

@@ -10,7 +10,9 @@ std::string format_status_text(const StatusSnapshot& s) {
   std::ostringstream out;
   out << "sockrelay " << s.version << ", pid " << s.pid << ", up " << s.uptime_seconds << "s, sessions "
       << s.sessions << "/" << s.max_sessions
-      << (s.bpf_loaded ? "" : ", BPF not loaded (user-space data path only)") << "\n";
+      << (s.bpf_loaded ? "" : ", BPF not loaded (user-space data path only)") << "\n"
+      << "process   capabilities " << s.capabilities << ", reloads " << s.reloads << " (" << s.reloads_refused
+      << " refused)\n";
   for (const auto& r : s.routes) {
     out << "route " << r.id << ": " << r.from << " -> " << r.to << "\n"
         << "  datapath  " << r.datapath << " (" << r.datapath_reason << ")\n"
@@ -48,7 +50,10 @@ std::string format_status_json(const StatusSnapshot& s) {
       .field("uptime-seconds", s.uptime_seconds)
       .field("sessions", s.sessions)
       .field("max-sessions", s.max_sessions)
-      .field("bpf-loaded", s.bpf_loaded);
+      .field("bpf-loaded", s.bpf_loaded)
+      .field("capabilities", s.capabilities)
+      .field("reloads", s.reloads)
+      .field("reloads-refused", s.reloads_refused);
   j.key("global").begin_object();
   j.field("unknown-source", s.global.unknown_source)
       .field("bad-route", s.global.bad_route)

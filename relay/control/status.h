@@ -39,6 +39,9 @@ struct StatusSnapshot {
   uint32_t sessions = 0;
   uint32_t max_sessions = 0;
   bool bpf_loaded = false;
+  std::string capabilities;  // the effective set, e.g. "cap_net_admin,cap_bpf"
+  uint64_t reloads = 0;
+  uint64_t reloads_refused = 0;
   GlobalCounters global;
   std::vector<RouteStatus> routes;
 };

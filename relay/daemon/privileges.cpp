@@ -48,7 +48,7 @@ const char* cap_name(int cap) {
 }  // namespace
 
 std::vector<int> runtime_capabilities(bool binds_privileged_port) {
-  std::vector<int> keep = {CAP_BPF, CAP_NET_ADMIN};
+  std::vector<int> keep = {CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON};
   if (binds_privileged_port) keep.push_back(CAP_NET_BIND_SERVICE);
   return keep;
 }
@@ -61,9 +61,12 @@ Status drop_capabilities_except(const std::vector<int>& keep) {
     if (std::find(keep.begin(), keep.end(), cap) != keep.end()) continue;
     // Needs CAP_SETPCAP, which root has until this loop drops it last.
     if (cap == CAP_SETPCAP) continue;
-    if (prctl(PR_CAPBSET_READ, cap, 0, 0, 0) == 1 && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 &&
-        errno != EINVAL)
-      return errno_error("prctl(PR_CAPBSET_DROP, " + std::to_string(cap) + ")");
+    if (prctl(PR_CAPBSET_READ, cap, 0, 0, 0) == 1 && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0) {
+      // Without CAP_SETPCAP (a non-root service given ambient capabilities)
+      // the bounding set is whatever systemd's CapabilityBoundingSet= made it.
+      if (errno == EPERM) break;
+      if (errno != EINVAL) return errno_error("prctl(PR_CAPBSET_DROP, " + std::to_string(cap) + ")");
+    }
   }
   if (prctl(PR_CAPBSET_READ, CAP_SETPCAP, 0, 0, 0) == 1) prctl(PR_CAPBSET_DROP, CAP_SETPCAP, 0, 0, 0);
   prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);

@@ -1,11 +1,16 @@
 #include "daemon/relay.h"
 
+#include <netinet/in.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/signalfd.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include <algorithm>
+
+#include "config/config.h"
+#include "daemon/privileges.h"
 #include "endpoints/activation.h"
 #include "endpoints/endpoint.h"
 #include "matrix/datapath_choice.h"
@@ -24,6 +29,38 @@ std::string describe_endpoint(const Endpoint& e) {
   return e.name + " (" + std::string(kind_name(e.kind)) + " " + e.address.text + ")";
 }
 
+// What makes a route the same route across a reload: every field that
+// shapes its sockets and its data path, endpoints included.
+std::string route_identity(const Config& config, const Route& route) {
+  std::string id = std::string(mode_name(route.mode)) + "|" + std::string(datapath_name(route.datapath)) +
+                   "|" + std::string(balance_name(route.balance));
+  auto add = [&](const char* side, const std::string& name) {
+    const Endpoint* e = config.find_endpoint(name);
+    id += std::string("|") + side + ":" + e->name + "/" + std::string(kind_name(e->kind)) + "/" +
+          std::string(role_name(e->role)) + "/" + e->address.text;
+  };
+  for (const auto& n : route.from) add("from", n);
+  for (const auto& n : route.to) add("to", n);
+  return id;
+}
+
+bool binds_privileged_port(const Config& config) {
+  for (const auto& e : config.endpoints) {
+    if (e.role != Role::Listen) continue;
+    int family = e.address.family();
+    uint16_t port = 0;
+    if (family == AF_INET) port = ntohs(reinterpret_cast<const sockaddr_in*>(&e.address.storage)->sin_port);
+    if (family == AF_INET6)
+      port = ntohs(reinterpret_cast<const sockaddr_in6*>(&e.address.storage)->sin6_port);
+    if (port != 0 && port < 1024) return true;
+  }
+  return false;
+}
+
+bool setup_level_ok(const std::string& level) {
+  return level == "off" || spdlog::level::from_str(level) != spdlog::level::off;
+}
+
 bool wants_kernel(const Config& config) {
   for (const auto& r : config.routes)
     if (r.datapath != Datapath::Userspace) return true;
@@ -36,8 +73,9 @@ Status check_runnable(const Config& config, const Route& route) {
   if (route.to.size() > RELAY_MAX_TARGETS)
     return plain_error(where + ": at most " + std::to_string(RELAY_MAX_TARGETS) + " `to` targets per route");
   if (route.to.size() != 1 && !kind_is_datagram(config.find_endpoint(route.to[0])->kind))
-    return plain_error(where + ": several `to` targets are implemented for datagram routes (udp, unix-dgram) "
-                               "only; use one target per stream route");
+    return plain_error(where +
+                       ": several `to` targets are implemented for datagram routes (udp, unix-dgram) "
+                       "only; use one target per stream route");
   if (route.mode != Mode::Egress)
     return plain_error(where +
                        ": mode = \"ingress\" delivers into the target socket's own receive queue, which only "
@@ -47,24 +85,25 @@ Status check_runnable(const Config& config, const Route& route) {
   // kinds to stream and seqpacket kinds (sessions); a mix needs framing
   // rules this version does not have.
   for (const auto& name : route.from) {
-   for (const auto& to_name : route.to) {
-    const Endpoint* e = config.find_endpoint(name);
-    const Endpoint* to = config.find_endpoint(to_name);
-    if (kind_is_datagram(e->kind) != kind_is_datagram(to->kind))
-      return plain_error(where + ": endpoint " + describe_endpoint(*e) + " -> " + describe_endpoint(*to) +
-                         ": relaying between a datagram kind and a stream/seqpacket kind is not implemented yet; "
-                         "pair udp/unix-dgram with each other, and tcp/unix-stream/unix-seqpacket with each other");
-   }
+    for (const auto& to_name : route.to) {
+      const Endpoint* e = config.find_endpoint(name);
+      const Endpoint* to = config.find_endpoint(to_name);
+      if (kind_is_datagram(e->kind) != kind_is_datagram(to->kind))
+        return plain_error(
+            where + ": endpoint " + describe_endpoint(*e) + " -> " + describe_endpoint(*to) +
+            ": relaying between a datagram kind and a stream/seqpacket kind is not implemented yet; "
+            "pair udp/unix-dgram with each other, and tcp/unix-stream/unix-seqpacket with each other");
+    }
   }
   return {};
 }
 
 }  // namespace
 
-Relay::Relay(Config config, EventLoop loop)
+Relay::Relay(std::shared_ptr<const Config> config, EventLoop loop)
     : config_(std::move(config)),
       loop_(std::move(loop)),
-      budget_(config_.relay.max_sessions),
+      budget_(config_->relay.max_sessions),
       started_at_(std::chrono::steady_clock::now()) {}
 
 Relay::~Relay() { shutdown(); }
@@ -75,108 +114,227 @@ Result<std::unique_ptr<Relay>> Relay::start(Config config) {
 
   auto loop = EventLoop::create();
   if (!loop) return loop.error();
-  std::unique_ptr<Relay> relay(new Relay(std::move(config), std::move(*loop)));
+  auto shared = std::make_shared<const Config>(std::move(config));
+  std::unique_ptr<Relay> relay(new Relay(shared, std::move(*loop)));
+  if (auto st = relay->watch_signals(); !st) return st.error();
+  relay->activated_ = ActivatedSockets::take_from_systemd();
+  if (auto st = relay->load_bpf_if_needed(*shared); !st) return st.error();
+  for (size_t i = 0; i < shared->routes.size(); ++i) {
+    auto opened = relay->open_route(shared, i, static_cast<uint32_t>(i));
+    if (!opened) return opened.error();
+    for (auto& source : *opened) relay->sources_.push_back(std::move(source));
+  }
+  for (const auto& name : relay->activated_.unclaimed())
+    spdlog::warn("systemd passed a socket named \"{}\" that no endpoint uses; kept for a reload", name);
+  if (auto st = relay->open_control(shared->relay.control); !st) return st.error();
 
-  // Signals through the loop, so teardown runs in one place.
+  // Set-up is done: keep only what the running relay uses (privileges.h).
+  if (auto st = drop_capabilities_except(runtime_capabilities(binds_privileged_port(*shared))); !st)
+    spdlog::warn("could not drop capabilities: {}", st.error().describe());
+  relay->capabilities_ = effective_capabilities();
+  spdlog::info("capabilities from now on: {}", relay->capabilities_);
+  return relay;
+}
+
+Status Relay::watch_signals() {
+  // Signals through the loop, so teardown and reload run in one place.
   sigset_t mask;
   sigemptyset(&mask);
   sigaddset(&mask, SIGTERM);
   sigaddset(&mask, SIGINT);
   sigaddset(&mask, SIGHUP);
   sigprocmask(SIG_BLOCK, &mask, nullptr);
-  relay->signals_ = Fd(signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC));
-  if (!relay->signals_) return errno_error("signalfd");
-  Relay* self = relay.get();
-  (void)relay->loop_.add(relay->signals_.get(), EPOLLIN, [self](uint32_t) {
+  signals_ = Fd(signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC));
+  if (!signals_) return errno_error("signalfd");
+  return loop_.add(signals_.get(), EPOLLIN, [this](uint32_t) {
     signalfd_siginfo info;
-    while (read(self->signals_.get(), &info, sizeof(info)) == sizeof(info)) {
+    while (read(signals_.get(), &info, sizeof(info)) == sizeof(info)) {
       if (info.ssi_signo == SIGHUP) {
-        spdlog::warn("SIGHUP: reload is not implemented yet; restart the relay to apply a new config");
+        reload();
         continue;
       }
       spdlog::info("{}: stopping", strsignal(static_cast<int>(info.ssi_signo)));
-      self->loop_.stop();
+      loop_.stop();
     }
   });
-
-  if (wants_kernel(relay->config_)) {
-    auto bpf = BpfRelay::load();
-    if (bpf) {
-      relay->bpf_ = std::move(*bpf);
-    } else {
-      spdlog::warn("BPF data path unavailable: {}", bpf.error().describe());
-      relay->bpf_unavailable_ = bpf.error().describe();
-    }
-  }
-  if (auto st = relay->open_routes(); !st) return st.error();
-
-  auto control = ControlServer::open(relay->config_.relay.control);
-  if (!control) return control.error();
-  relay->control_.emplace(std::move(*control));
-  (void)relay->control_->attach(relay->loop_, [self](const std::string& request) {
-    if (request == "status json") return format_status_json(self->snapshot());
-    if (request == "status") return format_status_text(self->snapshot());
-    return std::string("unknown request \"") + request + "\"; known: status, status json\n";
-  });
-  return relay;
 }
 
-Status Relay::open_routes() {
-  ActivatedSockets activated = ActivatedSockets::take_from_systemd();
-  for (uint32_t id = 0; id < config_.routes.size(); ++id) {
-    const Route& route = config_.routes[id];
-    const Endpoint* to = config_.find_endpoint(route.to[0]);
-    for (const auto& from_name : route.from) {
-      const Endpoint* from = config_.find_endpoint(from_name);
-      // The kernel path only if every pairing of the route allows it.
-      DatapathChoice choice;
-      for (const auto& to_name : route.to) {
-        const Endpoint* target = config_.find_endpoint(to_name);
-        const MatrixCell& cell = matrix_cell(from->kind, target->kind, route.mode);
-        choice = choose_datapath(route.datapath, cell, bpf_ ? std::string() : bpf_unavailable_);
-        if (!choice.kernel) break;
-      }
-      if (choice.refused) return plain_error("route " + std::to_string(id) + ": " + choice.reason);
+Status Relay::open_control(const std::string& path) {
+  auto control = ControlServer::open(path);
+  if (!control) return control.error();
+  control_.reset();  // the old socket (a reload may move it) goes first
+  control_.emplace(std::move(*control));
+  return control_->attach(loop_, [this](const std::string& request) {
+    if (request == "status json") return format_status_json(snapshot());
+    if (request == "status") return format_status_text(snapshot());
+    return std::string("unknown request \"") + request + "\"; known: status, status json\n";
+  });
+}
 
-      Fd listener = activated.take(from->name);
-      bool from_systemd = listener.valid();
-      if (from_systemd) {
-        if (auto st = check_socket_kind(listener.get(), *from); !st) return st;
-      } else {
-        auto opened = open_listener(*from);
-        if (!opened) return opened.error();
-        listener = std::move(*opened);
-      }
-      RouteSource source;
-      source.datapath_reason = choice.reason;
-      if (kind_is_datagram(from->kind)) {
-        DatagramRouteSpec spec;
-        spec.route_id = id;
-        spec.from = from;
-        for (const auto& to_name : route.to) spec.to.push_back(config_.find_endpoint(to_name));
-        spec.balance = route.balance;
-        spec.kernel = choice.kernel;
-        spec.idle_timeout = config_.relay.idle_timeout;
-        source.route = std::make_unique<DatagramRoute>(spec, std::move(listener), bpf_.get(), loop_, budget_);
-        if (auto st = source.route->start(); !st) return st.error().wrap("route " + std::to_string(id));
-      } else {
-        StreamRouteSpec spec;
-        spec.route_id = id;
-        spec.from = from;
-        spec.to = to;
-        spec.kernel = choice.kernel;
-        spec.idle_timeout = config_.relay.idle_timeout;
-        source.stream = std::make_unique<StreamRoute>(spec, std::move(listener), bpf_.get(), loop_, budget_);
-        if (auto st = source.stream->start(); !st) return st.error().wrap("route " + std::to_string(id));
-      }
-      spdlog::info("route {}: {} -> {}: {}{}", id, describe_endpoint(*from), describe_endpoint(*to),
-                   choice.reason, from_systemd ? " (socket from systemd)" : "");
-      sources_.push_back(std::move(source));
-    }
+Status Relay::load_bpf_if_needed(const Config& config) {
+  if (bpf_ || !wants_kernel(config)) return {};
+  auto bpf = BpfRelay::load();
+  if (bpf) {
+    bpf_ = std::move(*bpf);
+    bpf_unavailable_.clear();
+  } else {
+    spdlog::warn("BPF data path unavailable: {}", bpf.error().describe());
+    bpf_unavailable_ = bpf.error().describe();
   }
-  for (const auto& name : activated.unclaimed())
-    spdlog::warn("systemd passed a socket named \"{}\" that no endpoint uses; closing it", name);
   return {};
+}
+
+Result<std::vector<Relay::RouteSource>> Relay::open_route(const std::shared_ptr<const Config>& config,
+                                                          size_t index, uint32_t id) {
+  const Route& route = config->routes[index];
+  const Endpoint* to = config->find_endpoint(route.to[0]);
+  std::vector<RouteSource> sources;
+  for (const auto& from_name : route.from) {
+    const Endpoint* from = config->find_endpoint(from_name);
+    // The kernel path only if every pairing of the route allows it.
+    DatapathChoice choice;
+    for (const auto& to_name : route.to) {
+      const Endpoint* target = config->find_endpoint(to_name);
+      const MatrixCell& cell = matrix_cell(from->kind, target->kind, route.mode);
+      choice = choose_datapath(route.datapath, cell, bpf_ ? std::string() : bpf_unavailable_);
+      if (!choice.kernel) break;
+    }
+    if (choice.refused) return plain_error("route " + std::to_string(id) + ": " + choice.reason);
+
+    Fd listener = activated_.take(from->name);
+    bool from_systemd = listener.valid();
+    if (from_systemd) {
+      if (auto st = check_socket_kind(listener.get(), *from); !st) return st.error();
+    } else {
+      auto opened = open_listener(*from);
+      if (!opened) return opened.error();
+      listener = std::move(*opened);
+    }
+    RouteSource source;
+    source.config = config;
+    source.route_id = id;
+    source.identity = route_identity(*config, route);
+    source.datapath_reason = choice.reason;
+    if (kind_is_datagram(from->kind)) {
+      DatagramRouteSpec spec;
+      spec.route_id = id;
+      spec.from = from;
+      for (const auto& to_name : route.to) spec.to.push_back(config->find_endpoint(to_name));
+      spec.balance = route.balance;
+      spec.kernel = choice.kernel;
+      spec.idle_timeout = config->relay.idle_timeout;
+      source.route = std::make_unique<DatagramRoute>(spec, std::move(listener), bpf_.get(), loop_, budget_);
+      if (auto st = source.route->start(); !st) return st.error().wrap("route " + std::to_string(id));
+    } else {
+      StreamRouteSpec spec;
+      spec.route_id = id;
+      spec.from = from;
+      spec.to = to;
+      spec.kernel = choice.kernel;
+      spec.idle_timeout = config->relay.idle_timeout;
+      source.stream = std::make_unique<StreamRoute>(spec, std::move(listener), bpf_.get(), loop_, budget_);
+      if (auto st = source.stream->start(); !st) return st.error().wrap("route " + std::to_string(id));
+    }
+    std::string targets;
+    for (const auto& to_name : route.to)
+      targets += (targets.empty() ? "" : ", ") + describe_endpoint(*config->find_endpoint(to_name));
+    spdlog::info("route {}: {} -> {}: {}{}", id, describe_endpoint(*from), targets, choice.reason,
+                 from_systemd ? " (socket from systemd)" : "");
+    sources.push_back(std::move(source));
+  }
+  return sources;
+}
+
+// SIGHUP: check the new config first and refuse it whole if it would not
+// run; else apply the difference. Routes whose identity is unchanged keep
+// their objects, sockets, map entries and sessions; removed ones stop
+// (before new ones open, so a route may move its listener); new ones
+// start. Sockets systemd passed stay with the relay for later reloads.
+void Relay::reload() {
+  notifier_.reloading();
+  const std::string path = config_->path;
+  spdlog::info("SIGHUP: reloading {}", path);
+  auto refuse = [&](const std::string& why) {
+    ++reloads_refused_;
+    spdlog::error("reload refused, still running the previous config: {}", why);
+    notifier_.ready(status_line());
+  };
+  ParseOutcome parsed = load_config(path);
+  for (const auto& d : parsed.diagnostics)
+    (d.severity == Severity::Error ? spdlog::error("{}", d.format()) : spdlog::warn("{}", d.format()));
+  if (parsed.has_errors()) return refuse(path + " has errors (above)");
+  for (const auto& route : parsed.config.routes)
+    if (auto st = check_runnable(parsed.config, route); !st) return refuse(st.error().describe());
+  if (!setup_level_ok(parsed.config.relay.log_level)) return refuse("bad log-level");
+  auto next = std::make_shared<const Config>(std::move(parsed.config));
+  (void)load_bpf_if_needed(*next);
+
+  // Which old sources survive.
+  std::vector<std::string> wanted;
+  for (const auto& route : next->routes) wanted.push_back(route_identity(*next, route));
+  std::vector<RouteSource> kept, removed;
+  for (auto& source : sources_) {
+    bool keep = std::find(wanted.begin(), wanted.end(), source.identity) != wanted.end();
+    (keep ? kept : removed).push_back(std::move(source));
+  }
+  sources_.clear();
+  for (auto& source : removed) {
+    if (source.route) source.route->stop();
+    if (source.stream) source.stream->stop();
+  }
+  size_t stopped = removed.size();
+  removed.clear();  // closes their listeners
+
+  // New routes get route ids no kept route uses (BPF counters are per id).
+  std::vector<bool> id_used(RELAY_MAX_ROUTES, false);
+  for (const auto& source : kept) id_used[source.route_id] = true;
+  size_t started = 0, failed = 0;
+  for (size_t i = 0; i < next->routes.size(); ++i) {
+    bool is_kept = false;
+    for (const auto& source : kept) is_kept = is_kept || source.identity == wanted[i];
+    if (is_kept) continue;
+    uint32_t id = 0;
+    while (id < RELAY_MAX_ROUTES && id_used[id]) ++id;
+    if (id == RELAY_MAX_ROUTES) {
+      ++failed;
+      spdlog::error("reload: no free route id for the route at line {}", next->routes[i].pos.line);
+      continue;
+    }
+    auto opened = open_route(next, i, id);
+    if (!opened) {
+      ++failed;
+      spdlog::error("reload: route at line {} not started: {}", next->routes[i].pos.line,
+                    opened.error().describe());
+      continue;
+    }
+    id_used[id] = true;
+    for (auto& source : *opened) kept.push_back(std::move(source));
+    ++started;
+  }
+  sources_ = std::move(kept);
+  std::sort(sources_.begin(), sources_.end(),
+            [](const RouteSource& a, const RouteSource& b) { return a.route_id < b.route_id; });
+
+  // [relay] settings. idle-timeout applies to routes started from now on.
+  spdlog::set_level(spdlog::level::from_str(next->relay.log_level));
+  budget_.set_max(next->relay.max_sessions);
+  if (next->relay.control != config_->relay.control)
+    if (auto st = open_control(next->relay.control); !st)
+      spdlog::error("reload: control socket {}: {}", next->relay.control, st.error().describe());
+  config_ = next;
+  ++reloads_;
+  spdlog::info("reloaded: {} route source(s) kept, {} stopped, {} route(s) started{}",
+               sources_.size() - started, stopped, started,
+               failed ? ", " + std::to_string(failed) + " failed (above)" : "");
+  notifier_.ready(status_line());
+}
+
+std::string Relay::status_line() const {
+  uint64_t packets = 0;
+  if (bpf_)
+    for (const auto& s : sources_) packets += bpf_->route_counters(s.route_id).packets;
+  return std::to_string(sources_.size()) + " route source(s), " + std::to_string(budget_.used()) + "/" +
+         std::to_string(budget_.max()) + " sessions, " + std::to_string(packets) + " packets in the kernel";
 }
 
 void Relay::tick() {
@@ -184,16 +342,20 @@ void Relay::tick() {
     if (s.route) s.route->tick();
     if (s.stream) s.stream->expire_idle();
   }
+  notifier_.status(status_line());
+  notifier_.watchdog_tick();
 }
 
 Status Relay::run() {
-  sd_notify(0, "READY=1\nSTATUS=relaying");
-  spdlog::info("sockrelay {} ready: {} route(s), control socket {}", SOCKRELAY_VERSION, config_.routes.size(),
-               config_.relay.control);
+  notifier_.ready(status_line());
+  spdlog::info("sockrelay {} ready: {} route(s), control socket {}", SOCKRELAY_VERSION,
+               config_->routes.size(), config_->relay.control);
+  // Tick often enough for idle expiry, target retries and the watchdog.
   auto period =
-      std::min<std::chrono::milliseconds>(std::chrono::milliseconds(1000), config_.relay.idle_timeout / 2);
+      std::min<std::chrono::milliseconds>(std::chrono::milliseconds(1000), config_->relay.idle_timeout / 2);
+  if (notifier_.watchdog_period().count() > 0) period = std::min(period, notifier_.watchdog_period());
   Status st = loop_.run(std::max(period, std::chrono::milliseconds(50)), [this] { tick(); });
-  sd_notify(0, "STOPPING=1");
+  notifier_.stopping();
   shutdown();
   return st;
 }
@@ -220,13 +382,16 @@ StatusSnapshot Relay::snapshot() const {
   s.sessions = budget_.used();
   s.max_sessions = budget_.max();
   s.bpf_loaded = bpf_ != nullptr;
+  s.capabilities = capabilities_;
+  s.reloads = reloads_;
+  s.reloads_refused = reloads_refused_;
   if (bpf_) s.global = bpf_->global_counters();
   for (const auto& src : sources_) {
     RouteStatus r;
     r.datapath_reason = src.datapath_reason;
     if (src.route) {
       const auto& spec = src.route->spec();
-      r.id = spec.route_id;
+      r.id = src.route_id;
       r.from = describe_endpoint(*spec.from);
       for (const auto* target : spec.to) r.to += (r.to.empty() ? "" : ", ") + describe_endpoint(*target);
       if (spec.to.size() > 1) r.to = "[" + r.to + "] balance " + std::string(balance_name(spec.balance));
@@ -244,7 +409,7 @@ StatusSnapshot Relay::snapshot() const {
       }
     } else {
       const auto& spec = src.stream->spec();
-      r.id = spec.route_id;
+      r.id = src.route_id;
       r.from = describe_endpoint(*spec.from);
       r.to = describe_endpoint(*spec.to);
       r.datapath = spec.kernel ? "kernel" : "userspace";

@@ -1,6 +1,7 @@
 // The running relay: endpoints opened (or taken from systemd), one route
 // object per route source, the BPF data path, the control socket and the
-// event loop that ties them together.
+// event loop that ties them together; reload applies a new config as a
+// difference, so sessions on unchanged routes keep flowing.
 #pragma once
 
 #include <chrono>
@@ -14,6 +15,8 @@
 #include "config/model.h"
 #include "control/control_server.h"
 #include "control/status.h"
+#include "daemon/notify.h"
+#include "endpoints/activation.h"
 #include "sessions/datagram_route.h"
 #include "sessions/event_loop.h"
 #include "sessions/stream_route.h"
@@ -23,37 +26,54 @@ namespace sockrelay {
 class Relay {
  public:
   // Everything up to serving: BPF loaded when a route wants the kernel
-  // path, endpoints bound, routes in the maps, control socket listening.
+  // path, endpoints bound, routes in the maps, control socket listening,
+  // capabilities dropped to what the running relay still uses.
   static Result<std::unique_ptr<Relay>> start(Config config);
   ~Relay();
 
-  // Serves until SIGTERM/SIGINT, then tears down. Returns the loop's error.
+  // Serves until SIGTERM/SIGINT, then tears down. SIGHUP reloads the
+  // config file. Returns the loop's error.
   Status run();
   StatusSnapshot snapshot() const;
 
  private:
-  // One of the two is set: datagram kinds get flows, stream and
-  // seqpacket kinds get sessions.
+  // One listening endpoint of one route. Exactly one of route/stream is
+  // set: datagram kinds get flows, stream and seqpacket kinds sessions.
   struct RouteSource {
+    std::shared_ptr<const Config> config;  // owns the Endpoints the route points into
+    uint32_t route_id = 0;
+    std::string identity;  // equal identities survive a reload untouched
     std::unique_ptr<DatagramRoute> route;
     std::unique_ptr<StreamRoute> stream;
     std::string datapath_reason;
   };
 
-  Relay(Config config, EventLoop loop);
-  Status open_routes();
+  Relay(std::shared_ptr<const Config> config, EventLoop loop);
+  Status watch_signals();
+  Status open_control(const std::string& path);
+  Status load_bpf_if_needed(const Config& config);
+  // Opens the sources of config->routes[index] under `route_id`.
+  Result<std::vector<RouteSource>> open_route(const std::shared_ptr<const Config>& config, size_t index,
+                                              uint32_t route_id);
+  void reload();
   void tick();
   void shutdown();
+  std::string status_line() const;
 
-  Config config_;
+  std::shared_ptr<const Config> config_;
   EventLoop loop_;
   SessionBudget budget_;
+  ServiceNotifier notifier_;
+  ActivatedSockets activated_;  // systemd's sockets no route has claimed (yet)
   std::unique_ptr<BpfRelay> bpf_;
   std::string bpf_unavailable_;  // why bpf_ is null
   std::vector<RouteSource> sources_;
   std::optional<ControlServer> control_;
   Fd signals_;
   std::chrono::steady_clock::time_point started_at_;
+  uint64_t reloads_ = 0;
+  uint64_t reloads_refused_ = 0;
+  std::string capabilities_;  // effective set after the drop, for status
 };
 
 }  // namespace sockrelay

@@ -66,6 +66,13 @@ Result<Fd> open_listener(const Endpoint& endpoint) {
       return Error{code, what + ": bind" + hint};
     }
   }
+  if (type == SOCK_DGRAM) {
+    // A new client's datagrams queue here while its flow is set up: room
+    // for a burst (SO_RCVBUFFORCE passes net.core.rmem_max when we may).
+    int bytes = 4 << 20;
+    if (setsockopt(fd->get(), SOL_SOCKET, SO_RCVBUFFORCE, &bytes, sizeof(bytes)) != 0)
+      setsockopt(fd->get(), SOL_SOCKET, SO_RCVBUF, &bytes, sizeof(bytes));
+  }
   if (type != SOCK_DGRAM && listen(fd->get(), SOMAXCONN) != 0) return errno_error(what + ": listen");
   return fd;
 }

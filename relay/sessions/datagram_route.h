@@ -125,6 +125,8 @@ class DatagramRoute {
   void send_to_upstream(Flow& flow, const char* data, size_t len);
   void send_to_client(Flow& flow, const char* data, size_t len);
   void flush_pending(Flow& flow, size_t target);
+  static uint32_t upstream_events(const Flow& flow, const Upstream& up);
+  void settle_flows();
   void count_sent(size_t target, size_t len);
   // `failure` empty: an orderly close (idle, stop); else why it failed.
   void destroy_flow(const std::string& key, const std::string& failure);

@@ -16,6 +16,8 @@ class SessionBudget {
   void give_back() {
     if (used_ > 0) --used_;
   }
+  // A lower max refuses new sessions until enough old ones end.
+  void set_max(uint32_t max) { max_ = max; }
   uint32_t used() const { return used_; }
   uint32_t max() const { return max_; }
 

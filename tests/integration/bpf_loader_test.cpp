@@ -1,9 +1,12 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "bpf_loader/bpf_relay.h"
 #include "common/fd.h"
+#include "daemon/privileges.h"
 #include "relay_shared.h"
 #include "test_env.h"
 
@@ -59,6 +62,42 @@ TEST(BpfRelay, RedirectsUdpDatagramAndCounts) {
   EXPECT_NE(bpf.flow_last_ns(src_cookie), 0u);
   bpf.remove_source(src_cookie);
   bpf.remove_target(out_cookie);
+}
+
+// Private instances (per-socket constants in rodata) are loaded while the
+// relay runs, after it dropped to its runtime capabilities (no
+// CAP_PERFMON, so the verifier also checks speculative paths): they must
+// pass the verifier there, whatever the constants are.
+TEST(BpfRelay, PrivateInstancesLoadWithRuntimeCapabilities) {
+  SOCKRELAY_REQUIRE_ROOT();
+  SOCKRELAY_PRIVATE_NETNS();
+  auto loaded = BpfRelay::load();
+  ASSERT_TRUE(loaded.ok()) << loaded.error().describe();
+  int result[2];
+  ASSERT_EQ(pipe(result), 0);
+  pid_t pid = fork();
+  if (pid == 0) {
+    std::string out = "ok";
+    BpfRelay& bpf = **loaded;
+    int pair[2];
+    socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, pair);
+    Status st = drop_capabilities_except(runtime_capabilities(false));
+    uint64_t ca = *socket_cookie(pair[0]), cb = *socket_cookie(pair[1]);
+    MapWriter::PrivateProgram fixed, listener;
+    fixed.fixed_source = ca;
+    listener.new_client_target = ca;
+    if (st) st = bpf.add_private_source(ca, pair[0], fixed);
+    if (st) st = bpf.add_private_source(cb, pair[1], listener);
+    if (!st) out = st.error().describe();
+    (void)!write(result[1], out.data(), out.size());
+    _exit(0);
+  }
+  close(result[1]);
+  char buf[512] = {};
+  (void)!read(result[0], buf, sizeof(buf) - 1);
+  close(result[0]);
+  waitpid(pid, nullptr, 0);
+  EXPECT_STREQ(buf, "ok");
 }
 
 }  // namespace

@@ -214,38 +214,60 @@ class DgramEcho {
 
 struct PingPongResult {
   uint64_t sent = 0;
-  uint64_t matched = 0;  // replies byte-identical to what this client sent
+  uint64_t matched = 0;  // replies byte-identical to what this client sent, in time
+  uint64_t late = 0;     // byte-identical replies to an earlier datagram, after its wait ran out
   uint64_t foreign = 0;  // replies carrying another client's payload (misrouted)
+  uint64_t corrupt = 0;  // replies that are neither
   uint64_t timeouts = 0;
   bool first_answered = false;  // the very first datagram got its reply, without a retry
+
+  uint64_t delivered() const { return matched + late; }
 };
 
 // Sends `count` datagrams one at a time from `client` to `relay`, each
 // carrying the client id and a sequence number padded to `size` bytes,
-// and waits for each echo.
+// and waits for each echo. A reply that arrives after its wait ran out is
+// still checked byte for byte (against what was sent for its sequence) and
+// counted as late.
 inline PingPongResult ping_pong(Fd& client, const Addr& relay, int client_id, int count, size_t size = 64) {
   PingPongResult r;
-  std::vector<char> msg(size, 'x'), reply(65536);
+  std::vector<char> msg(size, 'x'), expect(size, 'x'), reply(65536);
+  auto fill = [&](std::vector<char>& buf, int seq) {
+    std::snprintf(buf.data(), size, "client=%d seq=%d ", client_id, seq);
+  };
   for (int i = 0; i < count; ++i) {
-    std::snprintf(msg.data(), size, "client=%d seq=%d ", client_id, i);
+    fill(msg, i);
     if (sendto(client.get(), msg.data(), size, 0, relay.sa(), relay.len) != static_cast<ssize_t>(size)) {
       ++r.timeouts;
       continue;
     }
     ++r.sent;
-    pollfd p{client.get(), POLLIN, 0};
-    if (poll(&p, 1, 1000) != 1) {
-      ++r.timeouts;
-      continue;
+    for (;;) {
+      pollfd p{client.get(), POLLIN, 0};
+      if (poll(&p, 1, 1000) != 1) {
+        ++r.timeouts;
+        break;
+      }
+      ssize_t n = recv(client.get(), reply.data(), reply.size(), 0);
+      if (n == static_cast<ssize_t>(size) && std::memcmp(reply.data(), msg.data(), size) == 0) {
+        ++r.matched;
+        if (i == 0) r.first_answered = true;
+        break;
+      }
+      int id = -1, seq = -1;
+      if (n > 0 && std::sscanf(reply.data(), "client=%d seq=%d", &id, &seq) == 2 && id != client_id) {
+        ++r.foreign;
+        continue;
+      }
+      if (n == static_cast<ssize_t>(size) && seq >= 0 && seq < i) {
+        fill(expect, seq);
+        (std::memcmp(reply.data(), expect.data(), size) == 0 ? r.late : r.corrupt) += 1;
+        continue;
+      }
+      ++r.corrupt;
     }
-    ssize_t n = recv(client.get(), reply.data(), reply.size(), 0);
-    if (n == static_cast<ssize_t>(size) && std::memcmp(reply.data(), msg.data(), size) == 0) {
-      ++r.matched;
-      if (i == 0) r.first_answered = true;
-    } else if (n > 0 && std::strncmp(reply.data(), "client=", 7) == 0 &&
-               std::atoi(reply.data() + 7) != client_id) {
-      ++r.foreign;
-    }
+    // A relay that stopped answering fails the test in seconds, not hours.
+    if (r.timeouts >= 5) break;
   }
   return r;
 }

@@ -1,0 +1,73 @@
+// SIGHUP: a bad config is refused whole and the old one keeps serving; a
+// good one is applied as a difference, and flows on unchanged routes keep
+// flowing (the same flow: no new session is created for them).
+#include <gtest/gtest.h>
+
+#include "relay_harness.h"
+#include "test_env.h"
+
+namespace sockrelay::testing {
+namespace {
+
+constexpr const char* kRouteA =
+    "[endpoints.a]\ntype = \"udp\"\nlisten = \"127.0.0.1:5300\"\n"
+    "[endpoints.echo]\ntype = \"udp\"\nconnect = \"127.0.0.1:5301\"\n"
+    "[[routes]]\nfrom = \"a\"\nto = \"echo\"\n";
+constexpr const char* kRouteB =
+    "[endpoints.b]\ntype = \"udp\"\nlisten = \"127.0.0.1:5400\"\n"
+    "[[routes]]\nfrom = \"b\"\nto = \"echo\"\n";
+
+void rewrite(const RelayProcess& relay, const std::string& body) {
+  std::ofstream(relay.config_path()) << "[relay]\nlog-level = \"debug\"\ncontrol = \"" << relay.control() << "\"\n"
+                                     << body;
+}
+
+// Waits until `status json` shows `reloads` (or `reloads-refused`) >= n.
+bool wait_reloads(RelayProcess& relay, const std::string& key, uint64_t n) {
+  for (int i = 0; i < 100; ++i) {
+    std::string s = relay.status_json();
+    if (!s.empty() && json_number(s, key) >= n && json_number(s, key) != UINT64_MAX) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+  }
+  return false;
+}
+
+TEST(Reload, KeepsUnchangedRoutesRefusesBadConfigsAppliesDifferences) {
+  SOCKRELAY_REQUIRE_ROOT();
+  SOCKRELAY_PRIVATE_NETNS();
+  TempDir dir;
+  DgramEcho echo(Addr::inet("127.0.0.1", 5301));
+  RelayProcess relay(dir, kRouteA);
+  ASSERT_TRUE(relay.wait_ready()) << relay.log();
+  Fd client = bound_dgram(Addr::inet("127.0.0.1", 0));
+  Addr a = Addr::inet("127.0.0.1", 5300), b = Addr::inet("127.0.0.1", 5400);
+  ASSERT_EQ(ping_pong(client, a, 1, 200).matched, 200u);
+
+  // A broken config: refused, the old one keeps serving.
+  rewrite(relay, std::string(kRouteA) + "[[routes]]\nfrom = \"a\"\nto = \"nowhere\"\n");
+  kill(relay.pid(), SIGHUP);
+  ASSERT_TRUE(wait_reloads(relay, "reloads-refused", 1)) << relay.log();
+  EXPECT_NE(relay.log().find("reload refused"), std::string::npos) << relay.log();
+  EXPECT_EQ(ping_pong(client, a, 1, 200).matched, 200u);
+
+  // Route A unchanged, route B added: A's flow goes on untouched.
+  rewrite(relay, std::string(kRouteA) + kRouteB);
+  kill(relay.pid(), SIGHUP);
+  ASSERT_TRUE(wait_reloads(relay, "reloads", 1)) << relay.log();
+  EXPECT_EQ(ping_pong(client, a, 1, 500).matched, 500u) << relay.log();
+  Fd client_b = bound_dgram(Addr::inet("127.0.0.1", 0));
+  EXPECT_EQ(ping_pong(client_b, b, 2, 100).matched, 100u) << relay.log();
+  std::string status = relay.status_json();
+  EXPECT_EQ(json_number(status, "sessions-created"), 1u) << "route A's flow must survive the reload: " << status;
+
+  // Route A removed: its port is closed, B still works.
+  rewrite(relay, std::string("[endpoints.echo]\ntype = \"udp\"\nconnect = \"127.0.0.1:5301\"\n") + kRouteB);
+  kill(relay.pid(), SIGHUP);
+  ASSERT_TRUE(wait_reloads(relay, "reloads", 2)) << relay.log();
+  EXPECT_TRUE(bound_dgram(a).valid()) << "route A's listener should be closed";
+  EXPECT_EQ(ping_pong(client_b, b, 2, 100).matched, 100u) << relay.log();
+  EXPECT_EQ(relay.terminate(), 0) << relay.log();
+}
+
+}  // namespace
+}  // namespace sockrelay::testing
