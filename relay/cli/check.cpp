@@ -8,6 +8,7 @@
 #include "cli/commands.h"
 #include "common/json.h"
 #include "config/config.h"
+#include "daemon/relay.h"
 #include "matrix/datapath_choice.h"
 #include "matrix/matrix.h"
 #include "probe/probe.h"
@@ -118,6 +119,12 @@ int check_command(const Args& args) {
     const Config& config = parsed.config;
     for (uint32_t id = 0; id < config.routes.size(); ++id) {
       const Route& route = config.routes[id];
+      if (auto st = check_runnable(config, route); !st) {
+        diags.push_back({config_path, route.pos, Severity::Error, st.error().describe()});
+        continue;
+      }
+      if (std::string warning = experimental_warning(config, route); !warning.empty())
+        diags.push_back({config_path, route.pos, Severity::Warning, warning});
       for (const auto& from_name : route.from) {
         for (const auto& to_name : route.to) {
           const Endpoint* from = config.find_endpoint(from_name);

@@ -16,6 +16,16 @@ DatapathChoice choose_datapath(Datapath requested, const MatrixCell& cell,
               "): " + cell.reason;
   else if (!kernel_unavailable.empty())
     why_not = "the kernel path is unavailable: " + kernel_unavailable;
+  if (why_not.empty() && requested == Datapath::Auto && !kind_is_datagram(cell.source)) {
+    // Measured (tests/integration/stream_relay_test.cpp): the stream kernel
+    // path still loses bytes around half-close and has no backpressure from
+    // a TCP source. Until that is fixed it runs only when asked for by name.
+    c.fell_back = true;
+    c.reason =
+        "user space: the stream kernel path is experimental (half-close and backpressure not yet "
+        "reliable); set datapath = \"kernel\" to use it anyway";
+    return c;
+  }
   if (why_not.empty()) {
     c.kernel = true;
     c.reason =

@@ -41,8 +41,8 @@ TEST(Cli, HelpOnEverySubcommandAndVersion) {
 }
 
 TEST(Cli, CheckAcceptsTheShippedConfigs) {
-  for (const char* name :
-       {"sockrelay.toml", "udp-to-unix-dgram.toml", "unix-to-unix.toml", "unix-dgram-to-udp.toml"}) {
+  for (const char* name : {"sockrelay.toml", "udp-to-unix-dgram.toml", "unix-dgram-to-udp.toml",
+                           "fan-out.toml", "tcp-proxy.toml"}) {
     Output o =
         sockrelay(std::string("check --no-probe --config ") + SOCKRELAY_SOURCE_DIR + "/config/" + name);
     EXPECT_EQ(o.status, 0) << name << "\n" << o.text;
@@ -67,6 +67,14 @@ TEST(Cli, CheckRefusesKernelDatapathOnUnsupportedPairingWithPosition) {
   o = sockrelay("check --no-probe --config " + dir.file("auto.toml"));
   EXPECT_EQ(o.status, 0) << o.text;
   EXPECT_NE(o.text.find("warning:"), std::string::npos) << o.text;
+}
+
+// Configs this version refuses (unix-stream, VSOCK stream routes) say so.
+TEST(Cli, CheckRefusesWhatThisVersionCannotRun) {
+  Output o = sockrelay(std::string("check --no-probe --config ") + SOCKRELAY_SOURCE_DIR +
+                       "/config/unix-to-unix.toml");
+  EXPECT_EQ(o.status, 1) << o.text;
+  EXPECT_NE(o.text.find("not relayed by this version"), std::string::npos) << o.text;
 }
 
 TEST(Cli, CheckReportsSyntaxErrorsWithLineAndColumn) {

@@ -71,7 +71,8 @@ TEST_P(DatagramPairing, TwoClientsRepliesByteExactAndCounted) {
   auto f2 = std::async(std::launch::async, [&] { return ping_pong(c2, to, 2, kCount); });
   PingPongResult r1 = f1.get(), r2 = f2.get();
   for (const auto& r : {r1, r2}) {
-    EXPECT_EQ(r.delivered(), static_cast<uint64_t>(kCount)) << "timeouts " << r.timeouts << "\n" << relay.log();
+    EXPECT_EQ(r.delivered(), static_cast<uint64_t>(kCount)) << "timeouts " << r.timeouts << "\n"
+                                                            << relay.log();
     EXPECT_LE(r.late, static_cast<uint64_t>(kCount) / 100) << "replies slower than a second";
     EXPECT_EQ(r.foreign, 0u) << "a reply reached the wrong client";
     EXPECT_EQ(r.corrupt, 0u) << "a reply was not byte-identical to what was sent";

@@ -18,7 +18,8 @@ constexpr const char* kRouteB =
     "[[routes]]\nfrom = \"b\"\nto = \"echo\"\n";
 
 void rewrite(const RelayProcess& relay, const std::string& body) {
-  std::ofstream(relay.config_path()) << "[relay]\nlog-level = \"debug\"\ncontrol = \"" << relay.control() << "\"\n"
+  std::ofstream(relay.config_path()) << "[relay]\nlog-level = \"debug\"\ncontrol = \"" << relay.control()
+                                     << "\"\n"
                                      << body;
 }
 
@@ -58,7 +59,8 @@ TEST(Reload, KeepsUnchangedRoutesRefusesBadConfigsAppliesDifferences) {
   Fd client_b = bound_dgram(Addr::inet("127.0.0.1", 0));
   EXPECT_EQ(ping_pong(client_b, b, 2, 100).matched, 100u) << relay.log();
   std::string status = relay.status_json();
-  EXPECT_EQ(json_number(status, "sessions-created"), 1u) << "route A's flow must survive the reload: " << status;
+  EXPECT_EQ(json_number(status, "sessions-created"), 1u)
+      << "route A's flow must survive the reload: " << status;
 
   // Route A removed: its port is closed, B still works.
   rewrite(relay, std::string("[endpoints.echo]\ntype = \"udp\"\nconnect = \"127.0.0.1:5301\"\n") + kRouteB);

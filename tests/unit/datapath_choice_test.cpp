@@ -46,3 +46,20 @@ TEST(DatapathChoice, KernelUnavailableRefusesKernelAndFallsBackAuto) {
 
 }  // namespace
 }  // namespace sockrelay
+
+namespace sockrelay {
+namespace {
+
+TEST(DatapathChoice, AutoKeepsStreamsInUserSpaceWhileTheKernelPathIsExperimental) {
+  auto c =
+      choose_datapath(Datapath::Auto, matrix_cell(EndpointKind::Tcp, EndpointKind::Tcp, Mode::Egress), "");
+  EXPECT_FALSE(c.kernel);
+  EXPECT_TRUE(c.fell_back);
+  EXPECT_NE(c.reason.find("experimental"), std::string::npos) << c.reason;
+  EXPECT_TRUE(
+      choose_datapath(Datapath::Kernel, matrix_cell(EndpointKind::Tcp, EndpointKind::Tcp, Mode::Egress), "")
+          .kernel);
+}
+
+}  // namespace
+}  // namespace sockrelay
