@@ -85,18 +85,6 @@ struct {
 	__type(value, struct relay_target_stats);
 } relay_target_stats SEC(".maps");
 
-/*
- * Per route, a bit per target index that has failed and waits for its
- * retry: balanced flows skip it. Route-wide, so one write by user space
- * takes a target out of (or back into) every flow of the route at once.
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, RELAY_MAX_ROUTES);
-	__type(key, __u32);
-	__type(value, __u32);
-} relay_targets_down SEC(".maps");
-
 static __always_inline void count_global(__u32 which)
 {
 	__u64 *counter = bpf_map_lookup_elem(&relay_global_stats, &which);
@@ -128,38 +116,6 @@ static __always_inline int to_user_space(struct __sk_buff *skb, __u64 sender)
 		return SK_DROP;
 	}
 	return SK_PASS;
-}
-
-/*
- * Index of the target this skb goes to, starting at `first` and skipping
- * targets that are down; RELAY_MAX_TARGETS when all are down.
- */
-static __always_inline __u32 next_live_target(struct relay_flow *flow, __u32 route, __u32 first)
-{
-	__u32 *down_mask = bpf_map_lookup_elem(&relay_targets_down, &route);
-	__u32 down = down_mask ? *down_mask : 0;
-	__u32 n = flow->n_targets;
-
-	if (n == 0 || n > RELAY_MAX_TARGETS)
-		return RELAY_MAX_TARGETS;
-	/* Unrolled: eight straight-line steps keep the verifier's jump
-	 * history short whatever it knows about the flow. */
-	__u32 idx = first % n;
-#pragma unroll
-	for (__u32 i = 0; i < RELAY_MAX_TARGETS; i++) {
-		__u32 slot = idx;
-
-		if (i >= n)
-			break;
-		/* clang knows idx < n <= 8 and would drop the mask; the
-		 * verifier does not know it and needs the mask. */
-		asm volatile("" : "+r"(slot));
-		slot &= RELAY_MAX_TARGETS - 1;
-		if (flow->targets[slot] && !(down & (1u << slot)))
-			return slot;
-		idx = idx + 1 == n ? 0 : idx + 1;
-	}
-	return RELAY_MAX_TARGETS;
 }
 
 SEC("sk_skb")
@@ -208,20 +164,27 @@ int relay_verdict(struct __sk_buff *skb)
 	target_index = 0;
 	if (flow->balance == RELAY_BALANCE_ROUND_ROBIN || flow->balance == RELAY_BALANCE_HASH) {
 		/* The hash of the client's address is fixed per flow, so a
-		 * client sticks to one target while it is up and moves to the
-		 * next live one, for this skb already, when it is down. */
+		 * client sticks to one target while the set of live targets
+		 * stays the same. */
 		__u32 first = flow->balance == RELAY_BALANCE_HASH
 				      ? flow->client_hash
 				      : (__u32)__sync_fetch_and_add(&flow->next, 1);
+		__u32 n = flow->n_targets;
+		__u32 slot;
 
-		target_index = next_live_target(flow, route, first);
-		if (target_index >= RELAY_MAX_TARGETS) {
+		if (n == 0 || n > RELAY_MAX_TARGETS) {
 			/* Every target failed and waits for its retry. */
 			count_global(RELAY_GLOBAL_ALL_TARGETS_DOWN);
 			stats->drop_no_target += 1;
 			return SK_DROP;
 		}
-		target = flow->targets[target_index];
+		slot = first % n;
+		/* clang knows slot < n <= 8 and would drop the mask; the
+		 * verifier does not know it and needs it. */
+		asm volatile("" : "+r"(slot));
+		slot &= RELAY_MAX_TARGETS - 1;
+		target = flow->targets[slot];
+		target_index = flow->target_index[slot] & (RELAY_MAX_TARGETS - 1);
 	}
 	if (bpf_sk_redirect_hash(skb, &relay_targets, &target,
 				 (flow->flags & RELAY_FLOW_INGRESS) ? BPF_F_INGRESS : 0) != SK_PASS) {

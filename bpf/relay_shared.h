@@ -8,9 +8,11 @@
 
 #ifdef __cplusplus
 #include <cstdint>
+typedef uint8_t relay_u8;
 typedef uint32_t relay_u32;
 typedef uint64_t relay_u64;
 #else
+typedef __u8 relay_u8;
 typedef __u32 relay_u32;
 typedef __u64 relay_u64;
 #endif
@@ -25,8 +27,8 @@ typedef __u64 relay_u64;
 
 /* relay_flow.balance: how a flow with several targets picks one per skb. */
 #define RELAY_BALANCE_SINGLE 0      /* always target_cookie */
-#define RELAY_BALANCE_ROUND_ROBIN 1 /* targets[next++ % n_targets], skipping down ones */
-#define RELAY_BALANCE_HASH 2        /* targets[client_hash % n_targets], skipping down ones */
+#define RELAY_BALANCE_ROUND_ROBIN 1 /* targets[next++ % n_targets] */
+#define RELAY_BALANCE_HASH 2        /* targets[client_hash % n_targets] */
 #define RELAY_BALANCE_BROADCAST 3   /* to user space, which copies to every target */
 
 /* relay_flow.flags */
@@ -50,12 +52,18 @@ struct relay_flow {
 	 */
 	relay_u64 bytes;
 	relay_u32 balance;     /* RELAY_BALANCE_* */
-	relay_u32 n_targets;   /* targets[] in use, in the route's `to` order */
+	relay_u32 n_targets;   /* targets[] in use (0: every target is down) */
 	relay_u64 next;        /* round-robin position */
 	relay_u32 client_hash; /* hash of the client's address: RELAY_BALANCE_HASH */
 	relay_u32 _pad;
-	/* Keys into relay_targets by target index; 0 = that target is down. */
+	/*
+	 * The targets that are up, compacted: keys into relay_targets, and
+	 * each one's index in the route's `to` (for per-target counters). User
+	 * space rewrites them when a target fails or comes back, so the
+	 * program needs no loop to skip dead ones.
+	 */
 	relay_u64 targets[RELAY_MAX_TARGETS];
+	relay_u8 target_index[RELAY_MAX_TARGETS];
 };
 
 /*

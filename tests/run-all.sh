@@ -5,7 +5,9 @@
 #   3. builds and runs the unit tests under ASan/UBSan
 #   4. builds and runs unit + integration tests (ctest; integration needs root
 #      and the real kernel, each test in its own network namespace)
-#   5. vm-tests/run: VSOCK and other kernels inside qemu guests
+#   5. units/test: systemd-analyze verify, and the units under a real
+#      systemd in a container (systemd-nspawn)
+#   6. vm-tests/run: VSOCK and other kernels inside qemu guests
 # Exit status 0 only if everything passed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +32,10 @@ cmake --build "$top/build-asan" -j "$jobs" --target sockrelay_unit_tests
 echo "== build"
 cmake -S "$top" -B "$top/build" >/dev/null
 cmake --build "$top/build" -j "$jobs"
+
+echo "== systemd units: systemd-analyze verify, then end to end under systemd as PID 1 (nspawn)"
+units/test/verify.sh --relay "$top/build/relay/sockrelay" || failed+=("units verify")
+units/test/e2e-nspawn.sh --build "$top/build" || failed+=("units end to end")
 
 if [ -x vm-tests/run ]; then
   echo "== vm-tests (qemu guests: VSOCK, kernel 6.12 and 6.1)"

@@ -89,7 +89,6 @@ Status BpfRelay::add_private_source(uint64_t id, int fd, const PrivateProgram& p
       {inst->maps.relay_route_stats, skel_->maps.relay_route_stats},
       {inst->maps.relay_global_stats, skel_->maps.relay_global_stats},
       {inst->maps.relay_target_stats, skel_->maps.relay_target_stats},
-      {inst->maps.relay_targets_down, skel_->maps.relay_targets_down},
   };
   for (auto& r : reuse) {
     if (int ret = bpf_map__reuse_fd(r.mine, bpf_map__fd(r.shared)); ret != 0)
@@ -121,15 +120,12 @@ Status BpfRelay::set_flow(uint64_t key, const FlowEntry& entry) {
   value.balance = entry.balance;
   value.client_hash = entry.client_hash;
   value.n_targets = std::min<uint32_t>(entry.n_targets, RELAY_MAX_TARGETS);
-  for (uint32_t i = 0; i < value.n_targets; ++i) value.targets[i] = entry.targets[i];
+  for (uint32_t i = 0; i < value.n_targets; ++i) {
+    value.targets[i] = entry.targets[i];
+    value.target_index[i] = entry.target_index[i];
+  }
   if (bpf_map_update_elem(bpf_map__fd(skel_->maps.relay_flows), &key, &value, BPF_ANY) != 0)
     return errno_error("update relay_flows");
-  return {};
-}
-
-Status BpfRelay::set_targets_down(uint32_t route_id, uint32_t mask) {
-  if (bpf_map_update_elem(bpf_map__fd(skel_->maps.relay_targets_down), &route_id, &mask, BPF_ANY) != 0)
-    return errno_error("update relay_targets_down");
   return {};
 }
 

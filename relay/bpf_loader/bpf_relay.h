@@ -49,7 +49,6 @@ class BpfRelay final : public MapWriter {
   Status add_private_source(uint64_t id, int fd, const PrivateProgram& program) override;
   void remove_private_source(uint64_t id) override;
   Status set_flow(uint64_t key, const FlowEntry& entry) override;
-  Status set_targets_down(uint32_t route_id, uint32_t mask) override;
   void remove_flow(uint64_t key) override;
   uint64_t flow_last_ns(uint64_t key) override;
   uint64_t flow_bytes(uint64_t key) override;

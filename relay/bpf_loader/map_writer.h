@@ -15,12 +15,13 @@ struct FlowEntry {
   uint64_t target_cookie = 0;  // key of the partner in the targets map
   uint32_t route_id = 0;
   uint32_t flags = 0;  // RELAY_FLOW_* from bpf/relay_shared.h
-  // Several targets (`to = [...]`): RELAY_BALANCE_* and the targets' keys
-  // in the route's `to` order (0 where this flow has no socket for one).
+  // Several targets (`to = [...]`): RELAY_BALANCE_* and the keys of the
+  // targets that are up, compacted, with each one's index in `to`.
   uint32_t balance = 0;
   uint32_t n_targets = 0;
   uint32_t client_hash = 0;  // for RELAY_BALANCE_HASH: a stable hash of the client's address
   std::array<uint64_t, 8> targets{};
+  std::array<uint8_t, 8> target_index{};
 };
 
 class MapWriter {
@@ -46,8 +47,6 @@ class MapWriter {
   virtual void remove_private_source(uint64_t id) = 0;
 
   virtual Status set_flow(uint64_t key, const FlowEntry& entry) = 0;
-  // Target indexes of a route that balanced flows must skip (bit i = `to[i]`).
-  virtual Status set_targets_down(uint32_t route_id, uint32_t mask) = 0;
   virtual void remove_flow(uint64_t key) = 0;
   // bpf_ktime_get_ns() (CLOCK_MONOTONIC) of the flow's last skb, 0 if none.
   virtual uint64_t flow_last_ns(uint64_t key) = 0;

@@ -48,7 +48,7 @@ const char* cap_name(int cap) {
 }  // namespace
 
 std::vector<int> runtime_capabilities(bool binds_privileged_port) {
-  std::vector<int> keep = {CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON};
+  std::vector<int> keep = {CAP_BPF, CAP_NET_ADMIN};
   if (binds_privileged_port) keep.push_back(CAP_NET_BIND_SERVICE);
   return keep;
 }

@@ -4,11 +4,9 @@
 //                         kernel.unprivileged_bpf_disabled is set (Debian: 2)
 //   CAP_NET_ADMIN         loading SK_SKB program instances (AF_UNIX flows get
 //                         their own) is a networking program type
-//   CAP_PERFMON           without it the verifier also walks speculative
-//                         paths (Spectre v1 hardening) and gives up on the
-//                         verdict program ("sequence of 8193 jumps is too
-//                         complex"): measured on 6.18
 //   CAP_NET_BIND_SERVICE  only if an endpoint listens on a port below 1024
+// Not CAP_PERFMON: without it the verifier also walks speculative paths;
+// relay.bpf.c stays loop-free so it passes anyway (bpf_loader_test checks).
 // Everything else leaves the effective, permitted, inheritable and bounding
 // sets, so not even a later execve() could get it back.
 #pragma once

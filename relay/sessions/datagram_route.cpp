@@ -142,11 +142,8 @@ Status DatagramRoute::start() {
   if (!cookie) return cookie.error();
   listener_cookie_ = *cookie;
   listener_inode_ = socket_inode(listener_.get());
-  if (spec_.kernel) {
-    if (auto st = publish_targets_down(); !st) return st;  // a reused route id starts clean
-    if (unix_listener())
-      if (auto st = steer_unix_listener(); !st) return st.error().wrap("listener " + spec_.from->name);
-  }
+  if (spec_.kernel && unix_listener())
+    if (auto st = steer_unix_listener(); !st) return st.error().wrap("listener " + spec_.from->name);
   // A UDP listener stays out of the map: each client gets a flow socket,
   // so the listener only ever sees first datagrams.
   if (auto st = loop_.add(listener_.get(), EPOLLIN, [this](uint32_t) { on_listener_readable(); }); !st)
@@ -451,11 +448,26 @@ Status DatagramRoute::write_forward_flow(Flow& flow) {
     entry.target_cookie = flow.upstreams[0].cookie;
   } else {
     entry.balance = balance_code(spec_.balance == Balance::Single ? Balance::RoundRobin : spec_.balance);
-    entry.n_targets = static_cast<uint32_t>(flow.upstreams.size());
-    for (size_t t = 0; t < flow.upstreams.size(); ++t) entry.targets[t] = flow.upstreams[t].cookie;
     entry.client_hash = flow.client_hash;
+    // Only the targets that are up: the program picks among these.
+    for (size_t t = 0; t < flow.upstreams.size(); ++t) {
+      if (!flow.upstreams[t].fd || targets_[t].down) continue;
+      entry.targets[entry.n_targets] = flow.upstreams[t].cookie;
+      entry.target_index[entry.n_targets] = static_cast<uint8_t>(t);
+      ++entry.n_targets;
+    }
   }
   return maps_->set_flow(flow.client_key, entry);
+}
+
+// A target went down or came back: every kernel flow of the route gets its
+// list of live targets rewritten.
+void DatagramRoute::rewrite_forward_flows() {
+  if (!spec_.kernel) return;
+  for (auto& [key, flow] : flows_)
+    if (flow->kernel && flow->client_key)
+      if (auto st = write_forward_flow(*flow); !st)
+        spdlog::warn("route {}: {}", spec_.route_id, st.error().describe());
 }
 
 void DatagramRoute::close_upstream(Flow& flow, size_t target) {
@@ -506,15 +518,15 @@ void DatagramRoute::send_to_upstream(Flow& flow, const char* data, size_t len) {
     if (!any) ++counters_.drop_all_targets_down;
     return;
   }
-  // The same choice the verdict program makes (relay.bpf.c), so a flow's
-  // first datagram goes where its next ones will.
-  size_t first = spec_.balance == Balance::Hash ? flow.client_hash % n : flow.next_target++ % n;
-  for (size_t i = 0; i < n; ++i) {
-    size_t t = (first + i) % n;
-    if (usable(t)) {
-      send_one(t);
-      return;
-    }
+  // The same choice the verdict program makes (relay.bpf.c), among the same
+  // live targets, so a flow's first datagram goes where its next ones will.
+  std::vector<size_t> live;
+  for (size_t t = 0; t < n; ++t)
+    if (usable(t)) live.push_back(t);
+  if (!live.empty()) {
+    uint64_t pick = spec_.balance == Balance::Hash ? flow.client_hash : flow.next_target++;
+    send_one(live[pick % live.size()]);
+    return;
   }
   ++counters_.drop_all_targets_down;
 }
@@ -609,16 +621,7 @@ void DatagramRoute::target_failed(size_t target, const std::string& why) {
   spdlog::warn("route {}: target {} failed ({}); out of the rotation, retry in {} ms", spec_.route_id,
                spec_.to[target]->name, why, ts.backoff.count());
   ts.backoff = std::min(ts.backoff * 2, kMaxBackoff);
-  if (spec_.kernel)
-    if (auto st = publish_targets_down(); !st)
-      spdlog::warn("route {}: {}", spec_.route_id, st.error().describe());
-}
-
-Status DatagramRoute::publish_targets_down() {
-  uint32_t mask = 0;
-  for (size_t t = 0; t < targets_.size(); ++t)
-    if (targets_[t].down) mask |= 1u << t;
-  return maps_->set_targets_down(spec_.route_id, mask);
+  rewrite_forward_flows();
 }
 
 void DatagramRoute::retry_targets() {
@@ -657,9 +660,7 @@ void DatagramRoute::retry_targets() {
       continue;
     }
     spdlog::info("route {}: target {} is back in the rotation", spec_.route_id, spec_.to[t]->name);
-    if (spec_.kernel)
-      if (auto st = publish_targets_down(); !st)
-        spdlog::warn("route {}: {}", spec_.route_id, st.error().describe());
+    rewrite_forward_flows();
   }
 }
 

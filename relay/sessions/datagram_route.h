@@ -111,7 +111,7 @@ class DatagramRoute {
   void close_upstream(Flow& flow, size_t target);
   Status write_forward_flow(Flow& flow);
   void target_failed(size_t target, const std::string& why);
-  Status publish_targets_down();
+  void rewrite_forward_flows();
   bool broadcast() const { return spec_.balance == Balance::Broadcast; }
   void on_new_client_readable();
   Status steer_unix_listener();

@@ -33,7 +33,7 @@ TEST(Privileges, DropKeepsOnlyTheRuntimeCapabilities) {
   close(pipefd[0]);
   waitpid(pid, nullptr, 0);
   ASSERT_GT(n, 0);
-  EXPECT_STREQ(buf, "cap_net_admin,cap_perfmon,cap_bpf");
+  EXPECT_STREQ(buf, "cap_net_admin,cap_bpf");
 }
 
 }  // namespace

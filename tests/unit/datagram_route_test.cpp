@@ -42,17 +42,12 @@ class FakeMaps : public MapWriter {
   }
   void remove_flow(uint64_t key) override { flows.erase(key); }
   uint64_t flow_last_ns(uint64_t) override { return 0; }
-  Status set_targets_down(uint32_t route_id, uint32_t mask) override {
-    targets_down[route_id] = mask;
-    return {};
-  }
 
   bool empty() const { return targets.empty() && sources.empty() && privates.empty() && flows.empty(); }
 
   std::set<uint64_t> targets, sources;
   std::map<uint64_t, PrivateProgram> privates;
   std::map<uint64_t, FlowEntry> flows;
-  std::map<uint32_t, uint32_t> targets_down;
 };
 
 // An endpoint bound on loopback (UDP, port chosen by the kernel) or at a
@@ -312,6 +307,7 @@ TEST_F(DatagramRouteTest, SeveralTargetsGiveBalancedFlowEntries) {
   EXPECT_EQ(forward->route_id, 3u);
   for (int t = 0; t < 3; ++t) {
     EXPECT_NE(forward->targets[t], 0u);
+    EXPECT_EQ(forward->target_index[t], t);
     ASSERT_EQ(maps_.flows.count(forward->targets[t]), 1u) << "target " << t << " has no reply flow";
   }
   EXPECT_EQ(maps_.flows.size(), 4u);  // forward + one reply flow per target
@@ -357,7 +353,12 @@ TEST_F(DatagramRouteTest, FailedTargetLeavesRotationAndIsRetried) {
   // The first datagram goes to target 0 (round-robin starts there): refused.
   ASSERT_EQ(sendto(client.fd.get(), "1", 1, 0, to.sa(), to.length), 1);
   ASSERT_TRUE(pump([&] { return !route.targets()[0].up; }));
-  EXPECT_EQ(maps_.targets_down[2], 1u) << "the verdict program must skip target 0";
+  const FlowEntry* forward = nullptr;
+  for (const auto& [key, entry] : maps_.flows)
+    if (entry.balance == RELAY_BALANCE_ROUND_ROBIN) forward = &entry;
+  ASSERT_NE(forward, nullptr);
+  EXPECT_EQ(forward->n_targets, 1u) << "the verdict program must see only the live target";
+  EXPECT_EQ(forward->target_index[0], 1u);
   EXPECT_EQ(route.flow_count(), 1u) << "the flow carries on with the live target";
   EXPECT_GE(route.targets()[0].failures, 1u);
   EXPECT_TRUE(route.targets()[1].up);
@@ -366,7 +367,8 @@ TEST_F(DatagramRouteTest, FailedTargetLeavesRotationAndIsRetried) {
   usleep(600000);
   route.tick();
   EXPECT_TRUE(route.targets()[0].up);
-  EXPECT_EQ(maps_.targets_down[2], 0u);
+  for (const auto& [key, entry] : maps_.flows)
+    if (entry.balance == RELAY_BALANCE_ROUND_ROBIN) EXPECT_EQ(entry.n_targets, 2u) << "target 0 is back";
 }
 
 }  // namespace
