@@ -1,5 +1,7 @@
 #include "config/address.h"
 
+#include "common/quote.h"
+
 // clang-format off: <sys/socket.h> must come before <linux/vm_sockets.h>.
 #include <linux/vm_sockets.h>
 #include <sys/socket.h>
@@ -35,25 +37,6 @@ Family family_of(EndpointKind kind) {
     default:
       return Family::Inet;
   }
-}
-
-// Quote for messages; the text is what the user wrote, so keep it readable.
-std::string quoted(std::string_view s) {
-  std::string out = "\"";
-  for (unsigned char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c < 0x20 || c == 0x7f) {
-      static constexpr char kHex[] = "0123456789abcdef";
-      out += "\\x";
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  return out + "\"";
 }
 
 Error bad(EndpointKind kind, std::string_view text, std::string_view why) {

@@ -15,6 +15,7 @@
 #include <set>
 
 #include "../../bpf/relay_shared.h"
+#include "common/quote.h"
 #include "config/address.h"
 
 static_assert(sockrelay::kMaxRoutes == RELAY_MAX_ROUTES, "kMaxRoutes must match bpf/relay_shared.h");
@@ -33,24 +34,6 @@ constexpr std::string_view kDatapaths[] = {"auto", "kernel", "userspace"};
 constexpr std::string_view kMultiBalances[] = {"round-robin", "hash", "broadcast"};
 constexpr int64_t kMaxSessionsLimit = 1'000'000;
 constexpr std::size_t kMaxNameLength = 255;  // systemd's FileDescriptorName= limit
-
-std::string quoted(std::string_view s) {
-  std::string out = "\"";
-  for (unsigned char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c < 0x20 || c == 0x7f) {
-      static constexpr char kHex[] = "0123456789abcdef";
-      out += "\\x";
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  return out + "\"";
-}
 
 template <typename Range>
 std::string join(const Range& items, std::string_view sep = ", ") {
