@@ -87,12 +87,35 @@ check "sockrelay status: kernel packets counted" grep -Eq "kernel +packets [1-9]
 check "sockrelay status: no failed flow" grep -q " 0 failed" "$results/status.txt"
 
 # --- reload (issue 5, item 4) ----------------------------------------------------
-# TODO(reload): not implemented in the daemon yet (SIGHUP is logged and
-# ignored). When it is: `systemctl reload sockrelay.service` with a live
-# flow must keep that flow answering; a broken config on reload must be
-# refused (journal says why) while the old one keeps serving; a datagram to
-# a route added by the reload must be answered; RELOADING=1 ... READY=1.
-say "SKIP  reload: not implemented in the daemon yet"
+# One client keeps its source port, so it stays one flow in the relay: if
+# the reload kept its route, the flow is the same (no new session).
+flow_ask() { printf '%s\n' "$1" | timeout 10 socat -T3 - "UDP4:127.0.0.1:5300,sourceport=40000,reuseaddr" 2>>"$results/diag"; }
+# route 0's (the first in status) sessions-created
+created() { "$relay" status --json --control /run/sockrelay/control.sock | grep -o '"sessions-created":[0-9]*' | head -n 1 | cut -d: -f2; }
+check "reload: a live flow answers before the reload" test "$(flow_ask "before")" = "before"
+sessions_before=$(created)
+cp /etc/sockrelay/sockrelay.toml "$results/sockrelay.toml.orig"
+# A broken config: refused whole, the old one keeps serving.
+printf '[[routes]]\nfrom = "demo-in"\nto = "nowhere"\n' >>/etc/sockrelay/sockrelay.toml
+check "reload: systemctl reload (broken config)" systemctl reload sockrelay.service
+sleep 1
+journalctl --no-pager -u sockrelay.service >"$results/journal-reload.txt"
+check "reload: the broken config is refused, and the journal says why" grep -q "reload refused" "$results/journal-reload.txt"
+check "reload: still active after a refused reload" systemctl is-active sockrelay.service
+check "reload: the old config keeps serving" test "$(flow_ask "still here")" = "still here"
+# A good config adding a route on 127.0.0.1:5310.
+cp "$results/sockrelay.toml.orig" /etc/sockrelay/sockrelay.toml
+printf '[endpoints.demo-in2]\ntype = "udp"\nlisten = "127.0.0.1:5310"\n[[routes]]\nfrom = "demo-in2"\nto = "demo-echo"\n' \
+  >>/etc/sockrelay/sockrelay.toml
+check "reload: systemctl reload (route added)" systemctl reload sockrelay.service
+sleep 1
+check "reload: the added route answers" test "$(udp_ask 5310 "new route")" = "new route"
+check "reload: the live flow still answers" test "$(flow_ask "after")" = "after"
+sessions_after=$(created)
+check "reload: the live flow is the same flow (sessions created: $sessions_before before, $sessions_after after)" test "$sessions_after" = "$sessions_before"
+state="$(prop sockrelay.service ActiveState) StatusText=\"$(prop sockrelay.service StatusText)\""
+case $state in "active StatusText=\"reloading\""|"active StatusText=\"\"") fail "READY=1 after the reload: $state" ;; *) ok "READY=1 after the reload: $state" ;; esac
+cp "$results/sockrelay.toml.orig" /etc/sockrelay/sockrelay.toml
 
 # --- stop -------------------------------------------------------------------------
 check "systemctl stop sockrelay.service" systemctl stop sockrelay.service
