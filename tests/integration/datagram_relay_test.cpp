@@ -231,5 +231,36 @@ TEST_F(DatagramRelay, SocketActivatedByNameFirstDatagramDelivered) {
   EXPECT_EQ(relay.terminate(), 0) << relay.log();
 }
 
+// Several named sockets of different kinds in one activation: each
+// endpoint takes the fd with its FileDescriptorName=.
+TEST_F(DatagramRelay, SocketActivatedSeveralKindsByName) {
+  if (access("/usr/bin/systemd-socket-activate", X_OK) != 0)
+    GTEST_SKIP() << "systemd-socket-activate not installed (Debian package systemd)";
+  DgramEcho echo(Addr::inet("127.0.0.1", 5301));
+  std::string unix_front = dir_.file("front.sock");
+  std::string config =
+      "[endpoints.udp-in]\ntype = \"udp\"\nlisten = \"127.0.0.1:5300\"\n"
+      "[endpoints.unix-in]\ntype = \"unix-dgram\"\nlisten = \"" +
+      unix_front +
+      "\"\n"
+      "[endpoints.back]\ntype = \"udp\"\nconnect = \"127.0.0.1:5301\"\n"
+      "[[routes]]\nfrom = [\"udp-in\", \"unix-in\"]\nto = \"back\"\n";
+  RelayProcess relay(dir_, config,
+                     {"/usr/bin/systemd-socket-activate", "--datagram", "-l", "127.0.0.1:5300", "-l",
+                      unix_front, "--fdname=udp-in:unix-in"});
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  Fd udp_client = bound_dgram(Addr::inet("127.0.0.1", 0));
+  EXPECT_EQ(ping_pong(udp_client, Addr::inet("127.0.0.1", 5300), 1, 50).matched, 50u) << relay.log();
+  ASSERT_TRUE(relay.wait_ready()) << relay.log();
+  Fd unix_client = bound_dgram(Addr::unix_path(dir_.file("client.sock")));
+  EXPECT_EQ(ping_pong(unix_client, Addr::unix_path(unix_front), 2, 50).matched, 50u) << relay.log();
+  std::string log = relay.log();
+  size_t first = log.find("socket from systemd");
+  EXPECT_NE(first, std::string::npos) << log;
+  EXPECT_NE(log.find("socket from systemd", first + 1), std::string::npos)
+      << "both endpoints from systemd: " << log;
+  EXPECT_EQ(relay.terminate(), 0) << relay.log();
+}
+
 }  // namespace
 }  // namespace sockrelay::testing
