@@ -368,7 +368,9 @@ TEST_F(DatagramRouteTest, FailedTargetLeavesRotationAndIsRetried) {
   route.tick();
   EXPECT_TRUE(route.targets()[0].up);
   for (const auto& [key, entry] : maps_.flows)
-    if (entry.balance == RELAY_BALANCE_ROUND_ROBIN) EXPECT_EQ(entry.n_targets, 2u) << "target 0 is back";
+    if (entry.balance == RELAY_BALANCE_ROUND_ROBIN) {
+      EXPECT_EQ(entry.n_targets, 2u) << "target 0 is back";
+    }
 }
 
 }  // namespace
