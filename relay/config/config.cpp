@@ -1,5 +1,6 @@
 #include "config/config.h"
 
+#include <arpa/inet.h>
 #include <sys/un.h>
 #include <toml++/toml.h>
 
@@ -27,7 +28,7 @@ namespace {
 constexpr std::string_view kTopKeys[] = {"relay", "endpoints", "routes"};
 constexpr std::string_view kRelayKeys[] = {"log-level", "idle-timeout", "max-sessions", "control"};
 constexpr std::string_view kEndpointKeys[] = {"type", "listen", "connect"};
-constexpr std::string_view kRouteKeys[] = {"from", "to", "mode", "datapath", "balance"};
+constexpr std::string_view kRouteKeys[] = {"from", "to", "mode", "datapath", "balance", "allow-sources"};
 constexpr std::string_view kLogLevels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
 constexpr std::string_view kModes[] = {"egress", "ingress"};
 constexpr std::string_view kDatapaths[] = {"auto", "kernel", "userspace"};
@@ -405,6 +406,56 @@ std::optional<std::vector<NameRef>> name_list(Checker& c, const toml::node& node
 }
 
 // `unresolved` is set when a route names an endpoint that does not exist.
+// "10.0.0.0/8", "::1/128", or a bare address (a /32 or /128).
+std::optional<SourceNetwork> parse_network(const std::string& text) {
+  SourceNetwork net;
+  net.text = text;
+  std::string addr = text;
+  int max_prefix = 0;
+  auto slash = text.find('/');
+  if (slash != std::string::npos) addr = text.substr(0, slash);
+  if (inet_pton(AF_INET, addr.c_str(), net.address) == 1) {
+    net.family = AF_INET;
+    max_prefix = 32;
+  } else if (inet_pton(AF_INET6, addr.c_str(), net.address) == 1) {
+    net.family = AF_INET6;
+    max_prefix = 128;
+  } else {
+    return std::nullopt;
+  }
+  net.prefix = max_prefix;
+  if (slash != std::string::npos) {
+    std::string bits = text.substr(slash + 1);
+    if (bits.empty() || bits.size() > 3 || bits.find_first_not_of("0123456789") != std::string::npos)
+      return std::nullopt;
+    net.prefix = std::stoi(bits);
+    if (net.prefix > max_prefix) return std::nullopt;
+  }
+  return net;
+}
+
+void check_allow_sources(Checker& c, const toml::node& node, const std::string& where, Route& route) {
+  const toml::array* arr = node.as_array();
+  if (arr == nullptr) {
+    c.error(pos_of(node), where +
+                              ": allow-sources must be an array of networks, e.g. [\"10.0.0.0/8\", "
+                              "\"::1/128\"], got " +
+                              std::string(type_name(node.type())));
+    return;
+  }
+  for (const toml::node& item : *arr) {
+    auto text = c.string_value(item, where + ": allow-sources entry");
+    if (!text) continue;
+    auto net = parse_network(*text);
+    if (!net) {
+      c.error(pos_of(item), where + ": allow-sources entry " + quoted(*text) +
+                                " is not a network: expected \"A.B.C.D/N\" (N 0-32) or \"IPV6/N\" (N 0-128)");
+      continue;
+    }
+    route.allow_sources.push_back(*net);
+  }
+}
+
 std::vector<Route> check_routes(Checker& c, const toml::node& node, std::vector<EndpointInfo>& endpoints,
                                 bool& unresolved) {
   std::vector<Route> out;
@@ -523,6 +574,7 @@ std::vector<Route> check_routes(Checker& c, const toml::node& node, std::vector<
                       "\"to\"");
       }
     }
+    if (const toml::node* n = t->get("allow-sources")) check_allow_sources(c, *n, where, route);
     out.push_back(std::move(route));
   }
   return out;

@@ -1,11 +1,35 @@
 #include "config/model.h"
 
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include <algorithm>
 #include <cstring>
 
 namespace sockrelay {
+
+bool SourceNetwork::contains(const sockaddr* sa) const {
+  const unsigned char* bytes = nullptr;
+  unsigned char mapped[4];
+  if (sa->sa_family == AF_INET && family == AF_INET) {
+    bytes = reinterpret_cast<const unsigned char*>(&reinterpret_cast<const sockaddr_in*>(sa)->sin_addr);
+  } else if (sa->sa_family == AF_INET6 && family == AF_INET6) {
+    bytes = reinterpret_cast<const unsigned char*>(&reinterpret_cast<const sockaddr_in6*>(sa)->sin6_addr);
+  } else if (sa->sa_family == AF_INET6 && family == AF_INET) {
+    // An IPv4 client of a dual-stack socket shows as ::ffff:a.b.c.d.
+    const auto* a6 = &reinterpret_cast<const sockaddr_in6*>(sa)->sin6_addr;
+    if (!IN6_IS_ADDR_V4MAPPED(a6)) return false;
+    std::memcpy(mapped, reinterpret_cast<const unsigned char*>(a6) + 12, 4);
+    bytes = mapped;
+  } else {
+    return false;
+  }
+  int full = prefix / 8, rest = prefix % 8;
+  if (std::memcmp(bytes, address, static_cast<size_t>(full)) != 0) return false;
+  if (rest == 0) return true;
+  unsigned char mask = static_cast<unsigned char>(0xff << (8 - rest));
+  return (bytes[full] & mask) == (address[full] & mask);
+}
 
 namespace {
 

@@ -83,12 +83,24 @@ struct Endpoint {
   SourcePos pos;  // of the [endpoints.NAME] table
 };
 
+// A network in `allow-sources`, e.g. 10.0.0.0/8 or ::1/128.
+struct SourceNetwork {
+  int family = 0;                  // AF_INET or AF_INET6
+  unsigned char address[16] = {};  // network byte order; 4 bytes used for AF_INET
+  int prefix = 0;                  // bits
+  std::string text;                // as written
+
+  bool contains(const sockaddr* sa) const;  // an AF_INET/AF_INET6 peer address
+};
+
 struct Route {
   std::vector<std::string> from;  // endpoint names
   std::vector<std::string> to;
   Mode mode = Mode::Egress;
   Datapath datapath = Datapath::Auto;
   Balance balance = Balance::Single;
+  // Clients of inet sources allowed to open a session; empty = everyone.
+  std::vector<SourceNetwork> allow_sources;
   SourcePos pos;  // of the [[routes]] table
 };
 

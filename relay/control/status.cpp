@@ -23,7 +23,8 @@ std::string format_status_text(const StatusSnapshot& s) {
         << "  drops     no-target " << r.kernel.drop_no_target << ", max-sessions "
         << r.user.refused_max_sessions << ", setup-failed " << r.user.drop_setup_failed << ", send-error "
         << r.user.drop_send_error << ", no-reply-path " << r.user.drop_no_reply_path << ", all-targets-down "
-        << r.user.drop_all_targets_down << ", target-full " << r.user.drop_target_full << "\n";
+        << r.user.drop_all_targets_down << ", target-full " << r.user.drop_target_full << ", policy "
+        << r.user.refused_policy << "\n";
     for (const auto& t : r.targets) {
       out << "  target    " << t.report.name << ": " << (t.report.up ? "up" : "DOWN") << ", kernel packets "
           << t.kernel.packets << ", user packets " << t.report.user_packets << ", failures "
@@ -86,7 +87,8 @@ std::string format_status_json(const StatusSnapshot& s) {
         .field("send-error", r.user.drop_send_error)
         .field("no-reply-path", r.user.drop_no_reply_path)
         .field("all-targets-down", r.user.drop_all_targets_down)
-        .field("target-full", r.user.drop_target_full);
+        .field("target-full", r.user.drop_target_full)
+        .field("policy", r.user.refused_policy);
     j.end_object();
     if (!r.targets.empty()) {
       j.key("targets").begin_array();

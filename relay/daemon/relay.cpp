@@ -103,6 +103,11 @@ Status check_runnable(const Config& config, const Route& route) {
         return plain_error(where + ": endpoint " + describe_endpoint(*config.find_endpoint(name)) +
                            ": unix-stream endpoints are not relayed by this version (bytes were lost in "
                            "testing); use tcp, unix-seqpacket or unix-dgram");
+  for (const auto& name : route.from)
+    if (!route.allow_sources.empty() && config.find_endpoint(name)->kind != EndpointKind::Udp)
+      return plain_error(where +
+                         ": allow-sources is enforced for udp sources only in this version; endpoint " +
+                         describe_endpoint(*config.find_endpoint(name)) + " is not one");
   for (const auto& name : route.from) {
     for (const auto& to_name : route.to) {
       const Endpoint* e = config.find_endpoint(name);
@@ -239,6 +244,7 @@ Result<std::vector<Relay::RouteSource>> Relay::open_route(const std::shared_ptr<
       spec.from = from;
       for (const auto& to_name : route.to) spec.to.push_back(config->find_endpoint(to_name));
       spec.balance = route.balance;
+      spec.allow_sources = route.allow_sources;
       spec.kernel = choice.kernel;
       spec.idle_timeout = config->relay.idle_timeout;
       source.route = std::make_unique<DatagramRoute>(spec, std::move(listener), bpf_.get(), loop_, budget_);

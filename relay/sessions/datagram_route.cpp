@@ -266,6 +266,20 @@ DatagramRoute::Flow* DatagramRoute::create_flow(const std::string& key, const so
   }
   flow->client_hash = identity_hash(
       flow->replyable() ? std::string(reinterpret_cast<const char*>(&flow->peer), flow->peer_len) : key);
+  // allow-sources: a client outside them never gets a flow, so none of its
+  // datagrams reaches a target (the listener is not in the verdict
+  // program, and a flow socket only ever receives from its one client).
+  if (!spec_.allow_sources.empty() && !unix_listener()) {
+    bool allowed = false;
+    for (const auto& net : spec_.allow_sources)
+      allowed = allowed || net.contains(reinterpret_cast<const sockaddr*>(&peer));
+    if (!allowed) {
+      if (counters_.refused_policy++ % 1000 == 0)
+        spdlog::warn("route {}: client {} is not in allow-sources: datagrams dropped (counted)",
+                     spec_.route_id, flow->peer_text());
+      return nullptr;
+    }
+  }
   if (!budget_.try_take()) {
     if (counters_.refused_max_sessions++ % 1000 == 0)
       spdlog::warn("route {}: max-sessions ({}) reached, dropping datagrams from new client {} (counted)",

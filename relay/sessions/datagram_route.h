@@ -43,6 +43,7 @@ struct DatagramCounters {
   uint64_t drop_no_reply_path = 0;     // replies dropped: the client has no address to reply to
   uint64_t drop_all_targets_down = 0;  // datagrams dropped in user space: no target up
   uint64_t drop_target_full = 0;       // datagrams dropped: a target's queue stayed full
+  uint64_t refused_policy = 0;         // datagrams dropped: client not in allow-sources
 };
 
 // One target of a route, as status shows it.
@@ -60,7 +61,8 @@ struct DatagramRouteSpec {
   const Endpoint* from = nullptr;
   std::vector<const Endpoint*> to;  // 1..RELAY_MAX_TARGETS, the config's order
   Balance balance = Balance::Single;
-  bool kernel = true;  // kernel data path; false: user space carries it all
+  std::vector<SourceNetwork> allow_sources;  // empty: every client
+  bool kernel = true;                        // kernel data path; false: user space carries it all
   std::chrono::milliseconds idle_timeout{120'000};
 };
 

@@ -172,5 +172,25 @@ TEST_F(Fanout, DeadTargetLeavesAndReturns) {
   EXPECT_GT(sinks[1]->total, 50u) << relay.status_json();
 }
 
+// allow-sources: a client outside the networks never reaches a target,
+// and is counted; one inside is relayed.
+TEST(Policy, AllowSourcesRefusesOthersAndCounts) {
+  SOCKRELAY_REQUIRE_ROOT();
+  SOCKRELAY_PRIVATE_NETNS();
+  TempDir dir;
+  DgramEcho echo(Addr::inet("127.0.0.1", 5301));
+  RelayProcess relay(dir,
+                     "[endpoints.front]\ntype = \"udp\"\nlisten = \"0.0.0.0:5300\"\n"
+                     "[endpoints.back]\ntype = \"udp\"\nconnect = \"127.0.0.1:5301\"\n"
+                     "[[routes]]\nfrom = \"front\"\nto = \"back\"\nallow-sources = [\"127.0.0.2/32\"]\n");
+  ASSERT_TRUE(relay.wait_ready()) << relay.log();
+  Fd allowed = bound_dgram(Addr::inet("127.0.0.2", 0)), refused = bound_dgram(Addr::inet("127.0.0.1", 0));
+  EXPECT_EQ(ping_pong(allowed, Addr::inet("127.0.0.1", 5300), 1, 20).matched, 20u) << relay.log();
+  EXPECT_EQ(ping_pong(refused, Addr::inet("127.0.0.1", 5300), 2, 3).matched, 0u);
+  EXPECT_EQ(echo.echoed(), 20u) << "a refused client's datagram reached the target";
+  std::string status = relay.status_json();
+  EXPECT_EQ(json_counter(status, "drops", "policy"), 3u) << status;
+}
+
 }  // namespace
 }  // namespace sockrelay::testing

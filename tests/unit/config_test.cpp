@@ -2,6 +2,7 @@
 // examples under config/.
 #include "config/config.h"
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -230,7 +231,7 @@ TEST(Config, UnknownRouteKey) {
   expect_diags(
       parse(valid_plus("balanse = \"hash\"\nweight = 2\n")),
       {err(12, 1, R"(unknown key "balanse" in route #1: did you mean "balance"?)"),
-       err(13, 1, R"(unknown key "weight" in route #1; valid keys: from, to, mode, datapath, balance)")});
+       err(13, 1, R"(unknown key "weight" in route #1; valid keys: from, to, mode, datapath, balance, allow-sources)")});
 }
 
 // ---- [relay] values ----
@@ -862,6 +863,53 @@ TEST(ShippedConfigs, UseCasesHaveTheirShape) {
   EXPECT_EQ(fan.config.routes[0].to.size(), 3u);
   EXPECT_EQ(fan.config.routes[0].balance, Balance::RoundRobin);
   EXPECT_EQ(fan.config.endpoints[1].kind, EndpointKind::UnixDgram);
+}
+
+}  // namespace
+}  // namespace sockrelay
+
+namespace sockrelay {
+namespace {
+
+TEST(AllowSources, ParsesNetworksAndMatchesClients) {
+  ParseOutcome out = parse_config(
+      "[endpoints.a]\ntype = \"udp\"\nlisten = \"127.0.0.1:5300\"\n"
+      "[endpoints.b]\ntype = \"udp\"\nconnect = \"127.0.0.1:5301\"\n"
+      "[[routes]]\nfrom = \"a\"\nto = \"b\"\nallow-sources = [\"10.0.0.0/8\", \"::1/128\", "
+      "\"192.168.1.7\"]\n",
+      "t.toml");
+  ASSERT_FALSE(out.has_errors()) << (out.diagnostics.empty() ? "" : out.diagnostics[0].format());
+  const auto& nets = out.config.routes[0].allow_sources;
+  ASSERT_EQ(nets.size(), 3u);
+  auto v4 = [](const char* ip) {
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    inet_pton(AF_INET, ip, &a.sin_addr);
+    return a;
+  };
+  sockaddr_in in = v4("10.200.3.4"), out_of = v4("11.0.0.1"), host = v4("192.168.1.7"),
+              near = v4("192.168.1.8");
+  EXPECT_TRUE(nets[0].contains(reinterpret_cast<sockaddr*>(&in)));
+  EXPECT_FALSE(nets[0].contains(reinterpret_cast<sockaddr*>(&out_of)));
+  EXPECT_TRUE(nets[2].contains(reinterpret_cast<sockaddr*>(&host)));
+  EXPECT_FALSE(nets[2].contains(reinterpret_cast<sockaddr*>(&near)));
+  sockaddr_in6 lo6{};
+  lo6.sin6_family = AF_INET6;
+  lo6.sin6_addr = in6addr_loopback;
+  EXPECT_TRUE(nets[1].contains(reinterpret_cast<sockaddr*>(&lo6)));
+  EXPECT_FALSE(nets[0].contains(reinterpret_cast<sockaddr*>(&lo6)));
+}
+
+TEST(AllowSources, BadNetworkIsAnErrorAtItsPosition) {
+  ParseOutcome out = parse_config(
+      "[endpoints.a]\ntype = \"udp\"\nlisten = \"127.0.0.1:5300\"\n"
+      "[endpoints.b]\ntype = \"udp\"\nconnect = \"127.0.0.1:5301\"\n"
+      "[[routes]]\nfrom = \"a\"\nto = \"b\"\nallow-sources = [\"10.0.0.0/33\"]\n",
+      "t.toml");
+  ASSERT_TRUE(out.has_errors());
+  EXPECT_EQ(out.diagnostics[0].pos.line, 10);
+  EXPECT_NE(out.diagnostics[0].message.find("is not a network"), std::string::npos)
+      << out.diagnostics[0].message;
 }
 
 }  // namespace
