@@ -324,6 +324,8 @@ void Relay::reload() {
       spdlog::error("reload: no free route id for the route at line {}", next->routes[i].pos.line);
       continue;
     }
+    // A reused id must not inherit a removed route's counters.
+    if (bpf_) bpf_->reset_route_counters(id);
     auto opened = open_route(next, i, id);
     if (!opened) {
       ++failed;
