@@ -231,7 +231,8 @@ TEST(Config, UnknownRouteKey) {
   expect_diags(
       parse(valid_plus("balanse = \"hash\"\nweight = 2\n")),
       {err(12, 1, R"(unknown key "balanse" in route #1: did you mean "balance"?)"),
-       err(13, 1, R"(unknown key "weight" in route #1; valid keys: from, to, mode, datapath, balance, allow-sources)")});
+       err(13, 1,
+           R"(unknown key "weight" in route #1; valid keys: from, to, mode, datapath, balance, allow-sources)")});
 }
 
 // ---- [relay] values ----
