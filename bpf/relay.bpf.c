@@ -14,8 +14,8 @@
  * Nothing is passed up to the socket's own (psock) queue on purpose: a
  * recv() there merges datagrams and reports no sender.
  */
-#include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
+#include <linux/bpf.h>
 
 #include "relay_shared.h"
 
@@ -80,7 +80,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, RELAY_MAX_ROUTES * RELAY_MAX_TARGETS);
+	__uint(max_entries, RELAY_MAX_ROUTES *RELAY_MAX_TARGETS);
 	__type(key, __u32);
 	__type(value, struct relay_target_stats);
 } relay_target_stats SEC(".maps");
@@ -101,7 +101,7 @@ static __always_inline void count_global(__u32 which)
  */
 static __always_inline int to_user_space(struct __sk_buff *skb, __u64 sender)
 {
-	struct relay_new_client_tag tag = { .sender_cookie = sender };
+	struct relay_new_client_tag tag = {.sender_cookie = sender};
 	__u64 target = new_client_target;
 
 	if (bpf_skb_change_head(skb, sizeof(tag), 0) ||
@@ -167,8 +167,8 @@ int relay_verdict(struct __sk_buff *skb)
 		 * client sticks to one target while the set of live targets
 		 * stays the same. */
 		__u32 first = flow->balance == RELAY_BALANCE_HASH
-				      ? flow->client_hash
-				      : (__u32)__sync_fetch_and_add(&flow->next, 1);
+				  ? flow->client_hash
+				  : (__u32)__sync_fetch_and_add(&flow->next, 1);
 		__u32 n = flow->n_targets;
 		__u32 slot;
 
@@ -187,7 +187,8 @@ int relay_verdict(struct __sk_buff *skb)
 		target_index = flow->target_index[slot] & (RELAY_MAX_TARGETS - 1);
 	}
 	if (bpf_sk_redirect_hash(skb, &relay_targets, &target,
-				 (flow->flags & RELAY_FLOW_INGRESS) ? BPF_F_INGRESS : 0) != SK_PASS) {
+				 (flow->flags & RELAY_FLOW_INGRESS) ? BPF_F_INGRESS : 0) !=
+	    SK_PASS) {
 		/* The partner left relay_targets (session torn down under us):
 		 * nowhere to deliver; counted so status shows it. */
 		stats->drop_no_target += 1;

@@ -26,9 +26,9 @@ typedef __u64 relay_u64;
 #define RELAY_MAX_TARGETS 8
 
 /* relay_flow.balance: how a flow with several targets picks one per skb. */
-#define RELAY_BALANCE_SINGLE 0      /* always target_cookie */
+#define RELAY_BALANCE_SINGLE 0	    /* always target_cookie */
 #define RELAY_BALANCE_ROUND_ROBIN 1 /* targets[next++ % n_targets] */
-#define RELAY_BALANCE_HASH 2        /* targets[client_hash % n_targets] */
+#define RELAY_BALANCE_HASH 2	    /* targets[client_hash % n_targets] */
 #define RELAY_BALANCE_BROADCAST 3   /* to user space, which copies to every target */
 
 /* relay_flow.flags */
@@ -53,7 +53,7 @@ struct relay_flow {
 	relay_u64 bytes;
 	relay_u32 balance;     /* RELAY_BALANCE_* */
 	relay_u32 n_targets;   /* targets[] in use (0: every target is down) */
-	relay_u64 next;        /* round-robin position */
+	relay_u64 next;	       /* round-robin position */
 	relay_u32 client_hash; /* hash of the client's address: RELAY_BALANCE_HASH */
 	relay_u32 _pad;
 	/*
@@ -88,17 +88,17 @@ struct relay_new_client_tag {
 
 /* Per-route counters, a per-CPU array indexed by route id. */
 struct relay_route_stats {
-	relay_u64 packets;        /* skbs redirected */
-	relay_u64 bytes;          /* their payload bytes */
+	relay_u64 packets;	  /* skbs redirected */
+	relay_u64 bytes;	  /* their payload bytes */
 	relay_u64 drop_no_target; /* redirect failed: the target socket is gone */
 };
 
 /* Counters not tied to a route, a per-CPU array indexed by enum. */
 enum relay_global_counter {
-	RELAY_GLOBAL_UNKNOWN_SOURCE = 0, /* no flow and no new-client socket: passed up */
-	RELAY_GLOBAL_BAD_ROUTE = 1,      /* flow names a route id out of range: dropped */
-	RELAY_GLOBAL_TAG_FAILED = 2,     /* could not prepend the new-client tag: dropped */
-	RELAY_GLOBAL_NEW_CLIENT_LOST = 3, /* the new-client socket is gone: dropped */
+	RELAY_GLOBAL_UNKNOWN_SOURCE = 0,   /* no flow and no new-client socket: passed up */
+	RELAY_GLOBAL_BAD_ROUTE = 1,	   /* flow names a route id out of range: dropped */
+	RELAY_GLOBAL_TAG_FAILED = 2,	   /* could not prepend the new-client tag: dropped */
+	RELAY_GLOBAL_NEW_CLIENT_LOST = 3,  /* the new-client socket is gone: dropped */
 	RELAY_GLOBAL_ALL_TARGETS_DOWN = 4, /* balanced flow with every target down: dropped */
 	RELAY_GLOBAL_MAX = 5,
 };
