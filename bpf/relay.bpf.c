@@ -14,8 +14,8 @@
  * Nothing is passed up to the socket's own (psock) queue on purpose: a
  * recv() there merges datagrams and reports no sender.
  */
-#include <bpf/bpf_helpers.h>
 #include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
 
 #include "relay_shared.h"
 
