@@ -123,8 +123,6 @@ int check_command(const Args& args) {
         diags.push_back({config_path, route.pos, Severity::Error, st.error().describe()});
         continue;
       }
-      if (std::string warning = experimental_warning(config, route); !warning.empty())
-        diags.push_back({config_path, route.pos, Severity::Warning, warning});
       for (const auto& from_name : route.from) {
         for (const auto& to_name : route.to) {
           const Endpoint* from = config.find_endpoint(from_name);

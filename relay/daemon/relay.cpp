@@ -70,15 +70,6 @@ bool wants_kernel(const Config& config) {
 }  // namespace
 
 // What this version can run; everything else is refused by name.
-std::string experimental_warning(const Config& config, const Route& route) {
-  for (const auto& name : route.from)
-    if (config.find_endpoint(name)->kind == EndpointKind::Tcp)
-      return "tcp relaying is experimental in this version: the 16 MiB transfer tests lose bytes or a "
-             "session "
-             "at close intermittently (issue 3)";
-  return "";
-}
-
 Status check_runnable(const Config& config, const Route& route) {
   std::string where = "route at line " + std::to_string(route.pos.line);
   if (route.to.size() > RELAY_MAX_TARGETS)
@@ -95,14 +86,6 @@ Status check_runnable(const Config& config, const Route& route) {
   // Datagram kinds relay to datagram kinds (flows), stream and seqpacket
   // kinds to stream and seqpacket kinds (sessions); a mix needs framing
   // rules this version does not have.
-  // Measured: 16 MiB transfers through unix-stream endpoints lose bytes
-  // on both data paths in this version. Refused rather than relayed broken.
-  for (const auto* names : {&route.from, &route.to})
-    for (const auto& name : *names)
-      if (config.find_endpoint(name)->kind == EndpointKind::UnixStream)
-        return plain_error(where + ": endpoint " + describe_endpoint(*config.find_endpoint(name)) +
-                           ": unix-stream endpoints are not relayed by this version (bytes were lost in "
-                           "testing); use tcp, unix-seqpacket or unix-dgram");
   for (const auto& name : route.from)
     if (!route.allow_sources.empty() && config.find_endpoint(name)->kind != EndpointKind::Udp)
       return plain_error(where +
@@ -222,8 +205,6 @@ Result<std::vector<Relay::RouteSource>> Relay::open_route(const std::shared_ptr<
       if (!choice.kernel) break;
     }
     if (choice.refused) return plain_error("route " + std::to_string(id) + ": " + choice.reason);
-    if (std::string warning = experimental_warning(*config, route); !warning.empty())
-      spdlog::warn("route {}: {}", id, warning);
     Fd listener = activated_.take(from->name);
     bool from_systemd = listener.valid();
     if (from_systemd) {

@@ -26,8 +26,6 @@ namespace sockrelay {
 // What this version can run; everything else is refused by name (`run`
 // and `check` both ask).
 Status check_runnable(const Config& config, const Route& route);
-// A warning for routes this version runs but does not yet trust, else "".
-std::string experimental_warning(const Config& config, const Route& route);
 
 class Relay {
  public:

@@ -16,16 +16,17 @@ DatapathChoice choose_datapath(Datapath requested, const MatrixCell& cell,
               "): " + cell.reason;
   else if (!kernel_unavailable.empty())
     why_not = "the kernel path is unavailable: " + kernel_unavailable;
-  if (why_not.empty() && requested == Datapath::Auto && !kind_is_datagram(cell.source)) {
-    // Measured (tests/integration/stream_relay_test.cpp): the stream kernel
-    // path still loses bytes around half-close and has no backpressure from
-    // a TCP source. Until that is fixed it runs only when asked for by name.
-    c.fell_back = true;
-    c.reason =
-        "user space: the stream kernel path is experimental (half-close and backpressure not yet "
-        "reliable); set datapath = \"kernel\" to use it anyway";
-    return c;
-  }
+  if (why_not.empty() && !kind_is_datagram(cell.source) &&
+      (cell.source != EndpointKind::Tcp || cell.target != EndpointKind::Tcp))
+    // Measured (StreamKernelFacts, stream_relay_test.cpp): a relayed stream
+    // must start with the bytes queued before its sockets entered the map
+    // and may only be half-closed once the psock backlog has emptied. tcp
+    // gives both exactly; AF_UNIX and VSOCK give neither.
+    why_not = "this version carries only tcp <-> tcp streams in the kernel: for " +
+              std::string(kind_name(cell.source == EndpointKind::Tcp ? cell.target : cell.source)) +
+              " the kernel neither hands bytes queued before the socket entered the map to the "
+              "verdict program at once, nor tells when its psock backlog has emptied (needed to "
+              "propagate a half-close without cutting the stream)";
   if (why_not.empty()) {
     c.kernel = true;
     c.reason =

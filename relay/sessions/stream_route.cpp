@@ -1,7 +1,6 @@
 #include "sessions/stream_route.h"
 
 #include <fcntl.h>
-#include <linux/sock_diag.h>
 #include <linux/sockios.h>
 #include <linux/tcp.h>
 #include <netinet/in.h>
@@ -23,7 +22,6 @@ namespace sockrelay {
 namespace {
 
 constexpr auto kHalfCloseCheck = std::chrono::milliseconds(5);
-constexpr int kStableChecks = 20;      // 21 equal observations, >= 100 ms apart (unix has no exact count)
 constexpr size_t kPipeSize = 1 << 20;  // user path: bytes in flight per direction
 constexpr size_t kMessageBuffer = 256 * 1024;  // user path: largest seqpacket message kept whole
 constexpr size_t kDrainChunk = 64 * 1024;
@@ -47,13 +45,6 @@ int ioctl_int(int fd, unsigned long request) {
   int value = 0;
   if (ioctl(fd, request, &value) != 0) return -1;
   return value;
-}
-
-uint32_t meminfo(int fd, int which) {
-  uint32_t mem[SK_MEMINFO_VARS] = {};
-  socklen_t len = sizeof(mem);
-  if (getsockopt(fd, SOL_SOCKET, SO_MEMINFO, mem, &len) != 0) return UINT32_MAX;
-  return mem[which];
 }
 
 // Bytes ever handed to a TCP socket's send path, plus `baseline` (the SYN
@@ -102,26 +93,19 @@ struct StreamRoute::Side {
   bool messages = false;  // seqpacket: keep message boundaries
 
   // Kernel path bookkeeping, for teardown in reverse.
-  bool target_added = false, flow_set = false, source_added = false, private_source = false;
+  bool target_added = false, flow_set = false, source_added = false;
 
   bool eof = false;       // no more bytes will be read from it
   bool hup = false;       // its peer is gone: nothing more can be written to it
   bool shut_wr = false;   // FIN propagated to it (or nothing left to propagate)
-  uint64_t user_in = 0;   // bytes user space read from it
-  uint64_t user_out = 0;  // bytes user space wrote to it
   uint64_t baseline = 0;  // tcp: tcp_bytes_written() before anything was written
 
-  // Data read from the other side, not yet written here.
-  std::string pending;                  // kernel path (pre-insertion bytes) and message copies
+  // User path: data read from the other side, not yet written here.
   std::vector<std::string> messages_q;  // seqpacket messages, one entry each
-  Fd pipe_r, pipe_w;                    // user path, byte streams: splice() through here
+  Fd pipe_r, pipe_w;                    // byte streams: splice() through here
   size_t in_pipe = 0;
 
-  // The half-close stability check for the direction ending here.
-  uint64_t last_redirected = UINT64_MAX;
-  uint32_t last_wmem = UINT32_MAX;
-  int stable = 0;
-  bool warned_mismatch = false;
+  bool warned_mismatch = false;  // kernel path: the byte counts disagreed (logged once)
 
   bool registered = false;
   uint32_t events = 0;
@@ -281,11 +265,11 @@ void StreamRoute::on_connected(Session& s) {
 
 Status StreamRoute::wire_kernel(Session& s) {
   const uint32_t route = spec_.route_id;
+  if (!s.client.tcp || !s.upstream.tcp)
+    return plain_error("the stream kernel path carries tcp <-> tcp only (choose_datapath)");
   s.kernel = true;
-  // The verdict program looks flows up by the cookie it sees. For tcp that
-  // is the receiving socket; AF_UNIX shows it the sender (measured in
-  // StreamKernelFacts), so each unix socket gets its own program instance
-  // that looks everything up under its own cookie.
+  // The verdict program looks a flow up by the receiving socket's cookie
+  // (tcp), steers its bytes to the partner with an egress redirect.
   if (auto st = maps_->set_flow(s.client.cookie, FlowEntry{s.upstream.cookie, route, RELAY_FLOW_STREAM}); !st)
     return st;
   s.client.flow_set = true;
@@ -296,94 +280,24 @@ Status StreamRoute::wire_kernel(Session& s) {
     if (auto st = maps_->add_target(side->cookie, side->fd.get()); !st) return st;
     side->target_added = true;
   }
-  // Bytes queued before the sockets enter the map would sit there until
-  // more arrived (and for unix, one skb per later send): move them now,
-  // while nothing else reads these sockets, so they go out first.
-  if (!drain_user(s, s.client, s.upstream) || !drain_user(s, s.upstream, s.client))
-    return plain_error("drain");
-  if (s.client.pending.empty() && s.upstream.pending.empty()) {
-    for (Side* side : {&s.client, &s.upstream}) {
-      if (side->tcp) {
-        if (auto st = maps_->add_source(side->cookie, side->fd.get()); !st) return st;
-      } else {
-        MapWriter::PrivateProgram program;
-        program.fixed_source = side->cookie;
-        if (auto st = maps_->add_private_source(side->cookie, side->fd.get(), program); !st) return st;
-        side->private_source = true;
-      }
-      side->source_added = true;
-    }
-    s.attached = true;
-    spdlog::debug("route {}: session {}: in the maps ({} + {} bytes moved before)", spec_.route_id, s.id,
-                  s.client.user_in, s.upstream.user_in);
-    // What arrived between the drain and the insertion (a window of a few
-    // microseconds): without a later send it would stay stranded. Read in
-    // user space it could in principle be overtaken by a skb the verdict
-    // program redirects at the same moment; a client that sends and then
-    // waits for the answer (the common case) is not affected.
-    if (!drain_user(s, s.client, s.upstream) || !drain_user(s, s.upstream, s.client))
-      return plain_error("drain");
+  for (Side* side : {&s.client, &s.upstream}) {
+    if (auto st = maps_->add_source(side->cookie, side->fd.get()); !st) return st;
+    side->source_added = true;
   }
-  // else: the target is full; the sources go in once pending is written
-  // (on_side_event, EPOLLOUT), so kernel bytes never overtake these.
+  s.attached = true;
+  // Bytes that arrived before a socket entered the map wait in its receive
+  // queue until the next segment wakes the verdict program, which for a
+  // client waiting for an answer is never. Setting SO_RCVLOWAT runs
+  // tcp_data_ready() under the socket lock: the verdict program takes the
+  // whole queue, oldest first, so nothing is stranded and no user-space
+  // read can race it (measured: StreamKernelFacts.RcvlowatHandsQueuedBytesToTheVerdict).
+  for (Side* side : {&s.client, &s.upstream}) {
+    int one = 1;
+    if (setsockopt(side->fd.get(), SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one)) != 0)
+      return errno_error(std::string("SO_RCVLOWAT on the ") + side->name + " socket");
+  }
+  spdlog::debug("route {}: session {}: in the maps", spec_.route_id, s.id);
   return {};
-}
-
-// Kernel path: reads what is queued on `from` (not yet steered) and writes
-// it to `to`. False when the session was closed.
-bool StreamRoute::drain_user(Session& s, Side& from, Side& to) {
-  // Whole skbs only: tcp_read_skb() and unix_read_skb() hand the verdict
-  // program whole skbs and ignore how much of one a recv() consumed, so a
-  // partly read skb would be redirected again in full (duplicated bytes,
-  // seen with unix-stream). So peek at everything queued, then read exactly
-  // that much: what arrives meanwhile queues behind it, in whole skbs.
-  // (SIOCINQ cannot tell: on a tcp socket in a sockmap it reports the psock
-  // queue only, 0 here, while the receive queue holds data.)
-  int rcvbuf = 0;
-  socklen_t optlen = sizeof(rcvbuf);
-  getsockopt(from.fd.get(), SOL_SOCKET, SO_RCVBUF, &rcvbuf, &optlen);
-  std::vector<char> buf(std::max<size_t>(kDrainChunk, static_cast<size_t>(rcvbuf) * 2));
-  while (!from.eof) {
-    ssize_t queued = recv(from.fd.get(), buf.data(), buf.size(), MSG_DONTWAIT | MSG_PEEK);
-    if (queued <= 0) {
-      if (queued < 0 && !would_block(errno)) {
-        fail_session(s.id, from, errno);
-        return false;
-      }
-      if (queued == 0) from.eof = true;
-      break;
-    }
-    ssize_t n = recv(from.fd.get(), buf.data(), static_cast<size_t>(queued), MSG_DONTWAIT);
-    if (n < 0) {
-      if (would_block(errno)) break;
-      fail_session(s.id, from, errno);
-      return false;
-    }
-    if (n == 0) {
-      from.eof = true;
-      break;
-    }
-    from.user_in += static_cast<uint64_t>(n);
-    to.pending.append(buf.data(), static_cast<size_t>(n));
-    s.last_user_ns = now_ns();
-  }
-  return flush_pending(s, to);
-}
-
-// Writes `to.pending`. False when the session was closed.
-bool StreamRoute::flush_pending(Session& s, Side& to) {
-  while (!to.pending.empty()) {
-    ssize_t n = send(to.fd.get(), to.pending.data(), to.pending.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
-    if (n < 0) {
-      if (would_block(errno)) break;
-      fail_session(s.id, to, errno);
-      return false;
-    }
-    to.user_out += static_cast<uint64_t>(n);
-    counters_.user_bytes += static_cast<uint64_t>(n);
-    to.pending.erase(0, static_cast<size_t>(n));
-  }
-  return true;
 }
 
 void StreamRoute::update_events(Session& s) {
@@ -394,12 +308,18 @@ void StreamRoute::update_events(Session& s) {
       // No EPOLLIN: a user-space read could race the verdict program for
       // the same bytes. EOF and errors are all we need.
       if (!side->eof) want |= EPOLLRDHUP;
-      if (!side->pending.empty()) want |= EPOLLOUT;
     } else {
-      bool room = side->messages || other.messages ? other.pending.empty() && other.messages_q.empty()
-                                                   : other.in_pipe == 0;
+      bool room = side->messages || other.messages ? other.messages_q.empty() : other.in_pipe == 0;
       if (!side->eof && room) want |= EPOLLIN | EPOLLRDHUP;
-      if (side->in_pipe > 0 || !side->pending.empty() || !side->messages_q.empty()) want |= EPOLLOUT;
+      if (side->in_pipe > 0 || !side->messages_q.empty()) want |= EPOLLOUT;
+      // A hung-up peer is no longer watched (below), yet may hold unread
+      // bytes: this side's writability drives the reads from it until EOF.
+      if (other.hup && !other.eof) {
+        if (side->hup)
+          other.eof = true;  // both ends gone: its bytes have nowhere to go
+        else
+          want |= EPOLLOUT;
+      }
     }
     if (side->hup) {
       // HUP is level-triggered and cannot be masked: stop watching.
@@ -427,18 +347,6 @@ void StreamRoute::on_side_event(Session& s, Side& side, uint32_t events) {
   }
   Side& other = s.other(side);
   if (s.kernel) {
-    if (events & EPOLLOUT) {
-      if (!flush_pending(s, side)) return;
-      if (!s.attached && s.client.pending.empty() && s.upstream.pending.empty()) {
-        if (auto st = wire_kernel(s); !st) {
-          if (sessions_.count(id)) {
-            ++counters_.sessions_failed;
-            close_session(id, "kernel path not set up");
-          }
-          return;
-        }
-      }
-    }
     if (events & (EPOLLRDHUP | EPOLLHUP)) side.eof = true;
   } else {
     if (events & EPOLLOUT) {
@@ -451,11 +359,14 @@ void StreamRoute::on_side_event(Session& s, Side& side, uint32_t events) {
     }
   }
   if (events & EPOLLHUP) {
-    // Both directions of this socket are shut: for unix its peer closed
-    // (anything still to be written to it has nowhere to go); for tcp both
-    // FINs have been exchanged.
+    // Both directions of this socket are shut: its peer closed, or both
+    // FINs have been exchanged. Nothing more can be written to it, but its
+    // receive queue may still hold bytes: on the user path EOF is only
+    // what a read returns (update_events keeps the reads going); on the
+    // kernel path the verdict program takes them and the half-close rule
+    // counts them.
     side.hup = true;
-    side.eof = true;
+    if (s.kernel) side.eof = true;
   }
   if (sessions_.count(id)) {
     update_events(s);
@@ -485,7 +396,6 @@ void StreamRoute::user_copy(Session& s, Side& from, Side& to) {
           return;
         }
         // A stream target may take part of a chunk; a seqpacket one all of it.
-        to.user_out += static_cast<uint64_t>(n);
         counters_.user_bytes += static_cast<uint64_t>(n);
         if (static_cast<size_t>(n) < m.size()) {
           to.messages_q.front().erase(0, static_cast<size_t>(n));
@@ -505,7 +415,6 @@ void StreamRoute::user_copy(Session& s, Side& from, Side& to) {
           return;
         }
         to.in_pipe -= static_cast<size_t>(n);
-        to.user_out += static_cast<uint64_t>(n);
         counters_.user_bytes += static_cast<uint64_t>(n);
         progress = true;
       }
@@ -535,7 +444,6 @@ void StreamRoute::user_copy(Session& s, Side& from, Side& to) {
           }
         } else {
           buf.resize(static_cast<size_t>(n));
-          from.user_in += static_cast<uint64_t>(n);
           to.messages_q.push_back(std::move(buf));
           progress = true;
         }
@@ -551,7 +459,6 @@ void StreamRoute::user_copy(Session& s, Side& from, Side& to) {
           from.eof = true;
         } else {
           to.in_pipe += static_cast<size_t>(n);
-          from.user_in += static_cast<uint64_t>(n);
           progress = true;
         }
       }
@@ -561,50 +468,23 @@ void StreamRoute::user_copy(Session& s, Side& from, Side& to) {
   }
 }
 
-// Kernel path: whether every byte of from -> to has reached `to`'s send
-// path, by the rule in stream_route.h. `timed` marks the periodic checks
-// that alone advance the stability counters.
+// Kernel path (tcp <-> tcp): whether every byte `from` received has been
+// redirected and has left `to`'s psock backlog into `to`'s send path, by
+// the rule in stream_route.h. Both counts are exact.
 bool StreamRoute::direction_flushed(Session& s, Side& from, Side& to) {
-  (void)s;
   uint64_t redirected = maps_->flow_bytes(from.cookie);
-  if (!to.pending.empty()) return false;
-  if (from.tcp) {
-    uint64_t received = tcp_bytes_received(from.fd.get());
-    // tcpi_bytes_received counts the FIN as one byte (measured).
-    if (received == 0 || received - 1 != redirected + from.user_in) {
-      if (received - 1 < redirected + from.user_in && !to.warned_mismatch) {
-        to.warned_mismatch = true;
-        spdlog::warn("route {}: session {}: {} received {} bytes but {} were forwarded", spec_.route_id, s.id,
-                     from.name, received - 1, redirected + from.user_in);
-      }
-      return false;
+  // tcpi_bytes_received counts the FIN as one byte (measured), and `from`
+  // has seen the FIN when this is asked.
+  uint64_t received = tcp_bytes_received(from.fd.get());
+  if (received == 0 || received - 1 != redirected) {
+    if (received != 0 && received - 1 < redirected && !to.warned_mismatch) {
+      to.warned_mismatch = true;
+      spdlog::warn("route {}: session {}: {} received {} bytes but {} were forwarded", spec_.route_id, s.id,
+                   from.name, received - 1, redirected);
     }
-  } else if (ioctl_int(from.fd.get(), SIOCINQ) != 0) {
     return false;
   }
-  uint64_t total = redirected + to.user_out;
-  uint32_t wmem = 0;
-  if (to.tcp) {
-    if (tcp_bytes_written(to.fd.get()) - to.baseline < total) return false;
-  } else {
-    wmem = meminfo(to.fd.get(), SK_MEMINFO_WMEM_ALLOC);
-    uint32_t sndbuf = meminfo(to.fd.get(), SK_MEMINFO_SNDBUF);
-    if (wmem == UINT32_MAX || wmem >= sndbuf / 2) {
-      to.stable = 0;
-      return false;
-    }
-  }
-  spdlog::debug("route {}: session {}: {} -> {}: redirected {} user_in {} user_out {} written {} baseline {}",
-                spec_.route_id, s.id, from.name, to.name, redirected, from.user_in, to.user_out,
-                to.tcp ? tcp_bytes_written(to.fd.get()) : 0, to.baseline);
-  if (from.tcp && to.tcp) return true;  // both counts exact
-  if (redirected != to.last_redirected || wmem != to.last_wmem) {
-    to.last_redirected = redirected;
-    to.last_wmem = wmem;
-    to.stable = 0;
-    return false;
-  }
-  return to.stable >= kStableChecks;
+  return tcp_bytes_written(to.fd.get()) - to.baseline >= redirected;
 }
 
 void StreamRoute::check_half_close(Session& s) {
@@ -618,7 +498,7 @@ void StreamRoute::check_half_close(Session& s) {
       continue;
     }
     bool flushed = s.kernel ? s.attached && direction_flushed(s, *from, to)
-                            : (to.in_pipe == 0 && to.pending.empty() && to.messages_q.empty());
+                            : (to.in_pipe == 0 && to.messages_q.empty());
     if (!flushed) {
       waiting = true;
       continue;
@@ -664,7 +544,6 @@ void StreamRoute::on_timer() {
     auto it = sessions_.find(id);
     if (it == sessions_.end()) continue;
     Session& s = *it->second;
-    for (Side* side : {&s.client, &s.upstream}) ++side->stable;
     check_half_close(s);
     auto again = sessions_.find(id);
     if (again != sessions_.end() && !again->second->done()) any = true;
@@ -696,12 +575,8 @@ void StreamRoute::close_session(uint64_t id, const char* why) {
   if (why) spdlog::debug("route {}: session {} closed: {}", spec_.route_id, id, why);
   if (s.kernel) {
     // Stop steering first, then forget the flows, then the targets.
-    for (Side* side : {&s.client, &s.upstream}) {
-      if (side->private_source)
-        maps_->remove_private_source(side->cookie);
-      else if (side->source_added)
-        maps_->remove_source(side->cookie);
-    }
+    for (Side* side : {&s.client, &s.upstream})
+      if (side->source_added) maps_->remove_source(side->cookie);
     for (Side* side : {&s.client, &s.upstream})
       if (side->flow_set) maps_->remove_flow(side->cookie);
     for (Side* side : {&s.client, &s.upstream})

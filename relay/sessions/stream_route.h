@@ -1,38 +1,36 @@
-// One stream route source: a tcp or unix-stream listener relayed to a tcp or
-// unix-stream (or, through user space, unix-seqpacket) upstream.
+// One stream route source: a tcp, unix-stream or unix-seqpacket listener
+// relayed to an upstream of one of those kinds.
 //
 // Each accepted connection is a session: the client's socket plus an
 // upstream socket connected for it (non-blocking, with a connect timeout).
-// On the kernel path both sockets go into the sockmaps and the verdict
-// program carries both directions; user space only sees EOF, errors and
-// the half-close bookkeeping. On the user-space path the relay moves the
-// bytes itself: splice() through a pipe for byte streams, one recvmsg/
-// sendmsg per message when a seqpacket end keeps message boundaries.
+// On the kernel path (tcp <-> tcp) both sockets go into the sockmaps and the
+// verdict program carries both directions; user space only sees EOF, errors
+// and the half-close bookkeeping. On the user-space path the relay moves
+// the bytes itself: splice() through a pipe for byte streams, one recv/send
+// per message when a seqpacket end keeps message boundaries.
 //
-// Half-close (the rule, for one direction X -> Y; X's peer sent FIN):
-// shutdown(Y, SHUT_WR) is issued only when
+// Why only tcp rides the kernel path (measured, see StreamKernelFacts):
+// a tcp socket's queued bytes can be handed to the verdict program at once
+// (SO_RCVLOWAT runs tcp_data_ready()), and tcp counts every byte in and
+// out, so the half-close rule below is exact. AF_UNIX has neither: bytes
+// queued before the socket entered the map are handed over one skb per
+// later send (a request sent before accept() would wait forever), and no
+// counter says when the psock backlog has emptied into the target.
+//
+// Half-close on the kernel path (for one direction X -> Y; X's peer sent
+// FIN): shutdown(Y, SHUT_WR) is issued only when
 //   1. X has seen EOF (EPOLLRDHUP: the verdict program never sees the FIN,
-//      but poll on a socket in a sockmap still reports RCV_SHUTDOWN), and
+//      but poll on a socket in a sockmap still reports RCV_SHUTDOWN),
 //   2. every byte X received has passed the verdict program:
-//        tcp:  tcpi_bytes_received(X) - 1 (the FIN) == redirected(X) +
-//              bytes user space read from X  -- exact;
-//        unix: SIOCINQ(X) == 0 and redirected(X) unchanged over three
-//              checks -- a unix sender runs the verdict in its own
-//              sendmsg(), so once it shut down nothing more can come, and
-//              the checks cover a send racing the shutdown on another CPU;
-//   3. every byte of the direction has left Y's psock backlog into Y:
-//        tcp:  tcpi_bytes_acked(Y) + SIOCOUTQ(Y) - baseline == redirected(X)
-//              + bytes user space wrote to Y -- exact: Y's send sequence
-//              holds this direction's bytes only; acked is read before
-//              outq, so a concurrent ACK can only make the sum smaller
-//              (wait longer), never larger;
-//        unix: no cumulative send counter exists, so Y must have had room
-//              (wmem < sndbuf / 2) with wmem and redirected(X) unchanged
-//              over three checks: the psock backlog only stops while Y is
-//              full and retries every jiffy, so a backlog holding data
-//              while Y has room changes Y's wmem within a few ms.
+//      tcpi_bytes_received(X) - 1 (the FIN) == redirected(X), and
+//   3. every one of them has left Y's psock backlog into Y's send path:
+//      tcpi_bytes_acked(Y) + SIOCOUTQ(Y) - baseline >= redirected(X). Y's
+//      send sequence holds this direction's bytes only; acked is read
+//      before outq, so a concurrent ACK can only make the sum smaller
+//      (wait longer), never larger.
 // A shutdown issued earlier would cut the stream: the redirected bytes
-// still in Y's psock backlog would then fail with EPIPE and be lost.
+// still in Y's psock backlog would then fail with EPIPE and be lost. On the
+// user path the rule is simply: the pipe toward Y is empty.
 #pragma once
 
 #include <chrono>
@@ -57,7 +55,7 @@ struct StreamCounters {
   uint64_t refused_max_sessions = 0;  // connections closed at accept: max-sessions reached
   uint64_t connect_failed = 0;        // upstream unreachable / refused / timed out
   uint64_t half_closes = 0;           // FINs propagated (shutdown(SHUT_WR) issued)
-  uint64_t user_bytes = 0;            // bytes user space moved (pre-insertion data, user path)
+  uint64_t user_bytes = 0;            // bytes user space moved (user path)
   uint64_t user_messages = 0;         // seqpacket messages user space moved
 };
 
@@ -98,8 +96,6 @@ class StreamRoute {
   Status wire_kernel(Session& s);
   void on_side_event(Session& s, Side& side, uint32_t events);
   void user_copy(Session& s, Side& from, Side& to);
-  bool flush_pending(Session& s, Side& to);
-  bool drain_user(Session& s, Side& from, Side& to);
   void check_half_close(Session& s);
   bool direction_flushed(Session& s, Side& from, Side& to);
   void update_events(Session& s);

@@ -144,7 +144,10 @@ inline TransferResult run_transfer(int fd, TransferPlan plan) {
           check_holder = std::make_unique<ByteStream>(plan.in_seed);
           check = check_holder.get();
         }
-        if (n == 0) r.got_eof = true;
+        if (n == 0) {
+          r.got_eof = true;
+          if (!gen) break;  // the peer left without a seed: nothing to answer
+        }
         continue;
       }
       ssize_t n = recv(fd, in.data(), in.size(), 0);

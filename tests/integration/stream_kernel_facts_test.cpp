@@ -153,6 +153,49 @@ TEST_P(StreamKernelFacts, EofBacklogAndCounters) {
   EXPECT_EQ(bpf.flow_bytes(ca), pushed);
 }
 
+// Bytes queued before a socket enters the map. tcp: they wait for the next
+// segment, and setting SO_RCVLOWAT hands the whole queue to the verdict
+// program at once (tcp_set_rcvlowat() runs tcp_data_ready()); the stream
+// kernel path relies on it. AF_UNIX: they wait too, SO_RCVLOWAT does
+// nothing, and each later send hands over one queued skb only; which is
+// why unix-stream rides the user-space path.
+TEST_P(StreamKernelFacts, QueuedBytesAndTheRcvlowatKick) {
+  const int family = GetParam();
+  auto loaded = BpfRelay::load();
+  ASSERT_TRUE(loaded.ok()) << loaded.error().describe();
+  BpfRelay& bpf = **loaded;
+  Pair front = connected_pair(family, dir_.file("f.sock"), 7000);
+  Pair back = connected_pair(family, dir_.file("b.sock"), 7001);
+  int a = front.accepted.get(), u = back.client.get();
+  uint64_t ca = socket_cookie(a).value(), cu = socket_cookie(u).value();
+  for (int i = 0; i < 3; ++i) ASSERT_EQ(send(front.client.get(), "0123456789", 10, 0), 10);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_TRUE(bpf.add_target(cu, u).ok());
+  ASSERT_TRUE(bpf.set_flow(ca, FlowEntry{cu, 0, 0}).ok());
+  if (family == AF_UNIX)
+    ASSERT_TRUE(bpf.add_private_source(ca, a, MapWriter::PrivateProgram{ca, 0}).ok());
+  else
+    ASSERT_TRUE(bpf.add_source(ca, a).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(bpf.flow_bytes(ca), 0u) << "queued bytes were redirected without a wake-up";
+  int one = 1;
+  ASSERT_EQ(setsockopt(a, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one)), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  uint64_t after_kick = bpf.flow_bytes(ca);
+  ASSERT_EQ(send(front.client.get(), "abcdefghij", 10, 0), 10);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  uint64_t after_send = bpf.flow_bytes(ca);
+  std::cout << (family == AF_UNIX ? "unix" : "tcp") << ": 30 bytes queued before the map; redirected after "
+            << "SO_RCVLOWAT " << after_kick << ", after one more 10-byte send " << after_send << "\n";
+  if (family == AF_UNIX) {
+    EXPECT_EQ(after_kick, 0u);
+    EXPECT_EQ(after_send, 10u) << "each send hands over one queued skb (the oldest)";
+  } else {
+    EXPECT_EQ(after_kick, 30u);
+    EXPECT_EQ(after_send, 40u);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Stream, StreamKernelFacts, ::testing::Values(AF_INET, AF_UNIX),
                          [](const ::testing::TestParamInfo<int>& i) {
                            return i.param == AF_UNIX ? "unix" : "tcp";

@@ -50,15 +50,20 @@ TEST(DatapathChoice, KernelUnavailableRefusesKernelAndFallsBackAuto) {
 namespace sockrelay {
 namespace {
 
-TEST(DatapathChoice, AutoKeepsStreamsInUserSpaceWhileTheKernelPathIsExperimental) {
-  auto c =
-      choose_datapath(Datapath::Auto, matrix_cell(EndpointKind::Tcp, EndpointKind::Tcp, Mode::Egress), "");
-  EXPECT_FALSE(c.kernel);
-  EXPECT_TRUE(c.fell_back);
-  EXPECT_NE(c.reason.find("experimental"), std::string::npos) << c.reason;
+TEST(DatapathChoice, OnlyTcpStreamsRideTheKernelPath) {
   EXPECT_TRUE(
-      choose_datapath(Datapath::Kernel, matrix_cell(EndpointKind::Tcp, EndpointKind::Tcp, Mode::Egress), "")
-          .kernel);
+      choose_datapath(Datapath::Auto, matrix_cell(EndpointKind::Tcp, EndpointKind::Tcp, Mode::Egress), "").kernel);
+  for (auto [from, to] : {std::pair{EndpointKind::UnixStream, EndpointKind::UnixStream},
+                          std::pair{EndpointKind::Tcp, EndpointKind::UnixStream},
+                          std::pair{EndpointKind::UnixStream, EndpointKind::Tcp},
+                          std::pair{EndpointKind::VsockStream, EndpointKind::UnixStream}}) {
+    const auto& cell = matrix_cell(from, to, Mode::Egress);
+    auto c = choose_datapath(Datapath::Auto, cell, "");
+    EXPECT_FALSE(c.kernel) << kind_name(from) << " -> " << kind_name(to);
+    EXPECT_TRUE(c.fell_back);
+    EXPECT_NE(c.reason.find("psock backlog"), std::string::npos) << c.reason;
+    EXPECT_TRUE(choose_datapath(Datapath::Kernel, cell, "").refused) << kind_name(from) << " -> " << kind_name(to);
+  }
 }
 
 }  // namespace
