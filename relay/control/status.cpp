@@ -34,6 +34,8 @@ std::string format_status_text(const StatusSnapshot& s) {
     }
     if (r.is_stream)
       out << "  stream    closed " << r.stream.sessions_closed << ", half-closes " << r.stream.half_closes
+          << ", backpressure pauses " << r.stream.backpressure_pauses << ", user fallbacks "
+          << r.stream.user_fallbacks
           << ", connect-failed " << r.stream.connect_failed << ", refused " << r.stream.refused_max_sessions
           << ", user bytes " << r.stream.user_bytes << ", user messages " << r.stream.user_messages << "\n";
   }
@@ -112,6 +114,8 @@ std::string format_status_json(const StatusSnapshot& s) {
           .field("sessions-failed", r.stream.sessions_failed)
           .field("sessions-expired", r.stream.sessions_expired)
           .field("half-closes", r.stream.half_closes)
+          .field("backpressure-pauses", r.stream.backpressure_pauses)
+          .field("user-fallbacks", r.stream.user_fallbacks)
           .field("connect-failed", r.stream.connect_failed)
           .field("refused-max-sessions", r.stream.refused_max_sessions)
           .field("user-bytes", r.stream.user_bytes)

@@ -22,6 +22,14 @@ namespace sockrelay {
 namespace {
 
 constexpr auto kHalfCloseCheck = std::chrono::milliseconds(5);
+// Kernel path backpressure: the psock backlog toward a socket has no limit
+// of its own (measured: ~60 MiB behind a stopped reader), so a direction
+// whose backlog passes kBacklogHigh is unsteered (its source leaves the map:
+// bytes stay in its receive queue and tcp flow control reaches the sender)
+// and steered again below kBacklogLow.
+constexpr auto kPressureCheck = std::chrono::milliseconds(20);
+constexpr uint64_t kBacklogHigh = 2 << 20;
+constexpr uint64_t kBacklogLow = 512 << 10;
 constexpr size_t kPipeSize = 1 << 20;  // user path: bytes in flight per direction
 constexpr size_t kMessageBuffer = 256 * 1024;  // user path: largest seqpacket message kept whole
 constexpr size_t kDrainChunk = 64 * 1024;
@@ -57,6 +65,13 @@ uint64_t tcp_bytes_written(int fd) {
   if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return 0;
   int outq = ioctl_int(fd, SIOCOUTQ);
   return info.tcpi_bytes_acked + static_cast<uint64_t>(outq < 0 ? 0 : outq);
+}
+
+bool tcp_established(int fd) {
+  constexpr uint8_t kEstablished = 1;  // TCP_ESTABLISHED in the kernel's tcp_states.h
+  tcp_info info{};
+  socklen_t len = sizeof(info);
+  return getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) == 0 && info.tcpi_state == kEstablished;
 }
 
 uint64_t tcp_bytes_received(int fd) {
@@ -106,6 +121,10 @@ struct StreamRoute::Side {
   size_t in_pipe = 0;
 
   bool warned_mismatch = false;  // kernel path: the byte counts disagreed (logged once)
+  bool paused = false;           // kernel path: unsteered, the backlog toward its partner is full
+  bool user_read = false;        // kernel session, but user space copies from this side (see pressure)
+  uint64_t user_in = 0;          // bytes user space read from it
+  uint64_t user_out = 0;         // bytes user space wrote to it
 
   bool registered = false;
   uint32_t events = 0;
@@ -135,6 +154,12 @@ Status StreamRoute::start() {
   timer_ = Fd(timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
   if (!timer_) return errno_error("timerfd_create");
   if (auto st = loop_.add(timer_.get(), EPOLLIN, [this](uint32_t) { on_timer(); }); !st) return st;
+  if (spec_.kernel) {
+    pressure_timer_ = Fd(timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+    if (!pressure_timer_) return errno_error("timerfd_create");
+    if (auto st = loop_.add(pressure_timer_.get(), EPOLLIN, [this](uint32_t) { on_pressure_timer(); }); !st)
+      return st;
+  }
   if (auto st = loop_.add(listener_.get(), EPOLLIN, [this](uint32_t) { on_listener_readable(); }); !st)
     return st;
   started_ = true;
@@ -146,6 +171,7 @@ void StreamRoute::stop() {
   while (!sessions_.empty()) close_session(sessions_.begin()->first, nullptr);
   loop_.remove(listener_.get());
   loop_.remove(timer_.get());
+  if (pressure_timer_) loop_.remove(pressure_timer_.get());
   started_ = false;
 }
 
@@ -231,17 +257,12 @@ void StreamRoute::on_connected(Session& s) {
   } else {
     for (Side* side : {&s.client, &s.upstream}) {
       if (s.client.messages || s.upstream.messages) continue;  // message copies: no pipe
-      int p[2];
-      if (pipe2(p, O_NONBLOCK | O_CLOEXEC) != 0) {
-        spdlog::warn("route {}: {}: pipe2: {}; closing the session", spec_.route_id, s.peer,
-                     std::strerror(errno));
+      if (auto st = open_pipe(*side); !st) {
+        spdlog::warn("route {}: {}: {}; closing the session", spec_.route_id, s.peer, st.error().describe());
         ++counters_.sessions_failed;
         close_session(s.id, nullptr);
         return;
       }
-      side->pipe_r = Fd(p[0]);
-      side->pipe_w = Fd(p[1]);
-      fcntl(side->pipe_w.get(), F_SETPIPE_SZ, static_cast<int>(kPipeSize));  // best effort
     }
   }
   Session* raw = &s;
@@ -261,6 +282,16 @@ void StreamRoute::on_connected(Session& s) {
   }
   update_events(s);
   check_half_close(s);
+}
+
+// The pipe that carries bytes toward `to` on the user path.
+Status StreamRoute::open_pipe(Side& to) {
+  int p[2];
+  if (pipe2(p, O_NONBLOCK | O_CLOEXEC) != 0) return errno_error("pipe2");
+  to.pipe_r = Fd(p[0]);
+  to.pipe_w = Fd(p[1]);
+  fcntl(to.pipe_w.get(), F_SETPIPE_SZ, static_cast<int>(kPipeSize));  // best effort
+  return {};
 }
 
 Status StreamRoute::wire_kernel(Session& s) {
@@ -296,6 +327,7 @@ Status StreamRoute::wire_kernel(Session& s) {
     if (setsockopt(side->fd.get(), SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one)) != 0)
       return errno_error(std::string("SO_RCVLOWAT on the ") + side->name + " socket");
   }
+  arm_pressure_timer(true);
   spdlog::debug("route {}: session {}: in the maps", spec_.route_id, s.id);
   return {};
 }
@@ -304,10 +336,11 @@ void StreamRoute::update_events(Session& s) {
   for (Side* side : {&s.client, &s.upstream}) {
     Side& other = s.other(*side);
     uint32_t want = 0;
-    if (s.kernel) {
+    if (s.kernel && !side->user_read) {
       // No EPOLLIN: a user-space read could race the verdict program for
       // the same bytes. EOF and errors are all we need.
       if (!side->eof) want |= EPOLLRDHUP;
+      if (side->in_pipe > 0) want |= EPOLLOUT;  // the partner's direction went to user space
     } else {
       bool room = side->messages || other.messages ? other.messages_q.empty() : other.in_pipe == 0;
       if (!side->eof && room) want |= EPOLLIN | EPOLLRDHUP;
@@ -346,17 +379,19 @@ void StreamRoute::on_side_event(Session& s, Side& side, uint32_t events) {
     }
   }
   Side& other = s.other(side);
-  if (s.kernel) {
-    if (events & (EPOLLRDHUP | EPOLLHUP)) side.eof = true;
-  } else {
-    if (events & EPOLLOUT) {
-      user_copy(s, other, side);
-      if (!sessions_.count(id)) return;
-    }
+  // User space copies both directions on the user path, and on the kernel
+  // path those that the backpressure handed to it.
+  if ((events & EPOLLOUT) && (!s.kernel || other.user_read)) {
+    user_copy(s, other, side);
+    if (!sessions_.count(id)) return;
+  }
+  if (!s.kernel || side.user_read) {
     if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP)) {
       user_copy(s, side, other);
       if (!sessions_.count(id)) return;
     }
+  } else if (events & (EPOLLRDHUP | EPOLLHUP)) {
+    side.eof = true;
   }
   if (events & EPOLLHUP) {
     // Both directions of this socket are shut: its peer closed, or both
@@ -366,7 +401,7 @@ void StreamRoute::on_side_event(Session& s, Side& side, uint32_t events) {
     // kernel path the verdict program takes them and the half-close rule
     // counts them.
     side.hup = true;
-    if (s.kernel) side.eof = true;
+    if (s.kernel && !side.user_read) side.eof = true;
   }
   if (sessions_.count(id)) {
     update_events(s);
@@ -415,6 +450,7 @@ void StreamRoute::user_copy(Session& s, Side& from, Side& to) {
           return;
         }
         to.in_pipe -= static_cast<size_t>(n);
+        to.user_out += static_cast<uint64_t>(n);
         counters_.user_bytes += static_cast<uint64_t>(n);
         progress = true;
       }
@@ -459,6 +495,7 @@ void StreamRoute::user_copy(Session& s, Side& from, Side& to) {
           from.eof = true;
         } else {
           to.in_pipe += static_cast<size_t>(n);
+          from.user_in += static_cast<uint64_t>(n);
           progress = true;
         }
       }
@@ -475,16 +512,17 @@ bool StreamRoute::direction_flushed(Session& s, Side& from, Side& to) {
   uint64_t redirected = maps_->flow_bytes(from.cookie);
   // tcpi_bytes_received counts the FIN as one byte (measured), and `from`
   // has seen the FIN when this is asked.
+  if (to.in_pipe > 0) return false;
   uint64_t received = tcp_bytes_received(from.fd.get());
-  if (received == 0 || received - 1 != redirected) {
-    if (received != 0 && received - 1 < redirected && !to.warned_mismatch) {
+  if (received == 0 || received - 1 != redirected + from.user_in) {
+    if (received != 0 && received - 1 < redirected + from.user_in && !to.warned_mismatch) {
       to.warned_mismatch = true;
       spdlog::warn("route {}: session {}: {} received {} bytes but {} were forwarded", spec_.route_id, s.id,
-                   from.name, received - 1, redirected);
+                   from.name, received - 1, redirected + from.user_in);
     }
     return false;
   }
-  return tcp_bytes_written(to.fd.get()) - to.baseline >= redirected;
+  return tcp_bytes_written(to.fd.get()) - to.baseline >= redirected + to.user_out;
 }
 
 void StreamRoute::check_half_close(Session& s) {
@@ -549,6 +587,89 @@ void StreamRoute::on_timer() {
     if (again != sessions_.end() && !again->second->done()) any = true;
   }
   arm_timer(any);
+}
+
+void StreamRoute::on_pressure_timer() {
+  uint64_t expirations;
+  while (read(pressure_timer_.get(), &expirations, sizeof(expirations)) > 0) {
+  }
+  bool any = false;
+  std::vector<uint64_t> to_user;
+  for (auto& [id, s] : sessions_) {
+    if (!s->attached) continue;
+    any = true;
+    for (Side* from : {&s->client, &s->upstream}) {
+      if (from->user_read) continue;  // the pipe bounds it
+      Side& to = s->other(*from);
+      uint64_t redirected = maps_->flow_bytes(from->cookie);
+      uint64_t written = tcp_bytes_written(to.fd.get()) - to.baseline - to.user_out;
+      uint64_t backlog = redirected > written ? redirected - written : 0;
+      if (!from->paused && backlog > kBacklogHigh && !from->eof) {
+        // Unsteered, the source keeps its psock (it is still a target) and
+        // its bytes wait in its receive queue, in order.
+        maps_->remove_source(from->cookie);
+        from->source_added = false;
+        from->paused = true;
+        ++counters_.backpressure_pauses;
+        spdlog::debug("route {}: session {}: {} paused, {} bytes wait toward the {}", spec_.route_id, id,
+                      from->name, backlog, to.name);
+      } else if (from->paused && backlog < kBacklogLow) {
+        // A sockmap takes established tcp sockets only: once this socket
+        // was half-closed (FIN_WAIT) it cannot go back in, and user space
+        // carries the rest of this direction, from when the backlog is
+        // empty (so its bytes cannot overtake the kernel's).
+        if (!tcp_established(from->fd.get())) {
+          if (backlog == 0) to_user.push_back(id);
+          continue;
+        }
+        if (auto st = maps_->add_source(from->cookie, from->fd.get()); !st) {
+          spdlog::warn("route {}: session {}: cannot steer the {} again: {}", spec_.route_id, id, from->name,
+                       st.error().describe());
+          continue;
+        }
+        from->source_added = true;
+        from->paused = false;
+        int one = 1;  // hand what queued meanwhile to the verdict program (see wire_kernel)
+        setsockopt(from->fd.get(), SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
+      }
+    }
+  }
+  for (uint64_t id : to_user) {
+    auto it = sessions_.find(id);
+    if (it == sessions_.end()) continue;
+    Session& s = *it->second;
+    for (Side* from : {&s.client, &s.upstream}) {
+      if (!from->paused || tcp_established(from->fd.get())) continue;
+      Side& to = s.other(*from);
+      if (auto st = open_pipe(to); !st) {
+        fail_session(id, *from, st.error().code);
+        break;
+      }
+      from->paused = false;
+      from->user_read = true;
+      ++counters_.user_fallbacks;
+      spdlog::debug("route {}: session {}: {} -> {} continues in user space (half-closed socket)",
+                    spec_.route_id, id, from->name, to.name);
+      user_copy(s, *from, to);
+      if (!sessions_.count(id)) break;
+    }
+    if (sessions_.count(id)) {
+      update_events(s);
+      check_half_close(s);
+    }
+  }
+  arm_pressure_timer(any);
+}
+
+// Runs only while kernel sessions exist: an idle relay does not wake.
+void StreamRoute::arm_pressure_timer(bool on) {
+  if (on == pressure_armed_) return;
+  itimerspec spec{};
+  if (on)
+    spec.it_interval.tv_nsec = spec.it_value.tv_nsec =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(kPressureCheck).count();
+  timerfd_settime(pressure_timer_.get(), 0, &spec, nullptr);
+  pressure_armed_ = on;
 }
 
 void StreamRoute::fail_session(uint64_t id, Side& failed, int err) {

@@ -55,6 +55,8 @@ struct StreamCounters {
   uint64_t refused_max_sessions = 0;  // connections closed at accept: max-sessions reached
   uint64_t connect_failed = 0;        // upstream unreachable / refused / timed out
   uint64_t half_closes = 0;           // FINs propagated (shutdown(SHUT_WR) issued)
+  uint64_t backpressure_pauses = 0;   // kernel path: a source unsteered while its partner's backlog was full
+  uint64_t user_fallbacks = 0;        // kernel path: a paused half-closed direction finished in user space
   uint64_t user_bytes = 0;            // bytes user space moved (user path)
   uint64_t user_messages = 0;         // seqpacket messages user space moved
 };
@@ -94,6 +96,7 @@ class StreamRoute {
   void on_listener_readable();
   void on_connected(Session& s);
   Status wire_kernel(Session& s);
+  Status open_pipe(Side& to);
   void on_side_event(Session& s, Side& side, uint32_t events);
   void user_copy(Session& s, Side& from, Side& to);
   void check_half_close(Session& s);
@@ -101,6 +104,8 @@ class StreamRoute {
   void update_events(Session& s);
   void arm_timer(bool on);
   void on_timer();
+  void on_pressure_timer();
+  void arm_pressure_timer(bool on);
   void close_session(uint64_t id, const char* why);
   void fail_session(uint64_t id, Side& failed, int err);
   uint64_t last_activity_ns(const Session& s) const;
@@ -111,6 +116,8 @@ class StreamRoute {
   EventLoop& loop_;
   SessionBudget& budget_;
   Fd timer_;  // fast half-close checks while a session waits to propagate a FIN
+  Fd pressure_timer_;  // kernel path: backlog checks (backpressure)
+  bool pressure_armed_ = false;
   bool timer_armed_ = false;
   std::unordered_map<uint64_t, std::unique_ptr<Session>> sessions_;
   uint64_t next_id_ = 1;
