@@ -1,7 +1,13 @@
 #include "config/config.h"
 
 #include <arpa/inet.h>
+#include <grp.h>
+#include <pwd.h>
+#include <sys/socket.h>
 #include <sys/un.h>
+// clang-format off: <sys/socket.h> must come before <linux/vm_sockets.h>.
+#include <linux/vm_sockets.h>
+// clang-format on
 #include <toml++/toml.h>
 
 #include <algorithm>
@@ -28,7 +34,8 @@ namespace {
 constexpr std::string_view kTopKeys[] = {"relay", "endpoints", "routes"};
 constexpr std::string_view kRelayKeys[] = {"log-level", "idle-timeout", "max-sessions", "control"};
 constexpr std::string_view kEndpointKeys[] = {"type", "listen", "connect"};
-constexpr std::string_view kRouteKeys[] = {"from", "to", "mode", "datapath", "balance", "allow-sources"};
+constexpr std::string_view kRouteKeys[] = {"from",          "to",         "mode",       "datapath", "balance",
+                                           "allow-sources", "allow-cids", "allow-uids", "allow-gids"};
 constexpr std::string_view kLogLevels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
 constexpr std::string_view kModes[] = {"egress", "ingress"};
 constexpr std::string_view kDatapaths[] = {"auto", "kernel", "userspace"};
@@ -456,6 +463,50 @@ void check_allow_sources(Checker& c, const toml::node& node, const std::string& 
   }
 }
 
+// allow-cids / allow-uids / allow-gids: numbers, or names ("host", "local"
+// for CIDs; user and group names, looked up now, for the others).
+void check_allow_ids(Checker& c, const toml::node& node, const std::string& where, const std::string& key,
+                     std::vector<uint32_t>& out) {
+  const toml::array* arr = node.as_array();
+  const char* example = key == "allow-cids"   ? "[3, \"host\"]"
+                        : key == "allow-uids" ? "[0, \"www-data\"]"
+                                              : "[0, \"adm\"]";
+  if (arr == nullptr) {
+    c.error(pos_of(node), where + ": " + key + " must be an array, e.g. " + example + ", got " +
+                              std::string(type_name(node.type())));
+    return;
+  }
+  for (const toml::node& item : *arr) {
+    if (auto n = item.value<int64_t>(); n && item.is_integer()) {
+      if (*n < 0 || *n > UINT32_MAX) {
+        c.error(pos_of(item), where + ": " + key + " entry " + std::to_string(*n) + " is out of range (0-4294967295)");
+        continue;
+      }
+      out.push_back(static_cast<uint32_t>(*n));
+      continue;
+    }
+    auto text = c.string_value(item, where + ": " + key + " entry");
+    if (!text) continue;
+    std::optional<uint32_t> id;
+    if (key == "allow-cids") {
+      if (*text == "host") id = VMADDR_CID_HOST;
+      if (*text == "local") id = VMADDR_CID_LOCAL;
+    } else if (key == "allow-uids") {
+      if (const passwd* pw = getpwnam(text->c_str())) id = pw->pw_uid;
+    } else if (const group* gr = getgrnam(text->c_str())) {
+      id = gr->gr_gid;
+    }
+    if (!id) {
+      c.error(pos_of(item), where + ": " + key + " entry " + quoted(*text) +
+                                (key == "allow-cids" ? " is not a CID: use a number, \"host\" (2) or \"local\" (1)"
+                                 : key == "allow-uids" ? " is not a user on this system: use a uid or a user name"
+                                                       : " is not a group on this system: use a gid or a group name"));
+      continue;
+    }
+    out.push_back(*id);
+  }
+}
+
 std::vector<Route> check_routes(Checker& c, const toml::node& node, std::vector<EndpointInfo>& endpoints,
                                 bool& unresolved) {
   std::vector<Route> out;
@@ -575,6 +626,9 @@ std::vector<Route> check_routes(Checker& c, const toml::node& node, std::vector<
       }
     }
     if (const toml::node* n = t->get("allow-sources")) check_allow_sources(c, *n, where, route);
+    if (const toml::node* n = t->get("allow-cids")) check_allow_ids(c, *n, where, "allow-cids", route.allow_cids);
+    if (const toml::node* n = t->get("allow-uids")) check_allow_ids(c, *n, where, "allow-uids", route.allow_uids);
+    if (const toml::node* n = t->get("allow-gids")) check_allow_ids(c, *n, where, "allow-gids", route.allow_gids);
     out.push_back(std::move(route));
   }
   return out;

@@ -101,6 +101,11 @@ struct Route {
   Balance balance = Balance::Single;
   // Clients of inet sources allowed to open a session; empty = everyone.
   std::vector<SourceNetwork> allow_sources;
+  // Peers of vsock sources by CID, and of unix stream/seqpacket sources by
+  // the uid/gid from SO_PEERCRED, allowed to open a session; empty = all.
+  std::vector<uint32_t> allow_cids;
+  std::vector<uint32_t> allow_uids;
+  std::vector<uint32_t> allow_gids;
   SourcePos pos;  // of the [[routes]] table
 };
 

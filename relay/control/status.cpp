@@ -36,7 +36,8 @@ std::string format_status_text(const StatusSnapshot& s) {
       out << "  stream    closed " << r.stream.sessions_closed << ", half-closes " << r.stream.half_closes
           << ", backpressure pauses " << r.stream.backpressure_pauses << ", user fallbacks "
           << r.stream.user_fallbacks
-          << ", connect-failed " << r.stream.connect_failed << ", refused " << r.stream.refused_max_sessions
+          << ", connect-failed " << r.stream.connect_failed << ", refused " << r.stream.refused_max_sessions << " (max-sessions) "
+          << r.stream.refused_policy << " (policy)"
           << ", user bytes " << r.stream.user_bytes << ", user messages " << r.stream.user_messages << "\n";
   }
   out << "global    unknown-source " << s.global.unknown_source << ", bad-route " << s.global.bad_route
@@ -118,6 +119,7 @@ std::string format_status_json(const StatusSnapshot& s) {
           .field("user-fallbacks", r.stream.user_fallbacks)
           .field("connect-failed", r.stream.connect_failed)
           .field("refused-max-sessions", r.stream.refused_max_sessions)
+          .field("refused-policy", r.stream.refused_policy)
           .field("user-bytes", r.stream.user_bytes)
           .field("user-messages", r.stream.user_messages);
       j.end_object();

@@ -78,6 +78,13 @@ Status check_runnable(const Config& config, const Route& route) {
     return plain_error(where +
                        ": several `to` targets are implemented for datagram routes (udp, unix-dgram) "
                        "only; use one target per stream route");
+  for (const auto& name : route.to) {
+    const Endpoint* to = config.find_endpoint(name);
+    if (route.mode == Mode::Ingress && kind_family(to->kind) == AF_VSOCK)
+      return plain_error(where + ": mode = \"ingress\" into " + describe_endpoint(*to) + ": " +
+                         matrix_cell(config.find_endpoint(route.from[0])->kind, to->kind, Mode::Ingress).reason +
+                         "; use mode = \"egress\"");
+  }
   if (route.mode != Mode::Egress)
     return plain_error(where +
                        ": mode = \"ingress\" delivers into the target socket's own receive queue, which only "
@@ -91,6 +98,18 @@ Status check_runnable(const Config& config, const Route& route) {
       return plain_error(where +
                          ": allow-sources is enforced for udp sources only in this version; endpoint " +
                          describe_endpoint(*config.find_endpoint(name)) + " is not one");
+  for (const auto& name : route.from) {
+    const Endpoint* e = config.find_endpoint(name);
+    if (!route.allow_cids.empty() && kind_family(e->kind) != AF_VSOCK)
+      return plain_error(where + ": allow-cids applies to vsock sources; endpoint " + describe_endpoint(*e) +
+                         " is not one (use allow-sources for udp, allow-uids/allow-gids for unix)");
+    bool unix_conn = e->kind == EndpointKind::UnixStream || e->kind == EndpointKind::UnixSeqpacket;
+    if ((!route.allow_uids.empty() || !route.allow_gids.empty()) && !unix_conn)
+      return plain_error(where +
+                         ": allow-uids and allow-gids are enforced (SO_PEERCRED) for unix-stream and "
+                         "unix-seqpacket sources only in this version; endpoint " +
+                         describe_endpoint(*e) + " is not one");
+  }
   for (const auto& name : route.from) {
     for (const auto& to_name : route.to) {
       const Endpoint* e = config.find_endpoint(name);
@@ -236,6 +255,9 @@ Result<std::vector<Relay::RouteSource>> Relay::open_route(const std::shared_ptr<
       spec.from = from;
       spec.to = to;
       spec.kernel = choice.kernel;
+      spec.allow_cids = route.allow_cids;
+      spec.allow_uids = route.allow_uids;
+      spec.allow_gids = route.allow_gids;
       spec.idle_timeout = config->relay.idle_timeout;
       source.stream = std::make_unique<StreamRoute>(spec, std::move(listener), bpf_.get(), loop_, budget_);
       if (auto st = source.stream->start(); !st) return st.error().wrap("route " + std::to_string(id));
@@ -428,6 +450,7 @@ StatusSnapshot Relay::snapshot() const {
       r.user.flows_expired = r.stream.sessions_expired;
       r.user.flows_failed = r.stream.sessions_failed;
       r.user.refused_max_sessions = r.stream.refused_max_sessions;
+      r.user.refused_policy = r.stream.refused_policy;
       r.user.drop_setup_failed = r.stream.connect_failed;
       r.user.user_bytes = r.stream.user_bytes;
       r.user.user_packets = r.stream.user_messages;

@@ -9,7 +9,11 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
+// clang-format off: <sys/socket.h> must come before <linux/vm_sockets.h>.
+#include <linux/vm_sockets.h>
+// clang-format on
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -190,6 +194,11 @@ void StreamRoute::on_listener_readable() {
     std::string peer_text = peer.ss_family == AF_UNIX
                                 ? "unix client"
                                 : format_address(reinterpret_cast<sockaddr*>(&peer), peer_len);
+    if (std::string why = policy_refusal(client.get(), peer); !why.empty()) {
+      if (counters_.refused_policy++ % 1000 == 0)
+        spdlog::warn("route {}: refused {}: {} (counted)", spec_.route_id, peer_text, why);
+      continue;
+    }
     if (!budget_.try_take()) {
       // Closed at once: the client sees EOF (tcp: RST if it already sent).
       if (counters_.refused_max_sessions++ % 1000 == 0)
@@ -213,8 +222,8 @@ void StreamRoute::on_listener_readable() {
     s->upstream.name = "upstream";
     s->client.fd = std::move(client);
     s->upstream.fd = std::move(*upstream);
-    s->client.tcp = spec_.from->address.family() != AF_UNIX && kind_is_stream(spec_.from->kind);
-    s->upstream.tcp = spec_.to->address.family() != AF_UNIX && kind_is_stream(spec_.to->kind);
+    s->client.tcp = spec_.from->kind == EndpointKind::Tcp;
+    s->upstream.tcp = spec_.to->kind == EndpointKind::Tcp;
     s->client.messages = kind_socktype(spec_.from->kind) == SOCK_SEQPACKET;
     s->upstream.messages = kind_socktype(spec_.to->kind) == SOCK_SEQPACKET;
     Session* raw = s.get();
@@ -229,6 +238,25 @@ void StreamRoute::on_listener_readable() {
         on_side_event(*raw, raw->upstream, events);
     });
   }
+}
+
+std::string StreamRoute::policy_refusal(int fd, const sockaddr_storage& peer) const {
+  auto listed = [](const std::vector<uint32_t>& ids, uint32_t id) {
+    return ids.empty() || std::find(ids.begin(), ids.end(), id) != ids.end();
+  };
+  if (peer.ss_family == AF_VSOCK) {
+    uint32_t cid = reinterpret_cast<const sockaddr_vm*>(&peer)->svm_cid;
+    if (!listed(spec_.allow_cids, cid)) return "CID " + std::to_string(cid) + " is not in allow-cids";
+  }
+  if (peer.ss_family == AF_UNIX && (!spec_.allow_uids.empty() || !spec_.allow_gids.empty())) {
+    ucred cred{};
+    socklen_t len = sizeof(cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0)
+      return std::string("SO_PEERCRED: ") + std::strerror(errno);
+    if (!listed(spec_.allow_uids, cred.uid)) return "uid " + std::to_string(cred.uid) + " is not in allow-uids";
+    if (!listed(spec_.allow_gids, cred.gid)) return "gid " + std::to_string(cred.gid) + " is not in allow-gids";
+  }
+  return "";
 }
 
 void StreamRoute::on_connected(Session& s) {
@@ -336,14 +364,17 @@ void StreamRoute::update_events(Session& s) {
   for (Side* side : {&s.client, &s.upstream}) {
     Side& other = s.other(*side);
     uint32_t want = 0;
-    if (s.kernel && !side->user_read) {
-      // No EPOLLIN: a user-space read could race the verdict program for
-      // the same bytes. EOF and errors are all we need.
-      if (!side->eof) want |= EPOLLRDHUP;
-      if (side->in_pipe > 0) want |= EPOLLOUT;  // the partner's direction went to user space
-    } else {
+    bool user_reads = !s.kernel || side->user_read;   // user space reads from this side
+    bool user_writes = !s.kernel || other.user_read;  // and writes to it
+    if (user_reads) {
       bool room = side->messages || other.messages ? other.messages_q.empty() : other.in_pipe == 0;
       if (!side->eof && room) want |= EPOLLIN | EPOLLRDHUP;
+    } else if (!side->eof) {
+      // No EPOLLIN: a user-space read could race the verdict program for
+      // the same bytes. EOF and errors are all we need.
+      want |= EPOLLRDHUP;
+    }
+    if (user_writes) {
       if (side->in_pipe > 0 || !side->messages_q.empty()) want |= EPOLLOUT;
       // A hung-up peer is no longer watched (below), yet may hold unread
       // bytes: this side's writability drives the reads from it until EOF.
@@ -647,6 +678,9 @@ void StreamRoute::on_pressure_timer() {
       }
       from->paused = false;
       from->user_read = true;
+      // EOF seen while steered only meant RDHUP: the bytes queued while
+      // paused are still to be read, and a read returning 0 now says EOF.
+      from->eof = false;
       ++counters_.user_fallbacks;
       spdlog::debug("route {}: session {}: {} -> {} continues in user space (half-closed socket)",
                     spec_.route_id, id, from->name, to.name);

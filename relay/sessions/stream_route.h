@@ -38,6 +38,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "bpf_loader/map_writer.h"
 #include "common/fd.h"
@@ -53,6 +54,7 @@ struct StreamCounters {
   uint64_t sessions_failed = 0;       // reset / socket error on either side
   uint64_t sessions_expired = 0;      // idle for idle-timeout
   uint64_t refused_max_sessions = 0;  // connections closed at accept: max-sessions reached
+  uint64_t refused_policy = 0;        // connections closed at accept: allow-cids/uids/gids
   uint64_t connect_failed = 0;        // upstream unreachable / refused / timed out
   uint64_t half_closes = 0;           // FINs propagated (shutdown(SHUT_WR) issued)
   uint64_t backpressure_pauses = 0;   // kernel path: a source unsteered while its partner's backlog was full
@@ -66,6 +68,9 @@ struct StreamRouteSpec {
   const Endpoint* from = nullptr;
   const Endpoint* to = nullptr;
   bool kernel = true;  // kernel data path; false: user space carries it all
+  // Peers allowed to open a session (empty = all): vsock by CID, unix by
+  // the uid/gid of SO_PEERCRED.
+  std::vector<uint32_t> allow_cids, allow_uids, allow_gids;
   std::chrono::milliseconds idle_timeout{120'000};
   std::chrono::milliseconds connect_timeout{5'000};
 };
@@ -94,6 +99,8 @@ class StreamRoute {
   struct Session;
 
   void on_listener_readable();
+  // Empty when allow-cids/uids/gids let this peer in, else why not.
+  std::string policy_refusal(int fd, const sockaddr_storage& peer) const;
   void on_connected(Session& s);
   Status wire_kernel(Session& s);
   Status open_pipe(Side& to);

@@ -12,6 +12,9 @@
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
+// clang-format off: <sys/socket.h> must come before <linux/vm_sockets.h>.
+#include <linux/vm_sockets.h>
+// clang-format on
 
 #include <atomic>
 #include <chrono>
@@ -165,6 +168,16 @@ struct Addr {
     sun->sun_family = AF_UNIX;
     std::strncpy(sun->sun_path, path.c_str(), sizeof(sun->sun_path) - 1);
     a.len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size() + 1);
+    return a;
+  }
+  // Only inside a vm-tests guest (vsock loopback, CID 1): never on the host.
+  static Addr vsock(uint32_t cid, uint32_t port) {
+    Addr a;
+    auto* svm = reinterpret_cast<sockaddr_vm*>(&a.ss);
+    svm->svm_family = AF_VSOCK;
+    svm->svm_cid = cid;
+    svm->svm_port = port;
+    a.len = sizeof(sockaddr_vm);
     return a;
   }
   const sockaddr* sa() const { return reinterpret_cast<const sockaddr*>(&ss); }

@@ -232,7 +232,7 @@ TEST(Config, UnknownRouteKey) {
       parse(valid_plus("balanse = \"hash\"\nweight = 2\n")),
       {err(12, 1, R"(unknown key "balanse" in route #1: did you mean "balance"?)"),
        err(13, 1,
-           R"(unknown key "weight" in route #1; valid keys: from, to, mode, datapath, balance, allow-sources)")});
+           R"(unknown key "weight" in route #1; valid keys: from, to, mode, datapath, balance, allow-sources, allow-cids, allow-uids, allow-gids)")});
 }
 
 // ---- [relay] values ----
@@ -911,6 +911,43 @@ TEST(AllowSources, BadNetworkIsAnErrorAtItsPosition) {
   EXPECT_EQ(out.diagnostics[0].pos.line, 10);
   EXPECT_NE(out.diagnostics[0].message.find("is not a network"), std::string::npos)
       << out.diagnostics[0].message;
+}
+
+}  // namespace
+}  // namespace sockrelay
+
+namespace sockrelay {
+namespace {
+
+TEST(AllowIds, CidsUidsAndGidsByNumberOrName) {
+  ParseOutcome out = parse_config(
+      "[endpoints.a]\ntype = \"vsock-stream\"\nlisten = \"any:5000\"\n"
+      "[endpoints.b]\ntype = \"unix-stream\"\nconnect = \"/run/b.sock\"\n"
+      "[[routes]]\nfrom = \"a\"\nto = \"b\"\nallow-cids = [3, \"host\", \"local\"]\n"
+      "allow-uids = [0, \"root\"]\nallow-gids = [\"root\", 7]\n",
+      "t.toml");
+  ASSERT_FALSE(out.has_errors()) << (out.diagnostics.empty() ? "" : out.diagnostics[0].format());
+  const Route& r = out.config.routes[0];
+  EXPECT_EQ(r.allow_cids, (std::vector<uint32_t>{3, 2, 1}));
+  EXPECT_EQ(r.allow_uids, (std::vector<uint32_t>{0, 0}));
+  EXPECT_EQ(r.allow_gids, (std::vector<uint32_t>{0, 7}));
+}
+
+TEST(AllowIds, UnknownNamesAndBadTypesAreErrorsAtTheirPosition) {
+  for (auto [line, expect] :
+       {std::pair{"allow-cids = [\"hypervisor\"]", "is not a CID"},
+        std::pair{"allow-uids = [\"no-such-user-sockrelay\"]", "is not a user on this system"},
+        std::pair{"allow-gids = [-1]", "out of range"}, std::pair{"allow-cids = 3", "must be an array"}}) {
+    ParseOutcome out = parse_config(
+        std::string("[endpoints.a]\ntype = \"vsock-stream\"\nlisten = \"any:5000\"\n"
+                    "[endpoints.b]\ntype = \"unix-stream\"\nconnect = \"/run/b.sock\"\n"
+                    "[[routes]]\nfrom = \"a\"\nto = \"b\"\n") +
+            line + "\n",
+        "t.toml");
+    ASSERT_TRUE(out.has_errors()) << line;
+    EXPECT_EQ(out.diagnostics[0].pos.line, 10) << line;
+    EXPECT_NE(out.diagnostics[0].message.find(expect), std::string::npos) << out.diagnostics[0].message;
+  }
 }
 
 }  // namespace

@@ -14,7 +14,6 @@ vmtest 6.12   gtest-probe       gtest 'Probe*'
 vmtest 6.12   gtest-datagram    --timeout 150 gtest 'Datagram*:*AllFour*'
 vmtest 6.1    gtest-datagram    --timeout 150 gtest 'BpfRelay*:Datagram*:*AllFour*'
 
-# Relay tests with VSOCK endpoints go here, e.g.
-#   vmtest 6.12 relay-vsock     gtest 'Vsock*'
-# or a new function in checks.sh that writes a config, starts "$RELAY" and
-# moves data over vsock CID 1 (VMADDR_CID_LOCAL) only.
+# The relay with VSOCK endpoints (user-space path on both kernels: the
+# stream kernel path carries tcp only), over vsock loopback, CID 1.
+vmtest all    relay-vsock       --timeout 240 gtest 'Vsock*'
