@@ -116,7 +116,12 @@ inline TransferResult run_transfer(int fd, TransferPlan plan) {
     poll(&p, 1, 100);
     if (!header.empty()) {
       ssize_t n = send(fd, header.data(), header.size(), MSG_NOSIGNAL);
-      if (n > 0) header.erase(0, static_cast<size_t>(n));
+      if (n > 0) {
+        header.erase(0, static_cast<size_t>(n));
+      } else if (n < 0 && errno != EAGAIN) {
+        r.error = errno;
+        break;
+      }
     } else if (gen && !shut) {
       if (out_off < out_len) {
         ssize_t n = send(fd, out.data() + out_off, out_len - out_off, MSG_NOSIGNAL);

@@ -808,6 +808,7 @@ TEST(ShippedConfigs, EveryExampleIsValid) {
   const std::set<std::string> expected = {
       "sockrelay.toml", "udp-to-unix-dgram.toml",  "unix-dgram-to-udp.toml",        "unix-to-unix.toml",
       "tcp-proxy.toml", "unix-stream-to-tcp.toml", "vsock-guest-to-host-unix.toml", "fan-out.toml",
+      "vsock-guest-to-host-seqpacket.toml", "vsock-host-to-guest.toml",
   };
   std::set<std::string> found;
   for (const auto& entry : std::filesystem::directory_iterator(config_dir())) {
