@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 #include "common/socket_cookie.h"
@@ -34,6 +35,9 @@ constexpr auto kHalfCloseCheck = std::chrono::milliseconds(5);
 constexpr auto kPressureCheck = std::chrono::milliseconds(20);
 constexpr uint64_t kBacklogHigh = 2 << 20;
 constexpr uint64_t kBacklogLow = 512 << 10;
+// Stop (SIGTERM, or the route removed by a reload): how long bytes already
+// taken in may still be delivered before the sockets close.
+constexpr auto kStopDrain = std::chrono::seconds(2);
 constexpr size_t kPipeSize = 1 << 20;  // user path: bytes in flight per direction
 constexpr size_t kMessageBuffer = 256 * 1024;  // user path: largest seqpacket message kept whole
 constexpr size_t kDrainChunk = 64 * 1024;
@@ -172,6 +176,7 @@ Status StreamRoute::start() {
 
 void StreamRoute::stop() {
   if (!started_) return;
+  deliver_before_stop();
   while (!sessions_.empty()) close_session(sessions_.begin()->first, nullptr);
   loop_.remove(listener_.get());
   loop_.remove(timer_.get());
@@ -620,6 +625,56 @@ void StreamRoute::on_timer() {
   arm_timer(any);
 }
 
+// Bytes in the psock backlog from `from` toward `to` (kernel path).
+uint64_t StreamRoute::backlog(const Side& from, const Side& to) const {
+  uint64_t redirected = maps_->flow_bytes(from.cookie);
+  uint64_t written = tcp_bytes_written(to.fd.get()) - to.baseline - to.user_out;
+  return redirected > written ? redirected - written : 0;
+}
+
+// Before the sockets close: no new bytes enter the kernel path, the psock
+// backlogs empty into their sockets, and what the relay's sockets hold or
+// its pipes carry is written out, for up to kStopDrain. close() then sends
+// each FIN after the bytes (tcp sends its queue before the FIN).
+void StreamRoute::deliver_before_stop() {
+  const auto deadline = std::chrono::steady_clock::now() + kStopDrain;
+  for (auto& [id, s] : sessions_)
+    for (Side* side : {&s->client, &s->upstream})
+      if (side->source_added) {
+        maps_->remove_source(side->cookie);
+        side->source_added = false;
+      }
+  while (std::chrono::steady_clock::now() < deadline) {
+    bool busy = false;
+    std::vector<uint64_t> ids;
+    for (auto& [id, s] : sessions_) ids.push_back(id);
+    for (uint64_t id : ids) {
+      auto it = sessions_.find(id);
+      if (it == sessions_.end() || it->second->connecting) continue;
+      Session& s = *it->second;
+      for (Side* from : {&s.client, &s.upstream}) {
+        Side& to = s.other(*from);
+        if (to.shut_wr || to.hup) continue;
+        if (s.kernel && !from->user_read) {
+          if (!s.attached) continue;
+          if (backlog(*from, to) > 0) {
+            busy = true;
+            continue;
+          }
+          if (!open_pipe(to)) continue;
+          from->user_read = true;  // as after a pause: user space reads on (see on_pressure_timer)
+          from->eof = false;
+        }
+        user_copy(s, *from, to);
+        if (!sessions_.count(id)) break;
+        if (to.in_pipe > 0 || !to.messages_q.empty()) busy = true;
+      }
+    }
+    if (!busy) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+
 void StreamRoute::on_pressure_timer() {
   uint64_t expirations;
   while (read(pressure_timer_.get(), &expirations, sizeof(expirations)) > 0) {
@@ -632,10 +687,8 @@ void StreamRoute::on_pressure_timer() {
     for (Side* from : {&s->client, &s->upstream}) {
       if (from->user_read) continue;  // the pipe bounds it
       Side& to = s->other(*from);
-      uint64_t redirected = maps_->flow_bytes(from->cookie);
-      uint64_t written = tcp_bytes_written(to.fd.get()) - to.baseline - to.user_out;
-      uint64_t backlog = redirected > written ? redirected - written : 0;
-      if (!from->paused && backlog > kBacklogHigh && !from->eof) {
+      uint64_t waiting = backlog(*from, to);
+      if (!from->paused && waiting > kBacklogHigh && !from->eof) {
         // Unsteered, the source keeps its psock (it is still a target) and
         // its bytes wait in its receive queue, in order.
         maps_->remove_source(from->cookie);
@@ -643,14 +696,14 @@ void StreamRoute::on_pressure_timer() {
         from->paused = true;
         ++counters_.backpressure_pauses;
         spdlog::debug("route {}: session {}: {} paused, {} bytes wait toward the {}", spec_.route_id, id,
-                      from->name, backlog, to.name);
-      } else if (from->paused && backlog < kBacklogLow) {
+                      from->name, waiting, to.name);
+      } else if (from->paused && waiting < kBacklogLow) {
         // A sockmap takes established tcp sockets only: once this socket
         // was half-closed (FIN_WAIT) it cannot go back in, and user space
         // carries the rest of this direction, from when the backlog is
         // empty (so its bytes cannot overtake the kernel's).
         if (!tcp_established(from->fd.get())) {
-          if (backlog == 0) to_user.push_back(id);
+          if (waiting == 0) to_user.push_back(id);
           continue;
         }
         if (auto st = maps_->add_source(from->cookie, from->fd.get()); !st) {

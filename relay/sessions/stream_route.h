@@ -104,6 +104,8 @@ class StreamRoute {
   void on_connected(Session& s);
   Status wire_kernel(Session& s);
   Status open_pipe(Side& to);
+  uint64_t backlog(const Side& from, const Side& to) const;
+  void deliver_before_stop();
   void on_side_event(Session& s, Side& side, uint32_t events);
   void user_copy(Session& s, Side& from, Side& to);
   void check_half_close(Session& s);

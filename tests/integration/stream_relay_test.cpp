@@ -325,6 +325,34 @@ TEST_F(StreamRelay, AllowUidsAndGidsFilterUnixPeers) {
   }
 }
 
+// SIGTERM while bytes are on their way (the server is not reading): what the
+// relay had taken in is delivered, then the FIN, and it exits 0.
+TEST_F(StreamRelay, SigtermDeliversWhatWasTakenThenFin) {
+  for (const char* datapath : {"kernel", "userspace"}) {
+    SCOPED_TRACE(datapath);
+    TempDir dir;
+    TransferPlan server_plan;
+    server_plan.pause_reading = std::chrono::milliseconds(1500);
+    StreamServer server(back("tcp"), 0, server_plan);
+    RelayProcess relay(dir, config("tcp", "tcp", datapath));
+    ASSERT_TRUE(relay.wait_ready()) << relay.log();
+    const uint64_t kBytes = 8 * kMiB;
+    auto client = std::async(std::launch::async, [&] {
+      Fd c = stream_connect(front("tcp"));
+      return run_transfer(c.get(), client_plan(kBytes));
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(700));
+    EXPECT_EQ(relay.terminate(), 0) << relay.log();
+    TransferResult r = client.get();
+    EXPECT_EQ(r.sent, kBytes);
+    ASSERT_TRUE(server.wait_finished(1, std::chrono::seconds(10)));
+    TransferResult got = server.results()[0];
+    EXPECT_EQ(got.received, kBytes);
+    EXPECT_TRUE(got.intact);
+    EXPECT_TRUE(got.got_eof) << "the FIN after the bytes";
+  }
+}
+
 TEST_F(StreamRelay, MaxSessionsRefusesAndCounts) {
   StreamServer server(back("tcp"), 0);
   RelayProcess relay(dir_, config("tcp", "tcp", "auto", "max-sessions = 2\n"));
