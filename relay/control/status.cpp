@@ -38,7 +38,8 @@ std::string format_status_text(const StatusSnapshot& s) {
           << r.stream.user_fallbacks
           << ", connect-failed " << r.stream.connect_failed << ", refused " << r.stream.refused_max_sessions << " (max-sessions) "
           << r.stream.refused_policy << " (policy)"
-          << ", user bytes " << r.stream.user_bytes << ", user messages " << r.stream.user_messages << "\n";
+          << ", user bytes " << r.stream.user_bytes << ", user messages " << r.stream.user_messages
+          << ", dropped messages " << r.stream.dropped_messages << "\n";
   }
   out << "global    unknown-source " << s.global.unknown_source << ", bad-route " << s.global.bad_route
       << ", new-client-tag-failed " << s.global.tag_failed << ", new-client-lost " << s.global.new_client_lost
@@ -121,7 +122,8 @@ std::string format_status_json(const StatusSnapshot& s) {
           .field("refused-max-sessions", r.stream.refused_max_sessions)
           .field("refused-policy", r.stream.refused_policy)
           .field("user-bytes", r.stream.user_bytes)
-          .field("user-messages", r.stream.user_messages);
+          .field("user-messages", r.stream.user_messages)
+          .field("dropped-messages", r.stream.dropped_messages);
       j.end_object();
     }
     j.end_object();

@@ -90,9 +90,6 @@ Status check_runnable(const Config& config, const Route& route) {
                        ": mode = \"ingress\" delivers into the target socket's own receive queue, which only "
                        "a local subscriber socket can use; subscribers are not implemented yet: use "
                        "mode = \"egress\"");
-  // Datagram kinds relay to datagram kinds (flows), stream and seqpacket
-  // kinds to stream and seqpacket kinds (sessions); a mix needs framing
-  // rules this version does not have.
   for (const auto& name : route.from)
     if (!route.allow_sources.empty() && config.find_endpoint(name)->kind != EndpointKind::Udp)
       return plain_error(where +
@@ -114,11 +111,12 @@ Status check_runnable(const Config& config, const Route& route) {
     for (const auto& to_name : route.to) {
       const Endpoint* e = config.find_endpoint(name);
       const Endpoint* to = config.find_endpoint(to_name);
-      if (kind_is_datagram(e->kind) != kind_is_datagram(to->kind))
-        return plain_error(
-            where + ": endpoint " + describe_endpoint(*e) + " -> " + describe_endpoint(*to) +
-            ": relaying between a datagram kind and a stream/seqpacket kind is not implemented yet; "
-            "pair udp/unix-dgram with each other, and tcp/unix-stream/unix-seqpacket with each other");
+      // A datagram <-> stream/seqpacket bridge frames per session in user
+      // space (sessions/bridge_route.h): one target, one framing.
+      if (kind_is_datagram(e->kind) != kind_is_datagram(to->kind) && route.to.size() != 1)
+        return plain_error(where + ": endpoint " + describe_endpoint(*e) + " -> " + describe_endpoint(*to) +
+                           ": a route between a datagram kind and a stream/seqpacket kind takes exactly one "
+                           "`to` target");
     }
   }
   return {};
@@ -238,7 +236,16 @@ Result<std::vector<Relay::RouteSource>> Relay::open_route(const std::shared_ptr<
     source.route_id = id;
     source.identity = route_identity(*config, route);
     source.datapath_reason = choice.reason;
-    if (kind_is_datagram(from->kind)) {
+    if (kind_is_datagram(from->kind) != kind_is_datagram(to->kind)) {
+      BridgeRouteSpec spec;
+      spec.route_id = id;
+      spec.from = from;
+      spec.to = to;
+      spec.policy = PeerPolicy::of(route);
+      spec.idle_timeout = config->relay.idle_timeout;
+      source.bridge = std::make_unique<BridgeRoute>(spec, std::move(listener), loop_, budget_);
+      if (auto st = source.bridge->start(); !st) return st.error().wrap("route " + std::to_string(id));
+    } else if (kind_is_datagram(from->kind)) {
       DatagramRouteSpec spec;
       spec.route_id = id;
       spec.from = from;
@@ -255,9 +262,7 @@ Result<std::vector<Relay::RouteSource>> Relay::open_route(const std::shared_ptr<
       spec.from = from;
       spec.to = to;
       spec.kernel = choice.kernel;
-      spec.allow_cids = route.allow_cids;
-      spec.allow_uids = route.allow_uids;
-      spec.allow_gids = route.allow_gids;
+      spec.policy = PeerPolicy::of(route);
       spec.idle_timeout = config->relay.idle_timeout;
       source.stream = std::make_unique<StreamRoute>(spec, std::move(listener), bpf_.get(), loop_, budget_);
       if (auto st = source.stream->start(); !st) return st.error().wrap("route " + std::to_string(id));
@@ -308,6 +313,7 @@ void Relay::reload() {
   for (auto& source : removed) {
     if (source.route) source.route->stop();
     if (source.stream) source.stream->stop();
+    if (source.bridge) source.bridge->stop();
   }
   size_t stopped = removed.size();
   removed.clear();  // closes their listeners
@@ -370,6 +376,7 @@ void Relay::tick() {
   for (auto& s : sources_) {
     if (s.route) s.route->tick();
     if (s.stream) s.stream->expire_idle();
+    if (s.bridge) s.bridge->expire_idle();
   }
   notifier_.status(status_line());
   notifier_.watchdog_tick();
@@ -395,6 +402,7 @@ void Relay::shutdown() {
   for (auto& s : sources_) {
     if (s.route) s.route->stop();
     if (s.stream) s.stream->stop();
+    if (s.bridge) s.bridge->stop();
   }
   sources_.clear();
   control_.reset();
@@ -437,14 +445,16 @@ StatusSnapshot Relay::snapshot() const {
         }
       }
     } else {
-      const auto& spec = src.stream->spec();
+      // Stream routes and datagram <-> stream bridges report alike.
+      const Endpoint* from = src.stream ? src.stream->spec().from : src.bridge->spec().from;
+      const Endpoint* to = src.stream ? src.stream->spec().to : src.bridge->spec().to;
       r.id = src.route_id;
-      r.from = describe_endpoint(*spec.from);
-      r.to = describe_endpoint(*spec.to);
-      r.datapath = spec.kernel ? "kernel" : "userspace";
-      r.sessions = src.stream->session_count();
+      r.from = describe_endpoint(*from);
+      r.to = describe_endpoint(*to);
+      r.datapath = src.stream && src.stream->spec().kernel ? "kernel" : "userspace";
+      r.sessions = src.stream ? src.stream->session_count() : src.bridge->session_count();
       r.is_stream = true;
-      r.stream = src.stream->counters();
+      r.stream = src.stream ? src.stream->counters() : src.bridge->counters();
       // The fields both kinds share, so `status` reads the same for both.
       r.user.flows_created = r.stream.sessions_created;
       r.user.flows_expired = r.stream.sessions_expired;

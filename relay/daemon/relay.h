@@ -17,6 +17,7 @@
 #include "control/status.h"
 #include "daemon/notify.h"
 #include "endpoints/activation.h"
+#include "sessions/bridge_route.h"
 #include "sessions/datagram_route.h"
 #include "sessions/event_loop.h"
 #include "sessions/stream_route.h"
@@ -49,6 +50,7 @@ class Relay {
     std::string identity;  // equal identities survive a reload untouched
     std::unique_ptr<DatagramRoute> route;
     std::unique_ptr<StreamRoute> stream;
+    std::unique_ptr<BridgeRoute> bridge;  // datagram <-> stream/seqpacket
     std::string datapath_reason;
   };
 

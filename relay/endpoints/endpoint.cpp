@@ -97,6 +97,21 @@ Result<Fd> open_datagram_upstream(const Endpoint& endpoint) {
   return fd;
 }
 
+Result<Fd> open_stream_upstream(const Endpoint& endpoint) {
+  std::string what = "connect to " + endpoint.address.text + " for endpoint " + endpoint.name;
+  auto fd = new_socket(socket_family(endpoint), kind_socktype(endpoint.kind));
+  if (!fd) return fd.error().wrap(what);
+  if (connect(fd->get(), endpoint.address.sa(), endpoint.address.length) != 0 && errno != EINPROGRESS) {
+    int code = errno;
+    std::string hint = code == ENOENT         ? " (no socket at that path: is the service running?)"
+                       : code == ECONNREFUSED ? " (nobody listens there)"
+                       : code == EAGAIN       ? " (the listener's backlog is full)"
+                                              : "";
+    return Error{code, what + hint};
+  }
+  return fd;
+}
+
 Result<Fd> open_udp_flow_socket(const sockaddr* local, socklen_t local_len, const sockaddr* peer,
                                 socklen_t peer_len) {
   auto fd = new_socket(local->sa_family, SOCK_DGRAM);

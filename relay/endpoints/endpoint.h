@@ -16,6 +16,11 @@ Result<Fd> open_listener(const Endpoint& endpoint);
 // sockets are autobound first so the far side can reply to them.
 Result<Fd> open_datagram_upstream(const Endpoint& endpoint);
 
+// A stream or seqpacket connection to a `connect` endpoint, started
+// non-blocking: EINPROGRESS (tcp, vsock) is success for now; the caller
+// waits for EPOLLOUT and reads SO_ERROR.
+Result<Fd> open_stream_upstream(const Endpoint& endpoint);
+
 // A UDP socket bound to `local` (the listener's address, with
 // SO_REUSEADDR) and connected to `peer`: the kernel then delivers that
 // peer's datagrams to it rather than to the listener.

@@ -9,9 +9,6 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
-// clang-format off: <sys/socket.h> must come before <linux/vm_sockets.h>.
-#include <linux/vm_sockets.h>
-// clang-format on
 
 #include <algorithm>
 #include <cstring>
@@ -20,6 +17,7 @@
 
 #include "common/socket_cookie.h"
 #include "config/address.h"
+#include "endpoints/endpoint.h"
 #include "relay_shared.h"
 
 namespace sockrelay {
@@ -87,23 +85,6 @@ uint64_t tcp_bytes_received(int fd) {
   socklen_t len = sizeof(info);
   if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return 0;
   return info.tcpi_bytes_received;
-}
-
-// A non-blocking connect: EINPROGRESS (tcp) is success for now; the caller
-// waits for EPOLLOUT and reads SO_ERROR.
-Result<Fd> start_connect(const Endpoint& endpoint) {
-  std::string what = "connect to " + endpoint.address.text + " for endpoint " + endpoint.name;
-  Fd fd(socket(endpoint.address.family(), kind_socktype(endpoint.kind) | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-  if (!fd) return errno_error(what + ": socket()");
-  if (connect(fd.get(), endpoint.address.sa(), endpoint.address.length) != 0 && errno != EINPROGRESS) {
-    int code = errno;
-    std::string hint = code == ENOENT         ? " (no socket at that path: is the service running?)"
-                       : code == ECONNREFUSED ? " (nobody listens there)"
-                       : code == EAGAIN       ? " (the listener's backlog is full)"
-                                              : "";
-    return Error{code, what + hint};
-  }
-  return fd;
 }
 
 }  // namespace
@@ -199,7 +180,7 @@ void StreamRoute::on_listener_readable() {
     std::string peer_text = peer.ss_family == AF_UNIX
                                 ? "unix client"
                                 : format_address(reinterpret_cast<sockaddr*>(&peer), peer_len);
-    if (std::string why = policy_refusal(client.get(), peer); !why.empty()) {
+    if (std::string why = spec_.policy.refusal(client.get(), peer); !why.empty()) {
       if (counters_.refused_policy++ % 1000 == 0)
         spdlog::warn("route {}: refused {}: {} (counted)", spec_.route_id, peer_text, why);
       continue;
@@ -211,7 +192,7 @@ void StreamRoute::on_listener_readable() {
                      budget_.max(), peer_text);
       continue;
     }
-    auto upstream = start_connect(*spec_.to);
+    auto upstream = open_stream_upstream(*spec_.to);
     if (!upstream) {
       budget_.give_back();
       ++counters_.connect_failed;
@@ -243,25 +224,6 @@ void StreamRoute::on_listener_readable() {
         on_side_event(*raw, raw->upstream, events);
     });
   }
-}
-
-std::string StreamRoute::policy_refusal(int fd, const sockaddr_storage& peer) const {
-  auto listed = [](const std::vector<uint32_t>& ids, uint32_t id) {
-    return ids.empty() || std::find(ids.begin(), ids.end(), id) != ids.end();
-  };
-  if (peer.ss_family == AF_VSOCK) {
-    uint32_t cid = reinterpret_cast<const sockaddr_vm*>(&peer)->svm_cid;
-    if (!listed(spec_.allow_cids, cid)) return "CID " + std::to_string(cid) + " is not in allow-cids";
-  }
-  if (peer.ss_family == AF_UNIX && (!spec_.allow_uids.empty() || !spec_.allow_gids.empty())) {
-    ucred cred{};
-    socklen_t len = sizeof(cred);
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0)
-      return std::string("SO_PEERCRED: ") + std::strerror(errno);
-    if (!listed(spec_.allow_uids, cred.uid)) return "uid " + std::to_string(cred.uid) + " is not in allow-uids";
-    if (!listed(spec_.allow_gids, cred.gid)) return "gid " + std::to_string(cred.gid) + " is not in allow-gids";
-  }
-  return "";
 }
 
 void StreamRoute::on_connected(Session& s) {

@@ -44,6 +44,7 @@
 #include "common/fd.h"
 #include "config/model.h"
 #include "sessions/event_loop.h"
+#include "sessions/peer_policy.h"
 #include "sessions/session_budget.h"
 
 namespace sockrelay {
@@ -61,6 +62,7 @@ struct StreamCounters {
   uint64_t user_fallbacks = 0;        // kernel path: a paused half-closed direction finished in user space
   uint64_t user_bytes = 0;            // bytes user space moved (user path)
   uint64_t user_messages = 0;         // seqpacket messages user space moved
+  uint64_t dropped_messages = 0;      // datagram <-> stream bridges: a datagram not queued or not sent
 };
 
 struct StreamRouteSpec {
@@ -68,9 +70,7 @@ struct StreamRouteSpec {
   const Endpoint* from = nullptr;
   const Endpoint* to = nullptr;
   bool kernel = true;  // kernel data path; false: user space carries it all
-  // Peers allowed to open a session (empty = all): vsock by CID, unix by
-  // the uid/gid of SO_PEERCRED.
-  std::vector<uint32_t> allow_cids, allow_uids, allow_gids;
+  PeerPolicy policy;  // who may open a session
   std::chrono::milliseconds idle_timeout{120'000};
   std::chrono::milliseconds connect_timeout{5'000};
 };
@@ -99,8 +99,6 @@ class StreamRoute {
   struct Session;
 
   void on_listener_readable();
-  // Empty when allow-cids/uids/gids let this peer in, else why not.
-  std::string policy_refusal(int fd, const sockaddr_storage& peer) const;
   void on_connected(Session& s);
   Status wire_kernel(Session& s);
   Status open_pipe(Side& to);

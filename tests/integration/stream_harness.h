@@ -244,4 +244,36 @@ class StreamServer {
   std::vector<TransferResult> results_;
 };
 
+// An echo server on a seqpacket socket: each message back as it came.
+// (Or a stream socket: each read back as it came.)
+class SeqpacketEcho {
+ public:
+  explicit SeqpacketEcho(const Addr& addr, int type = SOCK_SEQPACKET) {
+    listener_ = Fd(socket(addr.family(), type | SOCK_CLOEXEC, 0));
+    int one = 1;
+    setsockopt(listener_.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (addr.family() == AF_UNIX) unlink(reinterpret_cast<const sockaddr_un*>(&addr.ss)->sun_path);
+    if (bind(listener_.get(), addr.sa(), addr.len) != 0 || listen(listener_.get(), 8) != 0) listener_.reset();
+    if (listener_) thread_ = std::thread([this] { serve(); });
+  }
+  ~SeqpacketEcho() {
+    if (thread_.joinable()) thread_.join();
+  }
+  bool ok() const { return listener_.valid(); }
+
+ private:
+  void serve() {
+    Fd conn(accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    std::vector<char> buf(70000);
+    for (;;) {
+      ssize_t n = recv(conn.get(), buf.data(), buf.size(), 0);
+      if (n <= 0) break;
+      send(conn.get(), buf.data(), static_cast<size_t>(n), MSG_NOSIGNAL);
+    }
+    shutdown(conn.get(), SHUT_WR);
+  }
+  Fd listener_;
+  std::thread thread_;
+};
+
 }  // namespace sockrelay::testing

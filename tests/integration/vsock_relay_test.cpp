@@ -124,35 +124,6 @@ class VsockRelay : public VsockTest, public ::testing::Test {
   }
 };
 
-// An echo server on a seqpacket socket: each message back as it came.
-class SeqpacketEcho {
- public:
-  explicit SeqpacketEcho(const Addr& addr) {
-    listener_ = Fd(socket(addr.family(), SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-    if (addr.family() == AF_UNIX) unlink(reinterpret_cast<const sockaddr_un*>(&addr.ss)->sun_path);
-    if (bind(listener_.get(), addr.sa(), addr.len) != 0 || listen(listener_.get(), 8) != 0) listener_.reset();
-    if (listener_) thread_ = std::thread([this] { serve(); });
-  }
-  ~SeqpacketEcho() {
-    if (thread_.joinable()) thread_.join();
-  }
-  bool ok() const { return listener_.valid(); }
-
- private:
-  void serve() {
-    Fd conn(accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
-    std::vector<char> buf(70000);
-    for (;;) {
-      ssize_t n = recv(conn.get(), buf.data(), buf.size(), 0);
-      if (n <= 0) break;
-      send(conn.get(), buf.data(), static_cast<size_t>(n), MSG_NOSIGNAL);
-    }
-    shutdown(conn.get(), SHUT_WR);
-  }
-  Fd listener_;
-  std::thread thread_;
-};
-
 class VsockSeqpacket : public VsockRelay, public ::testing::WithParamInterface<KindPair> {};
 
 // vsock-seqpacket <-> unix-seqpacket, both directions of the route: every
@@ -187,6 +158,47 @@ INSTANTIATE_TEST_SUITE_P(Vsock, VsockSeqpacket,
                          ::testing::Values(KindPair{"vsock-seqpacket", "unix-seqpacket"},
                                            KindPair{"unix-seqpacket", "vsock-seqpacket"}),
                          kind_pair_name);
+
+// Datagram <-> VSOCK: udp clients reach a vsock-seqpacket service (each
+// datagram one message, boundaries kept), and a vsock-seqpacket client
+// reaches a udp service.
+TEST_F(VsockRelay, DatagramBridgesToAndFromVsock) {
+  {
+    SeqpacketEcho echo(addr("vsock-seqpacket", "back", kBackPort, false));
+    ASSERT_TRUE(echo.ok()) << std::strerror(errno);
+    RelayProcess relay(dir_, "[endpoints.front]\ntype = \"udp\"\nlisten = \"127.0.0.1:5300\"\n" +
+                                 endpoint("vsock-seqpacket", "back", "connect", kBackPort) +
+                                 "[[routes]]\nfrom = \"front\"\nto = \"back\"\n");
+    ASSERT_TRUE(relay.wait_ready()) << relay.log();
+    Fd client = bound_dgram(Addr::inet("127.0.0.1", 0));
+    Addr front = Addr::inet("127.0.0.1", 5300);
+    std::vector<char> buf(70000);
+    for (size_t i = 0; i < 20; ++i) {
+      std::string p(1 + i * 1500, static_cast<char>('a' + i));
+      ASSERT_EQ(sendto(client.get(), p.data(), p.size(), 0, front.sa(), front.len), static_cast<ssize_t>(p.size()));
+      pollfd pfd{client.get(), POLLIN, 0};
+      ASSERT_EQ(poll(&pfd, 1, 5000), 1) << "reply " << i << " missing\n" << relay.status_json();
+      ssize_t n = recv(client.get(), buf.data(), buf.size(), 0);
+      ASSERT_EQ(std::string(buf.data(), static_cast<size_t>(std::max<ssize_t>(n, 0))), p);
+    }
+  }
+  DgramEcho udp_echo(Addr::inet("127.0.0.1", 5301));
+  RelayProcess relay(dir_, endpoint("vsock-seqpacket", "front", "listen", kFrontPort) +
+                               "[endpoints.back]\ntype = \"udp\"\nconnect = \"127.0.0.1:5301\"\n"
+                               "[[routes]]\nfrom = \"front\"\nto = \"back\"\n");
+  ASSERT_TRUE(relay.wait_ready()) << relay.log();
+  Fd c = stream_connect(addr("vsock-seqpacket", "front", kFrontPort, true), SOCK_SEQPACKET);
+  ASSERT_TRUE(c.valid()) << std::strerror(errno);
+  std::vector<char> buf(70000);
+  for (size_t i = 0; i < 20; ++i) {
+    std::string p(1 + i * 1500, static_cast<char>('A' + i));
+    ASSERT_EQ(send(c.get(), p.data(), p.size(), 0), static_cast<ssize_t>(p.size()));
+    pollfd pfd{c.get(), POLLIN, 0};
+    ASSERT_EQ(poll(&pfd, 1, 5000), 1) << "reply " << i << " missing\n" << relay.status_json();
+    ssize_t n = recv(c.get(), buf.data(), buf.size(), 0);
+    ASSERT_EQ(std::string(buf.data(), static_cast<size_t>(std::max<ssize_t>(n, 0))), p);
+  }
+}
 
 // allow-cids: a peer whose CID is not listed is closed at accept, logged
 // and counted.

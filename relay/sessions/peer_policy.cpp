@@ -1,0 +1,48 @@
+#include "sessions/peer_policy.h"
+
+#include <sys/socket.h>
+// clang-format off: <sys/socket.h> must come before <linux/vm_sockets.h>.
+#include <linux/vm_sockets.h>
+// clang-format on
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+namespace sockrelay {
+
+namespace {
+
+bool listed(const std::vector<uint32_t>& ids, uint32_t id) {
+  return ids.empty() || std::find(ids.begin(), ids.end(), id) != ids.end();
+}
+
+}  // namespace
+
+PeerPolicy PeerPolicy::of(const Route& route) {
+  return PeerPolicy{route.allow_sources, route.allow_cids, route.allow_uids, route.allow_gids};
+}
+
+std::string PeerPolicy::refusal(int fd, const sockaddr_storage& peer) const {
+  if ((peer.ss_family == AF_INET || peer.ss_family == AF_INET6) && !allow_sources.empty()) {
+    const auto* sa = reinterpret_cast<const sockaddr*>(&peer);
+    if (std::none_of(allow_sources.begin(), allow_sources.end(),
+                     [&](const SourceNetwork& net) { return net.contains(sa); }))
+      return "not in allow-sources";
+  }
+  if (peer.ss_family == AF_VSOCK) {
+    uint32_t cid = reinterpret_cast<const sockaddr_vm*>(&peer)->svm_cid;
+    if (!listed(allow_cids, cid)) return "CID " + std::to_string(cid) + " is not in allow-cids";
+  }
+  if (fd >= 0 && peer.ss_family == AF_UNIX && (!allow_uids.empty() || !allow_gids.empty())) {
+    ucred cred{};
+    socklen_t len = sizeof(cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0)
+      return std::string("SO_PEERCRED: ") + std::strerror(errno);
+    if (!listed(allow_uids, cred.uid)) return "uid " + std::to_string(cred.uid) + " is not in allow-uids";
+    if (!listed(allow_gids, cred.gid)) return "gid " + std::to_string(cred.gid) + " is not in allow-gids";
+  }
+  return "";
+}
+
+}  // namespace sockrelay

@@ -1,0 +1,26 @@
+// Who may open a session on a route: the allow-* lists of its config,
+// checked when a connection is accepted or a datagram client is first seen.
+#pragma once
+
+#include <sys/socket.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "config/model.h"
+
+namespace sockrelay {
+
+struct PeerPolicy {
+  std::vector<SourceNetwork> allow_sources;             // inet peers
+  std::vector<uint32_t> allow_cids;                     // vsock peers
+  std::vector<uint32_t> allow_uids, allow_gids;         // unix peers (SO_PEERCRED of `fd`)
+
+  static PeerPolicy of(const Route& route);
+  // Empty when the peer may in, else why not. `fd` is the accepted
+  // connection (-1 for a datagram client: no credentials to ask).
+  std::string refusal(int fd, const sockaddr_storage& peer) const;
+};
+
+}  // namespace sockrelay
