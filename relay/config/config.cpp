@@ -34,8 +34,8 @@ namespace {
 constexpr std::string_view kTopKeys[] = {"relay", "endpoints", "routes"};
 constexpr std::string_view kRelayKeys[] = {"log-level", "idle-timeout", "max-sessions", "control"};
 constexpr std::string_view kEndpointKeys[] = {"type", "listen", "connect"};
-constexpr std::string_view kRouteKeys[] = {"from",          "to",         "mode",       "datapath", "balance",
-                                           "allow-sources", "allow-cids", "allow-uids", "allow-gids"};
+constexpr std::string_view kRouteKeys[] = {
+    "from", "to", "mode", "datapath", "balance", "allow-sources", "allow-cids", "allow-uids", "allow-gids"};
 constexpr std::string_view kLogLevels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
 constexpr std::string_view kModes[] = {"egress", "ingress"};
 constexpr std::string_view kDatapaths[] = {"auto", "kernel", "userspace"};
@@ -479,7 +479,8 @@ void check_allow_ids(Checker& c, const toml::node& node, const std::string& wher
   for (const toml::node& item : *arr) {
     if (auto n = item.value<int64_t>(); n && item.is_integer()) {
       if (*n < 0 || *n > UINT32_MAX) {
-        c.error(pos_of(item), where + ": " + key + " entry " + std::to_string(*n) + " is out of range (0-4294967295)");
+        c.error(pos_of(item),
+                where + ": " + key + " entry " + std::to_string(*n) + " is out of range (0-4294967295)");
         continue;
       }
       out.push_back(static_cast<uint32_t>(*n));
@@ -497,10 +498,11 @@ void check_allow_ids(Checker& c, const toml::node& node, const std::string& wher
       id = gr->gr_gid;
     }
     if (!id) {
-      c.error(pos_of(item), where + ": " + key + " entry " + quoted(*text) +
-                                (key == "allow-cids" ? " is not a CID: use a number, \"host\" (2) or \"local\" (1)"
-                                 : key == "allow-uids" ? " is not a user on this system: use a uid or a user name"
-                                                       : " is not a group on this system: use a gid or a group name"));
+      c.error(pos_of(item),
+              where + ": " + key + " entry " + quoted(*text) +
+                  (key == "allow-cids"   ? " is not a CID: use a number, \"host\" (2) or \"local\" (1)"
+                   : key == "allow-uids" ? " is not a user on this system: use a uid or a user name"
+                                         : " is not a group on this system: use a gid or a group name"));
       continue;
     }
     out.push_back(*id);
@@ -626,9 +628,12 @@ std::vector<Route> check_routes(Checker& c, const toml::node& node, std::vector<
       }
     }
     if (const toml::node* n = t->get("allow-sources")) check_allow_sources(c, *n, where, route);
-    if (const toml::node* n = t->get("allow-cids")) check_allow_ids(c, *n, where, "allow-cids", route.allow_cids);
-    if (const toml::node* n = t->get("allow-uids")) check_allow_ids(c, *n, where, "allow-uids", route.allow_uids);
-    if (const toml::node* n = t->get("allow-gids")) check_allow_ids(c, *n, where, "allow-gids", route.allow_gids);
+    if (const toml::node* n = t->get("allow-cids"))
+      check_allow_ids(c, *n, where, "allow-cids", route.allow_cids);
+    if (const toml::node* n = t->get("allow-uids"))
+      check_allow_ids(c, *n, where, "allow-uids", route.allow_uids);
+    if (const toml::node* n = t->get("allow-gids"))
+      check_allow_ids(c, *n, where, "allow-gids", route.allow_gids);
     out.push_back(std::move(route));
   }
   return out;

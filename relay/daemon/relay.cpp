@@ -81,9 +81,10 @@ Status check_runnable(const Config& config, const Route& route) {
   for (const auto& name : route.to) {
     const Endpoint* to = config.find_endpoint(name);
     if (route.mode == Mode::Ingress && kind_family(to->kind) == AF_VSOCK)
-      return plain_error(where + ": mode = \"ingress\" into " + describe_endpoint(*to) + ": " +
-                         matrix_cell(config.find_endpoint(route.from[0])->kind, to->kind, Mode::Ingress).reason +
-                         "; use mode = \"egress\"");
+      return plain_error(
+          where + ": mode = \"ingress\" into " + describe_endpoint(*to) + ": " +
+          matrix_cell(config.find_endpoint(route.from[0])->kind, to->kind, Mode::Ingress).reason +
+          "; use mode = \"egress\"");
   }
   if (route.mode != Mode::Egress)
     return plain_error(where +

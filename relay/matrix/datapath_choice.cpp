@@ -17,9 +17,10 @@ DatapathChoice choose_datapath(Datapath requested, const MatrixCell& cell,
   else if (!kernel_unavailable.empty())
     why_not = "the kernel path is unavailable: " + kernel_unavailable;
   if (why_not.empty() && kind_is_datagram(cell.source) != kind_is_datagram(cell.target))
-    why_not = "a datagram <-> stream/seqpacket route needs framing the verdict program cannot do (the kernel "
-              "keeps skb boundaries, not message boundaries): user space sends each datagram as one "
-              "message or stream write, and each message or stream read as one datagram";
+    why_not =
+        "a datagram <-> stream/seqpacket route needs framing the verdict program cannot do (the kernel "
+        "keeps skb boundaries, not message boundaries): user space sends each datagram as one "
+        "message or stream write, and each message or stream read as one datagram";
   if (why_not.empty() && !kind_is_datagram(cell.source) &&
       (cell.source != EndpointKind::Tcp || cell.target != EndpointKind::Tcp))
     // Measured (StreamKernelFacts, stream_relay_test.cpp): a relayed stream

@@ -15,10 +15,10 @@ namespace sockrelay {
 
 namespace {
 
-constexpr size_t kMaxMessage = 256 * 1024;      // largest datagram or seqpacket message carried whole
-constexpr size_t kStreamChunk = 64 * 1024;      // one read of a byte stream = one datagram
-constexpr size_t kQueueLimit = 4 << 20;         // bytes waiting toward one connection
-constexpr uint64_t kRefusalLogEvery = 1000;     // refusals: one log line per this many
+constexpr size_t kMaxMessage = 256 * 1024;   // largest datagram or seqpacket message carried whole
+constexpr size_t kStreamChunk = 64 * 1024;   // one read of a byte stream = one datagram
+constexpr size_t kQueueLimit = 4 << 20;      // bytes waiting toward one connection
+constexpr uint64_t kRefusalLogEvery = 1000;  // refusals: one log line per this many
 
 uint64_t now_ns() {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -32,8 +32,8 @@ bool would_block(int err) { return err == EAGAIN || err == EWOULDBLOCK || err ==
 
 struct BridgeRoute::Session {
   uint64_t id = 0;
-  Fd conn;   // the connection: accepted (connection source) or ours (datagram source)
-  Fd dgram;  // connection source: our connected datagram socket toward the target
+  Fd conn;                    // the connection: accepted (connection source) or ours (datagram source)
+  Fd dgram;                   // connection source: our connected datagram socket toward the target
   sockaddr_storage client{};  // datagram source: where replies go
   socklen_t client_len = 0;
   std::string client_key;
@@ -76,8 +76,8 @@ void BridgeRoute::on_listener_readable() {
   for (int round = 0; round < 64; ++round) {
     sockaddr_storage peer{};
     socklen_t peer_len = sizeof(peer);
-    ssize_t n = recvfrom(listener_.get(), buf.data(), buf.size(), MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&peer),
-                         &peer_len);
+    ssize_t n = recvfrom(listener_.get(), buf.data(), buf.size(), MSG_DONTWAIT,
+                         reinterpret_cast<sockaddr*>(&peer), &peer_len);
     if (n < 0) {
       if (!would_block(errno)) spdlog::warn("route {}: recvfrom: {}", spec_.route_id, std::strerror(errno));
       return;
@@ -88,7 +88,8 @@ void BridgeRoute::on_listener_readable() {
 
 // A datagram from a client: onto its session's connection, which is opened
 // for its first datagram.
-void BridgeRoute::on_datagram(const char* data, size_t len, const sockaddr_storage& peer, socklen_t peer_len) {
+void BridgeRoute::on_datagram(const char* data, size_t len, const sockaddr_storage& peer,
+                              socklen_t peer_len) {
   std::string key(reinterpret_cast<const char*>(&peer), peer_len);
   auto found = by_client_.find(key);
   Session* s = nullptr;
@@ -103,8 +104,8 @@ void BridgeRoute::on_datagram(const char* data, size_t len, const sockaddr_stora
     }
     if (!budget_.try_take()) {
       if (counters_.refused_max_sessions++ % kRefusalLogEvery == 0)
-        spdlog::warn("route {}: max-sessions ({}) reached, refusing {} (counted)", spec_.route_id, budget_.max(),
-                     peer_text);
+        spdlog::warn("route {}: max-sessions ({}) reached, refusing {} (counted)", spec_.route_id,
+                     budget_.max(), peer_text);
       return;
     }
     auto conn = open_stream_upstream(*spec_.to);
@@ -143,7 +144,8 @@ void BridgeRoute::on_accept() {
   for (int round = 0; round < 64; ++round) {
     sockaddr_storage peer{};
     socklen_t peer_len = sizeof(peer);
-    Fd conn(accept4(listener_.get(), reinterpret_cast<sockaddr*>(&peer), &peer_len, SOCK_NONBLOCK | SOCK_CLOEXEC));
+    Fd conn(accept4(listener_.get(), reinterpret_cast<sockaddr*>(&peer), &peer_len,
+                    SOCK_NONBLOCK | SOCK_CLOEXEC));
     if (!conn) {
       if (!would_block(errno) && errno != ECONNABORTED)
         spdlog::warn("route {}: accept: {}", spec_.route_id, std::strerror(errno));
@@ -159,8 +161,8 @@ void BridgeRoute::on_accept() {
     }
     if (!budget_.try_take()) {
       if (counters_.refused_max_sessions++ % kRefusalLogEvery == 0)
-        spdlog::warn("route {}: max-sessions ({}) reached, refusing {} (counted)", spec_.route_id, budget_.max(),
-                     peer_text);
+        spdlog::warn("route {}: max-sessions ({}) reached, refusing {} (counted)", spec_.route_id,
+                     budget_.max(), peer_text);
       continue;
     }
     auto dgram = open_datagram_upstream(*spec_.to);
@@ -182,7 +184,8 @@ void BridgeRoute::on_accept() {
     ++counters_.sessions_created;
     s->conn_events = EPOLLIN | EPOLLRDHUP;
     (void)loop_.add(s->conn.get(), s->conn_events, [this, s](uint32_t events) { on_conn_event(*s, events); });
-    (void)loop_.add(s->dgram.get(), EPOLLIN, [this, s](uint32_t events) { on_upstream_dgram_event(*s, events); });
+    (void)loop_.add(s->dgram.get(), EPOLLIN,
+                    [this, s](uint32_t events) { on_upstream_dgram_event(*s, events); });
   }
 }
 
@@ -193,8 +196,8 @@ void BridgeRoute::on_connected(Session& s) {
   if (err != 0) {
     ++counters_.connect_failed;
     counters_.dropped_messages += s.to_conn.size();
-    spdlog::warn("route {}: {}: connect to {}: {}; its datagrams are dropped (counted)", spec_.route_id, s.peer,
-                 spec_.to->address.text, std::strerror(err));
+    spdlog::warn("route {}: {}: connect to {}: {}; its datagrams are dropped (counted)", spec_.route_id,
+                 s.peer, spec_.to->address.text, std::strerror(err));
     close_session(s.id, false);
     return;
   }
@@ -262,10 +265,11 @@ void BridgeRoute::on_conn_event(Session& s, uint32_t events) {
         break;
       }
       s.last_ns = now_ns();
-      ssize_t sent = datagram_source()
-                         ? sendto(listener_.get(), buf.data(), static_cast<size_t>(n), MSG_DONTWAIT | MSG_NOSIGNAL,
-                                  reinterpret_cast<const sockaddr*>(&s.client), s.client_len)
-                         : send(s.dgram.get(), buf.data(), static_cast<size_t>(n), MSG_DONTWAIT | MSG_NOSIGNAL);
+      ssize_t sent =
+          datagram_source()
+              ? sendto(listener_.get(), buf.data(), static_cast<size_t>(n), MSG_DONTWAIT | MSG_NOSIGNAL,
+                       reinterpret_cast<const sockaddr*>(&s.client), s.client_len)
+              : send(s.dgram.get(), buf.data(), static_cast<size_t>(n), MSG_DONTWAIT | MSG_NOSIGNAL);
       if (sent < 0) {
         ++counters_.dropped_messages;  // datagram semantics: a full or absent receiver drops
         continue;

@@ -13,9 +13,9 @@
 namespace sockrelay {
 
 struct PeerPolicy {
-  std::vector<SourceNetwork> allow_sources;             // inet peers
-  std::vector<uint32_t> allow_cids;                     // vsock peers
-  std::vector<uint32_t> allow_uids, allow_gids;         // unix peers (SO_PEERCRED of `fd`)
+  std::vector<SourceNetwork> allow_sources;      // inet peers
+  std::vector<uint32_t> allow_cids;              // vsock peers
+  std::vector<uint32_t> allow_uids, allow_gids;  // unix peers (SO_PEERCRED of `fd`)
 
   static PeerPolicy of(const Route& route);
   // Empty when the peer may in, else why not. `fd` is the accepted

@@ -36,7 +36,7 @@ constexpr uint64_t kBacklogLow = 512 << 10;
 // Stop (SIGTERM, or the route removed by a reload): how long bytes already
 // taken in may still be delivered before the sockets close.
 constexpr auto kStopDrain = std::chrono::seconds(2);
-constexpr size_t kPipeSize = 1 << 20;  // user path: bytes in flight per direction
+constexpr size_t kPipeSize = 1 << 20;          // user path: bytes in flight per direction
 constexpr size_t kMessageBuffer = 256 * 1024;  // user path: largest seqpacket message kept whole
 constexpr size_t kDrainChunk = 64 * 1024;
 
@@ -533,8 +533,8 @@ void StreamRoute::check_half_close(Session& s) {
       to.shut_wr = true;  // its peer is gone: there is no one to tell
       continue;
     }
-    bool flushed = s.kernel ? s.attached && direction_flushed(s, *from, to)
-                            : (to.in_pipe == 0 && to.messages_q.empty());
+    bool flushed =
+        s.kernel ? s.attached && direction_flushed(s, *from, to) : (to.in_pipe == 0 && to.messages_q.empty());
     if (!flushed) {
       waiting = true;
       continue;

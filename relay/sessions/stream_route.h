@@ -70,7 +70,7 @@ struct StreamRouteSpec {
   const Endpoint* from = nullptr;
   const Endpoint* to = nullptr;
   bool kernel = true;  // kernel data path; false: user space carries it all
-  PeerPolicy policy;  // who may open a session
+  PeerPolicy policy;   // who may open a session
   std::chrono::milliseconds idle_timeout{120'000};
   std::chrono::milliseconds connect_timeout{5'000};
 };
@@ -122,7 +122,7 @@ class StreamRoute {
   MapWriter* maps_;
   EventLoop& loop_;
   SessionBudget& budget_;
-  Fd timer_;  // fast half-close checks while a session waits to propagate a FIN
+  Fd timer_;           // fast half-close checks while a session waits to propagate a FIN
   Fd pressure_timer_;  // kernel path: backlog checks (backpressure)
   bool pressure_armed_ = false;
   bool timer_armed_ = false;

@@ -44,7 +44,8 @@ TEST_F(Bridge, UdpToSeqpacketKeepsEveryDatagramWhole) {
   constexpr size_t kCount = 200;
   for (size_t i = 0; i < kCount; ++i) {
     std::string p = payload(i);
-    ASSERT_EQ(sendto(client.get(), p.data(), p.size(), 0, front.sa(), front.len), static_cast<ssize_t>(p.size()));
+    ASSERT_EQ(sendto(client.get(), p.data(), p.size(), 0, front.sa(), front.len),
+              static_cast<ssize_t>(p.size()));
   }
   std::vector<char> buf(70000);
   for (size_t i = 0; i < kCount; ++i) {
@@ -99,7 +100,8 @@ TEST_F(Bridge, UdpToTcpRequestResponse) {
   std::vector<char> buf(70000);
   for (size_t i = 0; i < 50; ++i) {
     std::string p = "request " + std::to_string(i);
-    ASSERT_EQ(sendto(client.get(), p.data(), p.size(), 0, front.sa(), front.len), static_cast<ssize_t>(p.size()));
+    ASSERT_EQ(sendto(client.get(), p.data(), p.size(), 0, front.sa(), front.len),
+              static_cast<ssize_t>(p.size()));
     pollfd pfd{client.get(), POLLIN, 0};
     ASSERT_EQ(poll(&pfd, 1, 3000), 1) << "reply " << i << " missing\n" << relay.status_json();
     ssize_t n = recv(client.get(), buf.data(), buf.size(), 0);

@@ -118,8 +118,8 @@ TEST_P(StreamPairing, ConcurrentTransfersIntactWithHalfClose) {
            user = json_counter(status, "stream", "user-bytes");
   // tcp <-> tcp rides the kernel path unless user space is asked for;
   // every other stream pairing falls back to user space and says why.
-  bool kernel_path = std::string(p.from) == "tcp" && std::string(p.to) == "tcp" &&
-                     std::string(p.datapath) != "userspace";
+  bool kernel_path =
+      std::string(p.from) == "tcp" && std::string(p.to) == "tcp" && std::string(p.datapath) != "userspace";
   // (A kernel direction paused by backpressure after its socket was
   // half-closed finishes in user space: both counts add up to the total.)
   EXPECT_EQ(kernel + user, total) << status;

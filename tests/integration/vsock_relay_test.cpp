@@ -40,10 +40,10 @@ class VsockTest {
     return Addr::unix_path(dir_.file(std::string(name) + ".sock"));
   }
   std::string endpoint(const std::string& kind, const char* name, const char* role, uint32_t port) {
-    std::string a = kind.rfind("vsock", 0) == 0 ? (std::string(role) == "listen" ? "any:" : "local:") +
-                                                      std::to_string(port)
-                    : kind == "tcp"             ? "127.0.0.1:" + std::to_string(port)
-                                                : dir_.file(std::string(name) + ".sock");
+    std::string a = kind.rfind("vsock", 0) == 0
+                        ? (std::string(role) == "listen" ? "any:" : "local:") + std::to_string(port)
+                    : kind == "tcp" ? "127.0.0.1:" + std::to_string(port)
+                                    : dir_.file(std::string(name) + ".sock");
     return "[endpoints." + std::string(name) + "]\ntype = \"" + kind + "\"\n" + role + " = \"" + a + "\"\n";
   }
   std::string config(const std::string& from, const std::string& to, const std::string& route_extra = "") {
@@ -175,7 +175,8 @@ TEST_F(VsockRelay, DatagramBridgesToAndFromVsock) {
     std::vector<char> buf(70000);
     for (size_t i = 0; i < 20; ++i) {
       std::string p(1 + i * 1500, static_cast<char>('a' + i));
-      ASSERT_EQ(sendto(client.get(), p.data(), p.size(), 0, front.sa(), front.len), static_cast<ssize_t>(p.size()));
+      ASSERT_EQ(sendto(client.get(), p.data(), p.size(), 0, front.sa(), front.len),
+                static_cast<ssize_t>(p.size()));
       pollfd pfd{client.get(), POLLIN, 0};
       ASSERT_EQ(poll(&pfd, 1, 5000), 1) << "reply " << i << " missing\n" << relay.status_json();
       ssize_t n = recv(client.get(), buf.data(), buf.size(), 0);

@@ -806,9 +806,16 @@ std::filesystem::path config_dir() {
 
 TEST(ShippedConfigs, EveryExampleIsValid) {
   const std::set<std::string> expected = {
-      "sockrelay.toml", "udp-to-unix-dgram.toml",  "unix-dgram-to-udp.toml",        "unix-to-unix.toml",
-      "tcp-proxy.toml", "unix-stream-to-tcp.toml", "vsock-guest-to-host-unix.toml", "fan-out.toml",
-      "vsock-guest-to-host-seqpacket.toml", "vsock-host-to-guest.toml",
+      "sockrelay.toml",
+      "udp-to-unix-dgram.toml",
+      "unix-dgram-to-udp.toml",
+      "unix-to-unix.toml",
+      "tcp-proxy.toml",
+      "unix-stream-to-tcp.toml",
+      "vsock-guest-to-host-unix.toml",
+      "fan-out.toml",
+      "vsock-guest-to-host-seqpacket.toml",
+      "vsock-host-to-guest.toml",
   };
   std::set<std::string> found;
   for (const auto& entry : std::filesystem::directory_iterator(config_dir())) {
@@ -939,12 +946,12 @@ TEST(AllowIds, UnknownNamesAndBadTypesAreErrorsAtTheirPosition) {
        {std::pair{"allow-cids = [\"hypervisor\"]", "is not a CID"},
         std::pair{"allow-uids = [\"no-such-user-sockrelay\"]", "is not a user on this system"},
         std::pair{"allow-gids = [-1]", "out of range"}, std::pair{"allow-cids = 3", "must be an array"}}) {
-    ParseOutcome out = parse_config(
-        std::string("[endpoints.a]\ntype = \"vsock-stream\"\nlisten = \"any:5000\"\n"
-                    "[endpoints.b]\ntype = \"unix-stream\"\nconnect = \"/run/b.sock\"\n"
-                    "[[routes]]\nfrom = \"a\"\nto = \"b\"\n") +
-            line + "\n",
-        "t.toml");
+    ParseOutcome out =
+        parse_config(std::string("[endpoints.a]\ntype = \"vsock-stream\"\nlisten = \"any:5000\"\n"
+                                 "[endpoints.b]\ntype = \"unix-stream\"\nconnect = \"/run/b.sock\"\n"
+                                 "[[routes]]\nfrom = \"a\"\nto = \"b\"\n") +
+                         line + "\n",
+                     "t.toml");
     ASSERT_TRUE(out.has_errors()) << line;
     EXPECT_EQ(out.diagnostics[0].pos.line, 10) << line;
     EXPECT_NE(out.diagnostics[0].message.find(expect), std::string::npos) << out.diagnostics[0].message;

@@ -52,7 +52,8 @@ namespace {
 
 TEST(DatapathChoice, OnlyTcpStreamsRideTheKernelPath) {
   EXPECT_TRUE(
-      choose_datapath(Datapath::Auto, matrix_cell(EndpointKind::Tcp, EndpointKind::Tcp, Mode::Egress), "").kernel);
+      choose_datapath(Datapath::Auto, matrix_cell(EndpointKind::Tcp, EndpointKind::Tcp, Mode::Egress), "")
+          .kernel);
   for (auto [from, to] : {std::pair{EndpointKind::UnixStream, EndpointKind::UnixStream},
                           std::pair{EndpointKind::Tcp, EndpointKind::UnixStream},
                           std::pair{EndpointKind::UnixStream, EndpointKind::Tcp},
@@ -62,7 +63,8 @@ TEST(DatapathChoice, OnlyTcpStreamsRideTheKernelPath) {
     EXPECT_FALSE(c.kernel) << kind_name(from) << " -> " << kind_name(to);
     EXPECT_TRUE(c.fell_back);
     EXPECT_NE(c.reason.find("psock backlog"), std::string::npos) << c.reason;
-    EXPECT_TRUE(choose_datapath(Datapath::Kernel, cell, "").refused) << kind_name(from) << " -> " << kind_name(to);
+    EXPECT_TRUE(choose_datapath(Datapath::Kernel, cell, "").refused)
+        << kind_name(from) << " -> " << kind_name(to);
   }
 }
 
