@@ -29,13 +29,13 @@ std::string format_status_text(const StatusSnapshot& s) {
       out << "  target    " << t.report.name << ": " << (t.report.up ? "up" : "DOWN") << ", kernel packets "
           << t.kernel.packets << ", user packets " << t.report.user_packets << ", failures "
           << t.report.failures;
+      if (r.is_stream) out << ", sessions " << t.report.sessions;
       if (!t.report.up) out << ", retry in " << t.report.retry_in_ms << " ms";
       out << "\n";
     }
     if (r.is_stream)
       out << "  stream    closed " << r.stream.sessions_closed << ", half-closes " << r.stream.half_closes
-          << ", backpressure pauses " << r.stream.backpressure_pauses << ", user fallbacks "
-          << r.stream.user_fallbacks << ", connect-failed " << r.stream.connect_failed << ", refused "
+          << ", user fallbacks " << r.stream.user_fallbacks << ", connect-failed " << r.stream.connect_failed << ", refused "
           << r.stream.refused_max_sessions << " (max-sessions) " << r.stream.refused_policy << " (policy)"
           << ", user bytes " << r.stream.user_bytes << ", user messages " << r.stream.user_messages
           << ", dropped messages " << r.stream.dropped_messages << "\n";
@@ -105,6 +105,7 @@ std::string format_status_json(const StatusSnapshot& s) {
             .field("kernel-bytes", t.kernel.bytes)
             .field("user-packets", t.report.user_packets)
             .field("user-bytes", t.report.user_bytes)
+            .field("sessions", t.report.sessions)
             .end_object();
       }
       j.end_array();
@@ -115,7 +116,6 @@ std::string format_status_json(const StatusSnapshot& s) {
           .field("sessions-failed", r.stream.sessions_failed)
           .field("sessions-expired", r.stream.sessions_expired)
           .field("half-closes", r.stream.half_closes)
-          .field("backpressure-pauses", r.stream.backpressure_pauses)
           .field("user-fallbacks", r.stream.user_fallbacks)
           .field("connect-failed", r.stream.connect_failed)
           .field("refused-max-sessions", r.stream.refused_max_sessions)

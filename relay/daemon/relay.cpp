@@ -74,10 +74,10 @@ Status check_runnable(const Config& config, const Route& route) {
   std::string where = "route at line " + std::to_string(route.pos.line);
   if (route.to.size() > RELAY_MAX_TARGETS)
     return plain_error(where + ": at most " + std::to_string(RELAY_MAX_TARGETS) + " `to` targets per route");
-  if (route.to.size() != 1 && !kind_is_datagram(config.find_endpoint(route.to[0])->kind))
+  if (route.balance == Balance::Broadcast && !kind_is_datagram(config.find_endpoint(route.from[0])->kind))
     return plain_error(where +
-                       ": several `to` targets are implemented for datagram routes (udp, unix-dgram) "
-                       "only; use one target per stream route");
+                       ": balance = \"broadcast\" copies datagrams; a stream connection goes to one target: "
+                       "use \"round-robin\" or \"hash\"");
   for (const auto& name : route.to) {
     const Endpoint* to = config.find_endpoint(name);
     if (route.mode == Mode::Ingress && kind_family(to->kind) == AF_VSOCK)
@@ -261,7 +261,8 @@ Result<std::vector<Relay::RouteSource>> Relay::open_route(const std::shared_ptr<
       StreamRouteSpec spec;
       spec.route_id = id;
       spec.from = from;
-      spec.to = to;
+      for (const auto& to_name : route.to) spec.to.push_back(config->find_endpoint(to_name));
+      spec.balance = route.balance;
       spec.kernel = choice.kernel;
       spec.policy = PeerPolicy::of(route);
       spec.idle_timeout = config->relay.idle_timeout;
@@ -447,12 +448,21 @@ StatusSnapshot Relay::snapshot() const {
       }
     } else {
       // Stream routes and datagram <-> stream bridges report alike.
-      const Endpoint* from = src.stream ? src.stream->spec().from : src.bridge->spec().from;
-      const Endpoint* to = src.stream ? src.stream->spec().to : src.bridge->spec().to;
       r.id = src.route_id;
-      r.from = describe_endpoint(*from);
-      r.to = describe_endpoint(*to);
-      r.datapath = src.stream && src.stream->spec().kernel ? "kernel" : "userspace";
+      if (src.stream) {
+        const auto& spec = src.stream->spec();
+        r.from = describe_endpoint(*spec.from);
+        for (const auto* target : spec.to) r.to += (r.to.empty() ? "" : ", ") + describe_endpoint(*target);
+        if (spec.to.size() > 1) {
+          r.to = "[" + r.to + "] balance " + std::string(balance_name(spec.balance));
+          for (const auto& report : src.stream->targets()) r.targets.push_back(TargetStatus{report, {}});
+        }
+        r.datapath = spec.kernel ? "kernel" : "userspace";
+      } else {
+        r.from = describe_endpoint(*src.bridge->spec().from);
+        r.to = describe_endpoint(*src.bridge->spec().to);
+        r.datapath = "userspace";
+      }
       r.sessions = src.stream ? src.stream->session_count() : src.bridge->session_count();
       r.is_stream = true;
       r.stream = src.stream ? src.stream->counters() : src.bridge->counters();

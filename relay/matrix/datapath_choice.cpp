@@ -32,6 +32,17 @@ DatapathChoice choose_datapath(Datapath requested, const MatrixCell& cell,
               " the kernel neither hands bytes queued before the socket entered the map to the "
               "verdict program at once, nor tells when its psock backlog has emptied (needed to "
               "propagate a half-close without cutting the stream)";
+  if (why_not.empty() && requested == Datapath::Auto && !kind_is_datagram(cell.source)) {
+    // tcp <-> tcp: exact in the kernel, but with no backpressure (the psock
+    // backlog behind a slow reader is unbounded, and taking a socket out of
+    // the map under traffic drops skbs: measured), and slower than splice()
+    // in tests/bench/stream_bench.sh. Used when asked for by name.
+    c.fell_back = true;
+    c.reason =
+        "user space: the tcp kernel path has no backpressure (its psock backlog grows without bound behind "
+        "a slow reader) and measured slower than splice(); set datapath = \"kernel\" for its lower latency";
+    return c;
+  }
   if (why_not.empty()) {
     c.kernel = true;
     c.reason =

@@ -54,6 +54,7 @@ struct TargetReport {
   uint64_t user_packets = 0;  // datagrams user space sent to it
   uint64_t user_bytes = 0;
   int64_t retry_in_ms = 0;  // when down: until the next retry
+  uint64_t sessions = 0;    // stream routes: connections made to it
 };
 
 struct DatagramRouteSpec {

@@ -9,6 +9,9 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
+// clang-format off: <sys/socket.h> must come before <linux/vm_sockets.h>.
+#include <linux/vm_sockets.h>
+// clang-format on
 
 #include <algorithm>
 #include <cstring>
@@ -25,14 +28,6 @@ namespace sockrelay {
 namespace {
 
 constexpr auto kHalfCloseCheck = std::chrono::milliseconds(5);
-// Kernel path backpressure: the psock backlog toward a socket has no limit
-// of its own (measured: ~60 MiB behind a stopped reader), so a direction
-// whose backlog passes kBacklogHigh is unsteered (its source leaves the map:
-// bytes stay in its receive queue and tcp flow control reaches the sender)
-// and steered again below kBacklogLow.
-constexpr auto kPressureCheck = std::chrono::milliseconds(20);
-constexpr uint64_t kBacklogHigh = 2 << 20;
-constexpr uint64_t kBacklogLow = 512 << 10;
 // Stop (SIGTERM, or the route removed by a reload): how long bytes already
 // taken in may still be delivered before the sockets close.
 constexpr auto kStopDrain = std::chrono::seconds(2);
@@ -110,8 +105,6 @@ struct StreamRoute::Side {
   size_t in_pipe = 0;
 
   bool warned_mismatch = false;  // kernel path: the byte counts disagreed (logged once)
-  bool paused = false;           // kernel path: unsteered, the backlog toward its partner is full
-  bool user_read = false;        // kernel session, but user space copies from this side (see pressure)
   uint64_t user_in = 0;          // bytes user space read from it
   uint64_t user_out = 0;         // bytes user space wrote to it
 
@@ -121,6 +114,8 @@ struct StreamRoute::Side {
 
 struct StreamRoute::Session {
   uint64_t id = 0;
+  size_t target = 0;  // index into spec_.to
+  uint32_t client_hash = 0;
   Side client, upstream;
   bool connecting = true;
   bool kernel = false;    // wired into the maps
@@ -135,7 +130,28 @@ struct StreamRoute::Session {
 
 StreamRoute::StreamRoute(StreamRouteSpec spec, Fd listener, MapWriter* maps, EventLoop& loop,
                          SessionBudget& budget)
-    : spec_(spec), listener_(std::move(listener)), maps_(maps), loop_(loop), budget_(budget) {}
+    : spec_(std::move(spec)),
+      listener_(std::move(listener)),
+      maps_(maps),
+      loop_(loop),
+      budget_(budget),
+      health_(spec_.to.size()) {}
+
+std::vector<TargetReport> StreamRoute::targets() const {
+  std::vector<TargetReport> out;
+  uint64_t now = now_ns();
+  for (size_t t = 0; t < spec_.to.size(); ++t) {
+    TargetReport r;
+    r.name = spec_.to[t]->name;
+    r.up = !health_[t].down;
+    r.failures = health_[t].failures;
+    r.sessions = health_[t].sessions;
+    if (health_[t].down && health_[t].retry_at_ns > now)
+      r.retry_in_ms = static_cast<int64_t>((health_[t].retry_at_ns - now) / 1'000'000);
+    out.push_back(r);
+  }
+  return out;
+}
 
 StreamRoute::~StreamRoute() { stop(); }
 
@@ -143,12 +159,6 @@ Status StreamRoute::start() {
   timer_ = Fd(timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
   if (!timer_) return errno_error("timerfd_create");
   if (auto st = loop_.add(timer_.get(), EPOLLIN, [this](uint32_t) { on_timer(); }); !st) return st;
-  if (spec_.kernel) {
-    pressure_timer_ = Fd(timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
-    if (!pressure_timer_) return errno_error("timerfd_create");
-    if (auto st = loop_.add(pressure_timer_.get(), EPOLLIN, [this](uint32_t) { on_pressure_timer(); }); !st)
-      return st;
-  }
   if (auto st = loop_.add(listener_.get(), EPOLLIN, [this](uint32_t) { on_listener_readable(); }); !st)
     return st;
   started_ = true;
@@ -161,7 +171,6 @@ void StreamRoute::stop() {
   while (!sessions_.empty()) close_session(sessions_.begin()->first, nullptr);
   loop_.remove(listener_.get());
   loop_.remove(timer_.get());
-  if (pressure_timer_) loop_.remove(pressure_timer_.get());
   started_ = false;
 }
 
@@ -192,56 +201,138 @@ void StreamRoute::on_listener_readable() {
                      budget_.max(), peer_text);
       continue;
     }
-    auto upstream = open_stream_upstream(*spec_.to);
-    if (!upstream) {
-      budget_.give_back();
-      ++counters_.connect_failed;
-      spdlog::warn("route {}: {}: {}; closing the client (counted)", spec_.route_id, peer_text,
-                   upstream.error().describe());
-      continue;
-    }
     auto s = std::make_unique<Session>();
     s->id = next_id_++;
     s->peer = peer_text;
+    s->client_hash = client_hash(client.get(), peer);
     s->started_ns = s->last_user_ns = now_ns();
     s->client.name = "client";
     s->upstream.name = "upstream";
     s->client.fd = std::move(client);
-    s->upstream.fd = std::move(*upstream);
     s->client.tcp = spec_.from->kind == EndpointKind::Tcp;
-    s->upstream.tcp = spec_.to->kind == EndpointKind::Tcp;
     s->client.messages = kind_socktype(spec_.from->kind) == SOCK_SEQPACKET;
-    s->upstream.messages = kind_socktype(spec_.to->kind) == SOCK_SEQPACKET;
     Session* raw = s.get();
     sessions_[raw->id] = std::move(s);
+    connect_upstream(*raw);
+  }
+}
+
+// balance = "hash": one client's connections go to one target. A client is
+// its address without the port (tcp), its CID (vsock), its process (unix,
+// SO_PEERCRED pid).
+uint32_t StreamRoute::client_hash(int fd, const sockaddr_storage& peer) const {
+  std::string identity;
+  if (peer.ss_family == AF_INET) {
+    const auto& in = reinterpret_cast<const sockaddr_in&>(peer);
+    identity.assign(reinterpret_cast<const char*>(&in.sin_addr), sizeof(in.sin_addr));
+  } else if (peer.ss_family == AF_INET6) {
+    const auto& in6 = reinterpret_cast<const sockaddr_in6&>(peer);
+    identity.assign(reinterpret_cast<const char*>(&in6.sin6_addr), sizeof(in6.sin6_addr));
+  } else if (peer.ss_family == AF_VSOCK) {
+    identity = std::to_string(reinterpret_cast<const sockaddr_vm&>(peer).svm_cid);
+  } else {
+    ucred cred{};
+    socklen_t len = sizeof(cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) identity = std::to_string(cred.pid);
+  }
+  uint32_t h = 2166136261u;  // FNV-1a
+  for (unsigned char c : identity) h = (h ^ c) * 16777619u;
+  return h;
+}
+
+// The next target in the rotation that is up (or due for a retry), or -1.
+int StreamRoute::pick_target(const Session& s) {
+  const size_t n = spec_.to.size();
+  size_t start = spec_.balance == Balance::Hash ? s.client_hash % n : next_target_++ % n;
+  uint64_t now = now_ns();
+  for (size_t k = 0; k < n; ++k) {
+    size_t t = (start + k) % n;
+    if (!health_[t].down || now >= health_[t].retry_at_ns) return static_cast<int>(t);
+  }
+  return -1;
+}
+
+void StreamRoute::target_failed(size_t t, const std::string& why) {
+  TargetHealth& h = health_[t];
+  ++h.failures;
+  uint64_t now = now_ns();
+  // Back-off doubles from 500 ms to 30 s; a target that was up for longer
+  // than that starts afresh.
+  h.backoff_ms = h.down || now - h.failed_at_ns < 30'000'000'000ull ? std::min<uint64_t>(h.backoff_ms * 2, 30'000) : 500;
+  h.down = true;
+  h.failed_at_ns = now;
+  h.retry_at_ns = now + h.backoff_ms * 1'000'000;
+  if (spec_.to.size() > 1)
+    spdlog::warn("route {}: target {} failed ({}); out of the rotation, retry in {} ms", spec_.route_id,
+                 spec_.to[t]->name, why, h.backoff_ms);
+}
+
+// Starts the session's upstream connection, on the next target that is up;
+// closes the client (counted) when there is none. False when it closed.
+bool StreamRoute::connect_upstream(Session& s) {
+  for (size_t tries = 0; tries < spec_.to.size(); ++tries) {
+    int t = pick_target(s);
+    if (t < 0) break;
+    const Endpoint& target = *spec_.to[static_cast<size_t>(t)];
+    auto upstream = open_stream_upstream(target);
+    if (!upstream) {
+      target_failed(static_cast<size_t>(t), upstream.error().describe());
+      spdlog::warn("route {}: {}: {}", spec_.route_id, s.peer, upstream.error().describe());
+      continue;
+    }
+    s.target = static_cast<size_t>(t);
+    s.upstream.fd = std::move(*upstream);
+    s.upstream.tcp = target.kind == EndpointKind::Tcp;
+    s.upstream.messages = kind_socktype(target.kind) == SOCK_SEQPACKET;
     // Writable = connected (or failed: SO_ERROR tells).
-    raw->upstream.registered = true;
-    raw->upstream.events = EPOLLOUT;
-    (void)loop_.add(raw->upstream.fd.get(), EPOLLOUT, [this, raw](uint32_t events) {
+    s.upstream.registered = true;
+    s.upstream.events = EPOLLOUT;
+    Session* raw = &s;
+    (void)loop_.add(s.upstream.fd.get(), EPOLLOUT, [this, raw](uint32_t events) {
       if (raw->connecting)
         on_connected(*raw);
       else
         on_side_event(*raw, raw->upstream, events);
     });
+    return true;
   }
+  ++counters_.connect_failed;
+  spdlog::warn("route {}: {}: no target can be reached; closing the client (counted)", spec_.route_id, s.peer);
+  close_session(s.id, nullptr);
+  return false;
 }
 
 void StreamRoute::on_connected(Session& s) {
   if (int err = socket_error(s.upstream.fd.get()); err != 0) {
-    ++counters_.connect_failed;
-    spdlog::warn("route {}: {}: connect to {}: {}; closing the client (counted)", spec_.route_id, s.peer,
-                 spec_.to->address.text, std::strerror(err));
-    close_session(s.id, nullptr);
+    const Endpoint& target = *spec_.to[s.target];
+    spdlog::warn("route {}: {}: connect to {}: {}", spec_.route_id, s.peer, target.address.text,
+                 std::strerror(err));
+    target_failed(s.target, std::strerror(err));
+    loop_.remove(s.upstream.fd.get());
+    s.upstream.registered = false;
+    s.upstream.fd.reset();
+    connect_upstream(s);  // the next target, if any is up
     return;
   }
   s.connecting = false;
   ++counters_.sessions_created;
+  health_[s.target].down = false;  // it answered
+  health_[s.target].backoff_ms = 500;
+  ++health_[s.target].sessions;
   for (Side* side : {&s.client, &s.upstream}) {
     auto cookie = socket_cookie(side->fd.get());
     side->cookie = cookie ? *cookie : 0;
     if (side->tcp) side->baseline = tcp_bytes_written(side->fd.get());
   }
-  if (spec_.kernel) {
+  // A sockmap takes established tcp sockets only: a client that sent its
+  // bytes and FIN before the session was wired (or a server that already
+  // closed) is carried by user space, from the first byte.
+  bool kernel = spec_.kernel && tcp_established(s.client.fd.get()) && tcp_established(s.upstream.fd.get());
+  if (spec_.kernel && !kernel) {
+    ++counters_.user_fallbacks;
+    spdlog::debug("route {}: session {}: a side is already half-closed: user-space path", spec_.route_id, s.id);
+  }
+  if (kernel) {
     if (auto st = wire_kernel(s); !st) {
       spdlog::warn("route {}: {}: kernel path not set up ({}); closing the session", spec_.route_id, s.peer,
                    st.error().describe());
@@ -266,9 +357,9 @@ void StreamRoute::on_connected(Session& s) {
   (void)loop_.add(raw->client.fd.get(), 0,
                   [this, raw](uint32_t events) { on_side_event(*raw, raw->client, events); });
   spdlog::debug("route {}: session {} from {} ({} path)", spec_.route_id, s.id, s.peer,
-                spec_.kernel ? "kernel" : "user-space");
+                kernel ? "kernel" : "user-space");
   uint64_t id = s.id;
-  if (!spec_.kernel) {
+  if (!kernel) {
     // Data that arrived while we connected.
     user_copy(s, s.client, s.upstream);
     if (!sessions_.count(id)) return;
@@ -322,7 +413,6 @@ Status StreamRoute::wire_kernel(Session& s) {
     if (setsockopt(side->fd.get(), SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one)) != 0)
       return errno_error(std::string("SO_RCVLOWAT on the ") + side->name + " socket");
   }
-  arm_pressure_timer(true);
   spdlog::debug("route {}: session {}: in the maps", spec_.route_id, s.id);
   return {};
 }
@@ -331,9 +421,7 @@ void StreamRoute::update_events(Session& s) {
   for (Side* side : {&s.client, &s.upstream}) {
     Side& other = s.other(*side);
     uint32_t want = 0;
-    bool user_reads = !s.kernel || side->user_read;   // user space reads from this side
-    bool user_writes = !s.kernel || other.user_read;  // and writes to it
-    if (user_reads) {
+    if (!s.kernel) {
       bool room = side->messages || other.messages ? other.messages_q.empty() : other.in_pipe == 0;
       if (!side->eof && room) want |= EPOLLIN | EPOLLRDHUP;
     } else if (!side->eof) {
@@ -341,7 +429,7 @@ void StreamRoute::update_events(Session& s) {
       // the same bytes. EOF and errors are all we need.
       want |= EPOLLRDHUP;
     }
-    if (user_writes) {
+    if (!s.kernel) {
       if (side->in_pipe > 0 || !side->messages_q.empty()) want |= EPOLLOUT;
       // A hung-up peer is no longer watched (below), yet may hold unread
       // bytes: this side's writability drives the reads from it until EOF.
@@ -377,19 +465,17 @@ void StreamRoute::on_side_event(Session& s, Side& side, uint32_t events) {
     }
   }
   Side& other = s.other(side);
-  // User space copies both directions on the user path, and on the kernel
-  // path those that the backpressure handed to it.
-  if ((events & EPOLLOUT) && (!s.kernel || other.user_read)) {
-    user_copy(s, other, side);
-    if (!sessions_.count(id)) return;
-  }
-  if (!s.kernel || side.user_read) {
+  if (s.kernel) {
+    if (events & (EPOLLRDHUP | EPOLLHUP)) side.eof = true;
+  } else {
+    if (events & EPOLLOUT) {
+      user_copy(s, other, side);
+      if (!sessions_.count(id)) return;
+    }
     if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP)) {
       user_copy(s, side, other);
       if (!sessions_.count(id)) return;
     }
-  } else if (events & (EPOLLRDHUP | EPOLLHUP)) {
-    side.eof = true;
   }
   if (events & EPOLLHUP) {
     // Both directions of this socket are shut: its peer closed, or both
@@ -399,7 +485,7 @@ void StreamRoute::on_side_event(Session& s, Side& side, uint32_t events) {
     // kernel path the verdict program takes them and the half-close rule
     // counts them.
     side.hup = true;
-    if (s.kernel && !side.user_read) side.eof = true;
+    if (s.kernel) side.eof = true;
   }
   if (sessions_.count(id)) {
     update_events(s);
@@ -594,10 +680,13 @@ uint64_t StreamRoute::backlog(const Side& from, const Side& to) const {
   return redirected > written ? redirected - written : 0;
 }
 
-// Before the sockets close: no new bytes enter the kernel path, the psock
-// backlogs empty into their sockets, and what the relay's sockets hold or
-// its pipes carry is written out, for up to kStopDrain. close() then sends
-// each FIN after the bytes (tcp sends its queue before the FIN).
+// Before the sockets close: bytes already taken in are delivered, for up
+// to kStopDrain. Kernel sessions: the sources leave the map (nothing new is
+// steered) and the psock backlogs empty into their sockets; what is still
+// unsteered in a receive queue is not read (the verdict program may have
+// been running on it: reading it could leave a gap), so those bytes are
+// cut off, not corrupted. User sessions: the pipes are written out.
+// close() then sends each FIN after the bytes (tcp sends its queue first).
 void StreamRoute::deliver_before_stop() {
   const auto deadline = std::chrono::steady_clock::now() + kStopDrain;
   for (auto& [id, s] : sessions_)
@@ -617,15 +706,9 @@ void StreamRoute::deliver_before_stop() {
       for (Side* from : {&s.client, &s.upstream}) {
         Side& to = s.other(*from);
         if (to.shut_wr || to.hup) continue;
-        if (s.kernel && !from->user_read) {
-          if (!s.attached) continue;
-          if (backlog(*from, to) > 0) {
-            busy = true;
-            continue;
-          }
-          if (!open_pipe(to)) continue;
-          from->user_read = true;  // as after a pause: user space reads on (see on_pressure_timer)
-          from->eof = false;
+        if (s.kernel) {
+          if (s.attached && backlog(*from, to) > 0) busy = true;
+          continue;
         }
         user_copy(s, *from, to);
         if (!sessions_.count(id)) break;
@@ -635,90 +718,6 @@ void StreamRoute::deliver_before_stop() {
     if (!busy) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
-}
-
-void StreamRoute::on_pressure_timer() {
-  uint64_t expirations;
-  while (read(pressure_timer_.get(), &expirations, sizeof(expirations)) > 0) {
-  }
-  bool any = false;
-  std::vector<uint64_t> to_user;
-  for (auto& [id, s] : sessions_) {
-    if (!s->attached) continue;
-    any = true;
-    for (Side* from : {&s->client, &s->upstream}) {
-      if (from->user_read) continue;  // the pipe bounds it
-      Side& to = s->other(*from);
-      uint64_t waiting = backlog(*from, to);
-      if (!from->paused && waiting > kBacklogHigh && !from->eof) {
-        // Unsteered, the source keeps its psock (it is still a target) and
-        // its bytes wait in its receive queue, in order.
-        maps_->remove_source(from->cookie);
-        from->source_added = false;
-        from->paused = true;
-        ++counters_.backpressure_pauses;
-        spdlog::debug("route {}: session {}: {} paused, {} bytes wait toward the {}", spec_.route_id, id,
-                      from->name, waiting, to.name);
-      } else if (from->paused && waiting < kBacklogLow) {
-        // A sockmap takes established tcp sockets only: once this socket
-        // was half-closed (FIN_WAIT) it cannot go back in, and user space
-        // carries the rest of this direction, from when the backlog is
-        // empty (so its bytes cannot overtake the kernel's).
-        if (!tcp_established(from->fd.get())) {
-          if (waiting == 0) to_user.push_back(id);
-          continue;
-        }
-        if (auto st = maps_->add_source(from->cookie, from->fd.get()); !st) {
-          spdlog::warn("route {}: session {}: cannot steer the {} again: {}", spec_.route_id, id, from->name,
-                       st.error().describe());
-          continue;
-        }
-        from->source_added = true;
-        from->paused = false;
-        int one = 1;  // hand what queued meanwhile to the verdict program (see wire_kernel)
-        setsockopt(from->fd.get(), SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
-      }
-    }
-  }
-  for (uint64_t id : to_user) {
-    auto it = sessions_.find(id);
-    if (it == sessions_.end()) continue;
-    Session& s = *it->second;
-    for (Side* from : {&s.client, &s.upstream}) {
-      if (!from->paused || tcp_established(from->fd.get())) continue;
-      Side& to = s.other(*from);
-      if (auto st = open_pipe(to); !st) {
-        fail_session(id, *from, st.error().code);
-        break;
-      }
-      from->paused = false;
-      from->user_read = true;
-      // EOF seen while steered only meant RDHUP: the bytes queued while
-      // paused are still to be read, and a read returning 0 now says EOF.
-      from->eof = false;
-      ++counters_.user_fallbacks;
-      spdlog::debug("route {}: session {}: {} -> {} continues in user space (half-closed socket)",
-                    spec_.route_id, id, from->name, to.name);
-      user_copy(s, *from, to);
-      if (!sessions_.count(id)) break;
-    }
-    if (sessions_.count(id)) {
-      update_events(s);
-      check_half_close(s);
-    }
-  }
-  arm_pressure_timer(any);
-}
-
-// Runs only while kernel sessions exist: an idle relay does not wake.
-void StreamRoute::arm_pressure_timer(bool on) {
-  if (on == pressure_armed_) return;
-  itimerspec spec{};
-  if (on)
-    spec.it_interval.tv_nsec = spec.it_value.tv_nsec =
-        std::chrono::duration_cast<std::chrono::nanoseconds>(kPressureCheck).count();
-  timerfd_settime(pressure_timer_.get(), 0, &spec, nullptr);
-  pressure_armed_ = on;
 }
 
 void StreamRoute::fail_session(uint64_t id, Side& failed, int err) {
@@ -781,8 +780,10 @@ void StreamRoute::expire_idle() {
   }
   for (uint64_t id : timed_out) {
     ++counters_.connect_failed;
+    size_t t = sessions_.at(id)->target;
     spdlog::warn("route {}: session {}: connect to {} timed out; closing the client (counted)",
-                 spec_.route_id, id, spec_.to->address.text);
+                 spec_.route_id, id, spec_.to[t]->address.text);
+    target_failed(t, "connect timed out");
     close_session(id, nullptr);
   }
   for (uint64_t id : expired) {

@@ -43,6 +43,7 @@
 #include "bpf_loader/map_writer.h"
 #include "common/fd.h"
 #include "config/model.h"
+#include "sessions/datagram_route.h"
 #include "sessions/event_loop.h"
 #include "sessions/peer_policy.h"
 #include "sessions/session_budget.h"
@@ -58,8 +59,8 @@ struct StreamCounters {
   uint64_t refused_policy = 0;        // connections closed at accept: allow-cids/uids/gids
   uint64_t connect_failed = 0;        // upstream unreachable / refused / timed out
   uint64_t half_closes = 0;           // FINs propagated (shutdown(SHUT_WR) issued)
-  uint64_t backpressure_pauses = 0;   // kernel path: a source unsteered while its partner's backlog was full
-  uint64_t user_fallbacks = 0;        // kernel path: a paused half-closed direction finished in user space
+  uint64_t user_fallbacks = 0;        // kernel route, user space carries a session whose side was
+                                      // half-closed before it was wired (a sockmap takes established only)
   uint64_t user_bytes = 0;            // bytes user space moved (user path)
   uint64_t user_messages = 0;         // seqpacket messages user space moved
   uint64_t dropped_messages = 0;      // datagram <-> stream bridges: a datagram not queued or not sent
@@ -68,7 +69,8 @@ struct StreamCounters {
 struct StreamRouteSpec {
   uint32_t route_id = 0;
   const Endpoint* from = nullptr;
-  const Endpoint* to = nullptr;
+  std::vector<const Endpoint*> to;  // 1..RELAY_MAX_TARGETS: each session connects to one
+  Balance balance = Balance::Single;  // round-robin or hash over `to`, per connection
   bool kernel = true;  // kernel data path; false: user space carries it all
   PeerPolicy policy;   // who may open a session
   std::chrono::milliseconds idle_timeout{120'000};
@@ -93,12 +95,24 @@ class StreamRoute {
   size_t session_count() const { return sessions_.size(); }
   const StreamCounters& counters() const { return counters_; }
   const StreamRouteSpec& spec() const { return spec_; }
+  std::vector<TargetReport> targets() const;  // per-target sessions, failures, up/down
 
  private:
   struct Side;
   struct Session;
 
+  struct TargetHealth {
+    bool down = false;
+    uint64_t retry_at_ns = 0, failed_at_ns = 0;
+    uint64_t backoff_ms = 500;
+    uint64_t failures = 0, sessions = 0;
+  };
+
   void on_listener_readable();
+  uint32_t client_hash(int fd, const sockaddr_storage& peer) const;
+  int pick_target(const Session& s);
+  void target_failed(size_t target, const std::string& why);
+  bool connect_upstream(Session& s);
   void on_connected(Session& s);
   Status wire_kernel(Session& s);
   Status open_pipe(Side& to);
@@ -111,8 +125,6 @@ class StreamRoute {
   void update_events(Session& s);
   void arm_timer(bool on);
   void on_timer();
-  void on_pressure_timer();
-  void arm_pressure_timer(bool on);
   void close_session(uint64_t id, const char* why);
   void fail_session(uint64_t id, Side& failed, int err);
   uint64_t last_activity_ns(const Session& s) const;
@@ -123,11 +135,11 @@ class StreamRoute {
   EventLoop& loop_;
   SessionBudget& budget_;
   Fd timer_;           // fast half-close checks while a session waits to propagate a FIN
-  Fd pressure_timer_;  // kernel path: backlog checks (backpressure)
-  bool pressure_armed_ = false;
   bool timer_armed_ = false;
   std::unordered_map<uint64_t, std::unique_ptr<Session>> sessions_;
   uint64_t next_id_ = 1;
+  std::vector<TargetHealth> health_;  // one per spec_.to
+  uint64_t next_target_ = 0;          // round-robin position
   StreamCounters counters_;
   bool started_ = false;
 };

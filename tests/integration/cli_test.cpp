@@ -69,12 +69,28 @@ TEST(Cli, CheckRefusesKernelDatapathOnUnsupportedPairingWithPosition) {
   EXPECT_NE(o.text.find("warning:"), std::string::npos) << o.text;
 }
 
-// Configs this version refuses (unix-stream, VSOCK stream routes) say so.
+// What this version refuses says so, with the fix: subscribers (ingress
+// into a local socket), broadcast of a stream, the stream kernel path for
+// unix-stream. What it runs in user space is a warning naming why.
 TEST(Cli, CheckRefusesWhatThisVersionCannotRun) {
+  TempDir dir;
+  const std::string endpoints =
+      "[endpoints.a]\ntype = \"unix-stream\"\nlisten = \"/run/a.sock\"\n"
+      "[endpoints.b]\ntype = \"unix-stream\"\nconnect = \"/run/b.sock\"\n"
+      "[endpoints.c]\ntype = \"unix-stream\"\nconnect = \"/run/c.sock\"\n";
+  for (auto [route, expect] :
+       {std::pair{"from = \"a\"\nto = \"b\"\nmode = \"ingress\"\n", "subscribers are not implemented"},
+        std::pair{"from = \"a\"\nto = [\"b\", \"c\"]\nbalance = \"broadcast\"\n", "use \"round-robin\""},
+        std::pair{"from = \"a\"\nto = \"b\"\ndatapath = \"kernel\"\n", "psock backlog"}}) {
+    std::ofstream(dir.file("c.toml")) << endpoints << "[[routes]]\n" << route;
+    Output o = sockrelay("check --no-probe --config " + dir.file("c.toml"));
+    EXPECT_EQ(o.status, 1) << o.text;
+    EXPECT_NE(o.text.find(expect), std::string::npos) << o.text;
+  }
   Output o = sockrelay(std::string("check --no-probe --config ") + SOCKRELAY_SOURCE_DIR +
                        "/config/unix-to-unix.toml");
-  EXPECT_EQ(o.status, 1) << o.text;
-  EXPECT_NE(o.text.find("not relayed by this version"), std::string::npos) << o.text;
+  EXPECT_EQ(o.status, 0) << o.text;
+  EXPECT_NE(o.text.find("user space because"), std::string::npos) << o.text;
 }
 
 TEST(Cli, CheckReportsSyntaxErrorsWithLineAndColumn) {

@@ -50,10 +50,12 @@ TEST(DatapathChoice, KernelUnavailableRefusesKernelAndFallsBackAuto) {
 namespace sockrelay {
 namespace {
 
-TEST(DatapathChoice, OnlyTcpStreamsRideTheKernelPath) {
-  EXPECT_TRUE(
-      choose_datapath(Datapath::Auto, matrix_cell(EndpointKind::Tcp, EndpointKind::Tcp, Mode::Egress), "")
-          .kernel);
+TEST(DatapathChoice, OnlyTcpStreamsRideTheKernelPathAndOnlyWhenAsked) {
+  const auto& tcp = matrix_cell(EndpointKind::Tcp, EndpointKind::Tcp, Mode::Egress);
+  EXPECT_TRUE(choose_datapath(Datapath::Kernel, tcp, "").kernel);
+  auto c = choose_datapath(Datapath::Auto, tcp, "");
+  EXPECT_FALSE(c.kernel);
+  EXPECT_NE(c.reason.find("no backpressure"), std::string::npos) << c.reason;
   for (auto [from, to] : {std::pair{EndpointKind::UnixStream, EndpointKind::UnixStream},
                           std::pair{EndpointKind::Tcp, EndpointKind::UnixStream},
                           std::pair{EndpointKind::UnixStream, EndpointKind::Tcp},
