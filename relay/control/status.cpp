@@ -35,8 +35,9 @@ std::string format_status_text(const StatusSnapshot& s) {
     }
     if (r.is_stream)
       out << "  stream    closed " << r.stream.sessions_closed << ", half-closes " << r.stream.half_closes
-          << ", user fallbacks " << r.stream.user_fallbacks << ", connect-failed " << r.stream.connect_failed << ", refused "
-          << r.stream.refused_max_sessions << " (max-sessions) " << r.stream.refused_policy << " (policy)"
+          << ", user fallbacks " << r.stream.user_fallbacks << ", connect-failed " << r.stream.connect_failed
+          << ", refused " << r.stream.refused_max_sessions << " (max-sessions) " << r.stream.refused_policy
+          << " (policy)"
           << ", user bytes " << r.stream.user_bytes << ", user messages " << r.stream.user_messages
           << ", dropped messages " << r.stream.dropped_messages << "\n";
   }

@@ -258,7 +258,8 @@ void StreamRoute::target_failed(size_t t, const std::string& why) {
   uint64_t now = now_ns();
   // Back-off doubles from 500 ms to 30 s; a target that was up for longer
   // than that starts afresh.
-  h.backoff_ms = h.down || now - h.failed_at_ns < 30'000'000'000ull ? std::min<uint64_t>(h.backoff_ms * 2, 30'000) : 500;
+  bool recent = h.down || now - h.failed_at_ns < 30'000'000'000ull;
+  h.backoff_ms = recent ? std::min<uint64_t>(h.backoff_ms * 2, 30'000) : 500;
   h.down = true;
   h.failed_at_ns = now;
   h.retry_at_ns = now + h.backoff_ms * 1'000'000;
@@ -297,7 +298,8 @@ bool StreamRoute::connect_upstream(Session& s) {
     return true;
   }
   ++counters_.connect_failed;
-  spdlog::warn("route {}: {}: no target can be reached; closing the client (counted)", spec_.route_id, s.peer);
+  spdlog::warn("route {}: {}: no target can be reached; closing the client (counted)", spec_.route_id,
+               s.peer);
   close_session(s.id, nullptr);
   return false;
 }
@@ -330,7 +332,8 @@ void StreamRoute::on_connected(Session& s) {
   bool kernel = spec_.kernel && tcp_established(s.client.fd.get()) && tcp_established(s.upstream.fd.get());
   if (spec_.kernel && !kernel) {
     ++counters_.user_fallbacks;
-    spdlog::debug("route {}: session {}: a side is already half-closed: user-space path", spec_.route_id, s.id);
+    spdlog::debug("route {}: session {}: a side is already half-closed: user-space path", spec_.route_id,
+                  s.id);
   }
   if (kernel) {
     if (auto st = wire_kernel(s); !st) {

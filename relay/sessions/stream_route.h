@@ -69,10 +69,10 @@ struct StreamCounters {
 struct StreamRouteSpec {
   uint32_t route_id = 0;
   const Endpoint* from = nullptr;
-  std::vector<const Endpoint*> to;  // 1..RELAY_MAX_TARGETS: each session connects to one
+  std::vector<const Endpoint*> to;    // 1..RELAY_MAX_TARGETS: each session connects to one
   Balance balance = Balance::Single;  // round-robin or hash over `to`, per connection
-  bool kernel = true;  // kernel data path; false: user space carries it all
-  PeerPolicy policy;   // who may open a session
+  bool kernel = true;                 // kernel data path; false: user space carries it all
+  PeerPolicy policy;                  // who may open a session
   std::chrono::milliseconds idle_timeout{120'000};
   std::chrono::milliseconds connect_timeout{5'000};
 };
@@ -134,7 +134,7 @@ class StreamRoute {
   MapWriter* maps_;
   EventLoop& loop_;
   SessionBudget& budget_;
-  Fd timer_;           // fast half-close checks while a session waits to propagate a FIN
+  Fd timer_;  // fast half-close checks while a session waits to propagate a FIN
   bool timer_armed_ = false;
   std::unordered_map<uint64_t, std::unique_ptr<Session>> sessions_;
   uint64_t next_id_ = 1;

@@ -260,8 +260,8 @@ TEST_F(StreamRelay, StoppedReaderMemoryOnBothPaths) {
     std::this_thread::sleep_for(std::chrono::milliseconds(2500));
     std::string mid = relay.status_json();
     uint64_t passed = json_counter(mid, "kernel", "bytes") + json_counter(mid, "stream", "user-bytes");
-    std::cout << datapath << " path, reader stopped: " << passed / kMiB << " MiB passed on of " << offered / kMiB
-              << " MiB offered\n";
+    std::cout << datapath << " path, reader stopped: " << passed / kMiB << " MiB passed on of "
+              << offered / kMiB << " MiB offered\n";
     if (std::string(datapath) == "auto") {
       EXPECT_LT(passed, 24 * kMiB) << mid;
     }
@@ -479,8 +479,8 @@ class StreamFanOut : public ::testing::Test {
   std::string config(const char* balance) {
     std::string c = "[endpoints.front]\ntype = \"tcp\"\nlisten = \"127.0.0.1:6300\"\n";
     for (int i = 1; i <= 3; ++i)
-      c += "[endpoints.b" + std::to_string(i) + "]\ntype = \"tcp\"\nconnect = \"127.0.0.1:" +
-           std::to_string(6300 + i) + "\"\n";
+      c += "[endpoints.b" + std::to_string(i) +
+           "]\ntype = \"tcp\"\nconnect = \"127.0.0.1:" + std::to_string(6300 + i) + "\"\n";
     return c + "[[routes]]\nfrom = \"front\"\nto = [\"b1\", \"b2\", \"b3\"]\nbalance = \"" + balance + "\"\n";
   }
   TransferResult one_connection(uint64_t seed) {
@@ -522,7 +522,8 @@ TEST_F(StreamFanOut, HashKeepsOneClientOnOneTarget) {
   for (uint64_t i = 0; i < 6; ++i) EXPECT_TRUE(one_connection(200 + i).got_eof);
   std::vector<int> counts = {b1.accepted(), b2.accepted(), b3.accepted()};
   EXPECT_EQ(*std::max_element(counts.begin(), counts.end()), 6)
-      << "one client (127.0.0.1) must land on one target: " << counts[0] << "/" << counts[1] << "/" << counts[2];
+      << "one client (127.0.0.1) must land on one target: " << counts[0] << "/" << counts[1] << "/"
+      << counts[2];
 }
 
 }  // namespace
