@@ -12,8 +12,10 @@
 //                                               thread per connection)
 //   pingpong  --to ADDR --count N [--warmup W] [--size N]
 //                                               N round trips of one message
-// ADDR is "A.B.C.D:PORT" (tcp, numeric IPv4: a loopback benchmark) or a path
-// (unix-stream; "@name" for the abstract namespace). Each role ends by
+// ADDR is "A.B.C.D:PORT" (tcp, numeric IPv4: a loopback benchmark), a path
+// (unix-stream; "@name" for the abstract namespace) or "vsock:CID:PORT"
+// (CID a number or "any"; used inside the vm-tests guests only, over the
+// vsock loopback transport). Each role ends by
 // printing one line of key=value pairs on stdout, which the script parses;
 // diagnostics go to stderr. Plain blocking sockets: the point is to put the
 // same, simple load on every path, not to be fast.
@@ -24,6 +26,9 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+// clang-format off: <sys/socket.h> must come before <linux/vm_sockets.h>.
+#include <linux/vm_sockets.h>
+// clang-format on
 #include <time.h>
 #include <unistd.h>
 
@@ -111,8 +116,19 @@ Address parse_address(const std::string& text) {
     a.length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + text.size() + (text[0] == '/'));
     return a;
   }
+  if (text.rfind("vsock:", 0) == 0) {
+    auto colon = text.rfind(':');
+    std::string cid = text.substr(6, colon - 6);
+    auto* vm = reinterpret_cast<sockaddr_vm*>(&a.storage);
+    vm->svm_family = AF_VSOCK;
+    vm->svm_cid =
+        cid == "any" ? VMADDR_CID_ANY : static_cast<unsigned>(std::strtoul(cid.c_str(), nullptr, 10));
+    vm->svm_port = static_cast<unsigned>(std::strtoul(text.c_str() + colon + 1, nullptr, 10));
+    a.length = sizeof(sockaddr_vm);
+    return a;
+  }
   auto colon = text.rfind(':');
-  if (colon == std::string::npos) die("address must be A.B.C.D:PORT or a unix path: " + text);
+  if (colon == std::string::npos) die("address must be A.B.C.D:PORT, a unix path or vsock:CID:PORT: " + text);
   auto* in = reinterpret_cast<sockaddr_in*>(&a.storage);
   in->sin_family = AF_INET;
   if (inet_pton(AF_INET, text.substr(0, colon).c_str(), &in->sin_addr) != 1) die("bad IPv4 address: " + text);
@@ -376,7 +392,7 @@ void usage() {
                "       sockrelay_stream_load echo --listen ADDR\n"
                "       sockrelay_stream_load pingpong --to ADDR [--count N] [--warmup W] [--size N] "
                "[--timeout-s S]\n"
-               "ADDR: A.B.C.D:PORT (tcp) or /path, @name (unix-stream)\n");
+               "ADDR: A.B.C.D:PORT (tcp), /path or @name (unix-stream), vsock:CID:PORT (in a guest)\n");
 }
 
 }  // namespace

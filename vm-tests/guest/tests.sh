@@ -17,3 +17,6 @@ vmtest 6.1    gtest-datagram    --timeout 150 gtest 'BpfRelay*:Datagram*:*AllFou
 # The relay with VSOCK endpoints (user-space path on both kernels: the
 # stream kernel path carries tcp only), over vsock loopback, CID 1.
 vmtest all    relay-vsock       --timeout 240 gtest 'Vsock*'
+
+# The VSOCK benchmark (numbers in the results file; PASS = no byte lost).
+vmtest 6.12   bench-vsock       --timeout 150 bench_vsock
