@@ -1,8 +1,11 @@
-// sockrelay_udp_load: the load generator and sinks of bench/udp_bench.sh.
+// sockrelay_udp_load: the load generator and sinks of bench/udp_bench.sh and
+// bench/fanout_bench.sh.
 //
 // One binary, four roles, so that direct, relayed and socat runs use exactly
 // the same sender and receiver:
-//   sink  --bind A:P [--idle-ms MS] [--max-s S]  count datagrams (recvmmsg)
+//   sink  --bind A:P[,A:P...] [--idle-ms MS] [--max-s S]
+//                                                 count datagrams (recvmmsg),
+//                                                 in total and per port
 //   send  --to A:P --duration S [--size N] [--rate R] [--batch B]
 //                                                 blast datagrams (sendmmsg)
 //   echo  --bind A:P                             send every datagram back
@@ -13,7 +16,9 @@
 // is a loopback benchmark.
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -26,6 +31,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <memory>
+#include <ranges>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -47,6 +54,17 @@ uint64_t now_ns() {
   timespec ts{};
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+// This process's user + system CPU time so far, in seconds: the scripts
+// cannot read it from /proc once the process has exited.
+double cpu_seconds() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  auto seconds = [](const timeval& tv) {
+    return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6;
+  };
+  return seconds(ru.ru_utime) + seconds(ru.ru_stime);
 }
 
 void sleep_until_ns(uint64_t deadline) {
@@ -144,16 +162,26 @@ constexpr size_t kMaxDatagram = 65536;
 
 // Counts datagrams until it has seen some and then none for --idle-ms (the
 // relay's queues have drained), until --max-s, or until SIGTERM/SIGINT.
+// --bind takes one address or several, comma-separated: one socket each,
+// all drained by this one thread (fanout_bench.sh's consumers), counted
+// together and per port.
 int run_sink(const Options& o) {
-  Socket s;
-  set_buffer(s.get(), SO_RCVBUFFORCE, SO_RCVBUF, 64 << 20);
-  bind_to(s.get(), o.text("bind"));
+  std::vector<std::string> addresses;
+  for (const std::string& list = o.text("bind"); const auto part : std::views::split(list, ','))
+    addresses.emplace_back(part.begin(), part.end());
+  std::vector<std::unique_ptr<Socket>> sockets;
+  std::vector<pollfd> pfds;
+  for (const std::string& address : addresses) {
+    auto& s = *sockets.emplace_back(std::make_unique<Socket>());
+    set_buffer(s.get(), SO_RCVBUFFORCE, SO_RCVBUF, 64 << 20);
+    bind_to(s.get(), address);
+    pfds.push_back({s.get(), POLLIN, 0});
+  }
   const auto idle_ns = static_cast<uint64_t>(o.number("idle-ms", 500) * 1e6);
   const auto max_ns = static_cast<uint64_t>(o.number("max-s", 120) * 1e9);
-  set_receive_timeout(s.get(), 50);
   int rcvbuf = 0;
   socklen_t len = sizeof(rcvbuf);
-  getsockopt(s.get(), SOL_SOCKET, SO_RCVBUF, &rcvbuf, &len);
+  getsockopt(sockets.front()->get(), SOL_SOCKET, SO_RCVBUF, &rcvbuf, &len);
 
   // Payloads are not looked at: small buffers, truncation is fine (with
   // MSG_TRUNC the length reported is still the datagram's).
@@ -169,27 +197,44 @@ int run_sink(const Options& o) {
   std::printf("ready\n");
   std::fflush(stdout);
 
+  std::vector<uint64_t> per_socket(sockets.size(), 0);
   uint64_t datagrams = 0, bytes = 0, calls = 0, first = 0, last = 0;
   const uint64_t start = now_ns();
   while (!g_stop) {
-    int n = recvmmsg(s.get(), msgs, kMaxBatch, MSG_WAITFORONE | MSG_TRUNC, nullptr);
+    // One batch from each socket in turn, so that a busy port cannot starve
+    // the others; poll only once every queue is empty.
+    bool got = false;
+    for (size_t k = 0; k < sockets.size(); ++k) {
+      int n = recvmmsg(sockets[k]->get(), msgs, kMaxBatch, MSG_DONTWAIT | MSG_TRUNC, nullptr);
+      if (n > 0) {
+        got = true;
+        ++calls;
+        datagrams += static_cast<uint64_t>(n);
+        per_socket[k] += static_cast<uint64_t>(n);
+        for (int i = 0; i < n; ++i) bytes += msgs[i].msg_len;
+      } else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+        die_errno("recvmmsg");
+      }
+    }
     uint64_t t = now_ns();
-    if (n > 0) {
+    if (got) {
       if (!first) first = t;
       last = t;
-      ++calls;
-      datagrams += static_cast<uint64_t>(n);
-      for (int i = 0; i < n; ++i) bytes += msgs[i].msg_len;
       continue;
     }
-    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) die_errno("recvmmsg");
     if (first && t - last > idle_ns) break;
     if (t - start > max_ns) break;
+    if (poll(pfds.data(), pfds.size(), 50) < 0 && errno != EINTR) die_errno("poll");
   }
   const double window = first ? static_cast<double>(last - first) / 1e9 : 0.0;
-  std::printf("sink datagrams=%llu bytes=%llu recv_calls=%llu rx_window_s=%.3f rcvbuf=%d\n",
-              static_cast<unsigned long long>(datagrams), static_cast<unsigned long long>(bytes),
-              static_cast<unsigned long long>(calls), window, rcvbuf);
+  std::string per_port;
+  for (size_t k = 0; k < sockets.size(); ++k)
+    per_port += (k ? "," : "") + addresses[k].substr(addresses[k].rfind(':') + 1) + ":" +
+                std::to_string(per_socket[k]);
+  std::printf(
+      "sink datagrams=%llu bytes=%llu recv_calls=%llu rx_window_s=%.3f rcvbuf=%d per_port=%s cpu_s=%.3f\n",
+      static_cast<unsigned long long>(datagrams), static_cast<unsigned long long>(bytes),
+      static_cast<unsigned long long>(calls), window, rcvbuf, per_port.c_str(), cpu_seconds());
   return 0;
 }
 
@@ -199,6 +244,11 @@ int run_sink(const Options& o) {
 int run_send(const Options& o) {
   Socket s;
   set_buffer(s.get(), SO_SNDBUFFORCE, SO_SNDBUF, 4 << 20);
+  // So that --to may be a broadcast address (fanout_bench.sh's socat
+  // baseline lets the kernel copy each datagram to every socat); no effect
+  // on unicast.
+  int one = 1;
+  if (setsockopt(s.get(), SOL_SOCKET, SO_BROADCAST, &one, sizeof(one)) != 0) die_errno("SO_BROADCAST");
   connect_to(s.get(), o.text("to"));
   const auto size = static_cast<size_t>(o.number("size", 64));
   const double rate = o.number("rate", 0);
@@ -257,9 +307,9 @@ int run_send(const Options& o) {
     t = now_ns();
   }
   const double elapsed = static_cast<double>(t - start) / 1e9;
-  std::printf("send sent=%llu errors=%llu calls=%llu elapsed_s=%.3f size=%zu rate=%.0f\n",
+  std::printf("send sent=%llu errors=%llu calls=%llu elapsed_s=%.3f size=%zu rate=%.0f cpu_s=%.3f\n",
               static_cast<unsigned long long>(sent), static_cast<unsigned long long>(errors),
-              static_cast<unsigned long long>(calls), elapsed, size, rate);
+              static_cast<unsigned long long>(calls), elapsed, size, rate, cpu_seconds());
   return 0;
 }
 
@@ -351,7 +401,7 @@ int run_ping(const Options& o) {
 void usage() {
   std::fprintf(
       stderr,
-      "usage: sockrelay_udp_load sink --bind A:P [--idle-ms MS] [--max-s S]\n"
+      "usage: sockrelay_udp_load sink --bind A:P[,A:P...] [--idle-ms MS] [--max-s S]\n"
       "       sockrelay_udp_load send --to A:P [--duration S] [--size N] [--rate R] [--batch B]\n"
       "       sockrelay_udp_load echo --bind A:P\n"
       "       sockrelay_udp_load ping --to A:P [--count N] [--warmup W] [--size N] [--timeout-ms MS]\n");
