@@ -160,6 +160,11 @@ Result<std::unique_ptr<Relay>> Relay::start(Config config) {
 }
 
 Status Relay::watch_signals() {
+  // A peer that vanished makes a write fail with EPIPE, which the session
+  // handles; splice() has no MSG_NOSIGNAL, so without this the kernel's
+  // SIGPIPE would end the whole relay (measured: a server resetting its
+  // connection while the relay spliced toward it).
+  signal(SIGPIPE, SIG_IGN);
   // Signals through the loop, so teardown and reload run in one place.
   sigset_t mask;
   sigemptyset(&mask);

@@ -495,6 +495,13 @@ void StreamRoute::on_side_event(Session& s, Side& side, uint32_t events) {
     // counts them.
     side.hup = true;
     if (s.kernel) side.eof = true;
+    // Bytes still waiting for it cannot be delivered, and a hung-up socket
+    // is no longer watched for EPOLLOUT: write now, so the error (EPIPE,
+    // ECONNRESET) closes the session instead of leaving it waiting.
+    if (!s.kernel && (side.in_pipe > 0 || !side.messages_q.empty())) {
+      user_copy(s, other, side);
+      if (!sessions_.count(id)) return;
+    }
   }
   if (sessions_.count(id)) {
     update_events(s);

@@ -186,7 +186,7 @@ TEST_F(StreamRelay, ServerClosingEarlyClosesClient) {
   TransferResult r = run_transfer(c.get(), client_plan(64 * kMiB));
   EXPECT_FALSE(r.timed_out) << "client hung: sent " << r.sent << "\n" << relay.status_json();
   EXPECT_LT(r.sent, 64 * kMiB);
-  EXPECT_TRUE(wait_sessions(relay, 0)) << relay.status_json();
+  EXPECT_TRUE(wait_sessions(relay, 0)) << relay.status_json() << relay.log();
   EXPECT_GE(json_counter(relay.status_json(), "stream", "sessions-failed"), 1u) << relay.status_json();
 }
 
