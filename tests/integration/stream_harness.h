@@ -276,4 +276,25 @@ class SeqpacketEcho {
   std::thread thread_;
 };
 
+// Sends messages of several sizes, `rounds` times, each answered by an echo
+// server, and checks every reply is the same message, whole: "" when all
+// came back, else what went wrong. Message sizes stay below 65 000 bytes.
+inline std::string seqpacket_round_trips(int fd, size_t rounds, std::vector<size_t>* sizes_out = nullptr) {
+  const std::vector<size_t> sizes = {1, 100, 4096, 60000, 7, 3000};
+  if (sizes_out) *sizes_out = sizes;
+  std::vector<char> buf(70000), got(70000);
+  for (size_t round = 0; round < rounds; ++round) {
+    for (size_t size : sizes) {
+      for (size_t i = 0; i < size; ++i) buf[i] = static_cast<char>(i * 31 + size + round);
+      if (send(fd, buf.data(), size, 0) != static_cast<ssize_t>(size))
+        return std::string("send: ") + std::strerror(errno);
+      ssize_t n = recv(fd, got.data(), got.size(), 0);
+      if (n != static_cast<ssize_t>(size))
+        return "a message boundary was lost: sent " + std::to_string(size) + ", got " + std::to_string(n);
+      if (std::memcmp(buf.data(), got.data(), size) != 0) return "message bytes differ";
+    }
+  }
+  return "";
+}
+
 }  // namespace sockrelay::testing

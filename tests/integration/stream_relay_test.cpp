@@ -363,41 +363,17 @@ TEST_F(StreamRelay, SigtermWithOpenSessionsExitsZero) {
 // unix-seqpacket cannot enter a sockmap: `auto` falls back to user space,
 // which keeps every message boundary; status says which path and why.
 TEST_F(StreamRelay, SeqpacketThroughUserSpaceKeepsBoundaries) {
-  Addr back_addr = Addr::unix_path(dir_.file("back.sock"));
-  Fd listener(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-  unlink(dir_.file("back.sock").c_str());
-  ASSERT_EQ(bind(listener.get(), back_addr.sa(), back_addr.len), 0);
-  ASSERT_EQ(listen(listener.get(), 8), 0);
-  // Echo server: each message back as it came, then EOF after the client's.
-  std::thread echo([&] {
-    Fd conn(accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
-    std::vector<char> buf(70000);
-    for (;;) {
-      ssize_t n = recv(conn.get(), buf.data(), buf.size(), 0);
-      if (n <= 0) break;
-      send(conn.get(), buf.data(), static_cast<size_t>(n), MSG_NOSIGNAL);
-    }
-    shutdown(conn.get(), SHUT_WR);
-  });
+  SeqpacketEcho echo(Addr::unix_path(dir_.file("back.sock")));
+  ASSERT_TRUE(echo.ok());
   RelayProcess relay(dir_, config("unix-seqpacket", "unix-seqpacket"));
   ASSERT_TRUE(relay.wait_ready()) << relay.log();
   Fd c = stream_connect(Addr::unix_path(dir_.file("front.sock")), SOCK_SEQPACKET);
   ASSERT_TRUE(c.valid());
-  std::vector<size_t> sizes = {1, 100, 4096, 65000, 7, 3000};
-  std::vector<char> buf(70000), got(70000);
-  for (size_t round = 0; round < 50; ++round) {
-    for (size_t size : sizes) {
-      for (size_t i = 0; i < size; ++i) buf[i] = static_cast<char>(i * 31 + size + round);
-      ASSERT_EQ(send(c.get(), buf.data(), size, 0), static_cast<ssize_t>(size));
-      ssize_t n = recv(c.get(), got.data(), got.size(), 0);
-      ASSERT_EQ(n, static_cast<ssize_t>(size)) << "a message boundary was lost";
-      ASSERT_EQ(std::memcmp(buf.data(), got.data(), size), 0);
-    }
-  }
+  std::vector<size_t> sizes;
+  ASSERT_EQ(seqpacket_round_trips(c.get(), 50, &sizes), "");
   shutdown(c.get(), SHUT_WR);
   char x;
   EXPECT_EQ(recv(c.get(), &x, 1, 0), 0) << "EOF did not come back";
-  echo.join();
   std::string status = relay.status_json();
   EXPECT_NE(status.find("\"datapath\":\"userspace\""), std::string::npos) << status;
   EXPECT_NE(status.find("user space because"), std::string::npos) << status;
