@@ -5,6 +5,8 @@
 # private network namespace (loopback only). See tests/bench/fanout.md for
 # what each number means and for the socat baseline.
 set -euo pipefail
+# shellcheck source=tests/bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
   cat <<'EOF'
@@ -131,46 +133,10 @@ started=() # PIDs of the processes this script started and has not reaped
 
 # The process helpers below are udp_bench.sh's, unchanged.
 
-# The PIDs of a process's children.
-children_of() {
-  local file ids
-  for file in /proc/"$1"/task/*/children; do
-    ids=()
-    { read -ra ids <"$file"; } 2>/dev/null || true
-    ((${#ids[@]} == 0)) || printf '%s\n' "${ids[@]}"
-  done
-}
-
-# Stops processes of ours by PID (with their children), reaps them.
-stop_pids() {
-  local pid child keep=()
-  for pid in "$@"; do
-    for child in $(children_of "$pid"); do
-      kill -TERM "$child" 2>/dev/null || true
-    done
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "${started[@]}"; do
-    [[ " $* " == *" $pid "* ]] || keep+=("$pid")
-  done
-  started=("${keep[@]}")
-  for pid in "$@"; do
-    wait "$pid" 2>/dev/null || true
-  done
-}
-
-cleanup() {
-  stop_pids "${started[@]}"
-  rm -rf "$work"
-}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 log() { echo "fanout_bench: $*" >&2; }
-
-# awk does the arithmetic: bash has no floating point. The parentheses keep
-# a ">" in the expression from being read as awk output redirection.
-calc() { awk "BEGIN { printf \"%.${2:-1}f\", ($1) }"; }
 
 # utime+stime (clock ticks) of one process, 0 if gone.
 proc_ticks() {
@@ -178,15 +144,6 @@ proc_ticks() {
   { read -r line <"/proc/$1/stat"; } 2>/dev/null || { echo 0; return; }
   read -ra fields <<<"${line##*) }" # after "pid (comm) ": field 3 is [0]
   echo $((fields[11] + fields[12]))
-}
-
-# A process and its descendants.
-proc_tree() {
-  local pid=$1 child
-  echo "$pid"
-  for child in $(children_of "$pid"); do
-    proc_tree "$child"
-  done
 }
 
 # Voluntary context switches (= wake-ups after sleeping) of these processes.
@@ -198,23 +155,6 @@ voluntary_switches() {
     done 2>/dev/null <"/proc/$pid/status"
   done
   echo "$total"
-}
-
-# "PID ticks kind" (utime+stime) of every kworker and ksoftirqd thread:
-# sockmap egress redirects are transmitted from a workqueue, not from the
-# relay; loopback receive work the sending context cannot finish goes to
-# ksoftirqd. (udp_bench.sh's, plus the kind.)
-kernel_worker_ticks() {
-  local stat line fields
-  for stat in /proc/[0-9]*/stat; do
-    { read -r line <"$stat"; } 2>/dev/null || continue
-    case $line in
-      *"(kworker/"* | *"(ksoftirqd/"*) ;;
-      *) continue ;;
-    esac
-    read -ra fields <<<"${line##*) }"
-    echo "${line%% *} $((fields[11] + fields[12])) $([[ $line == *"(kworker/"* ]] && echo kworker || echo ksoftirqd)"
-  done
 }
 
 # Ticks the kernel workers (of kind $3, default all) used between two
@@ -371,9 +311,6 @@ stop_middle() {
   middle_pids=()
 }
 
-# key=value lookup in one result line.
-field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<" $2"; }
-
 # One row: path $1, $2 targets, balance $3 ("-" for one target). Prints a
 # RESULT line and records it in results[row.key]; rows[] keeps the order.
 declare -A results=()
@@ -517,12 +454,6 @@ for n in 2 4; do
 done
 
 # ---------------------------------------------------------------------------
-# Report.
-ratio() { # ratio of results $1 / $2, or "-" when a side is missing or zero
-  local a=${results[$1]:-} b=${results[$2]:-}
-  [[ -n $a && -n $b ]] || { echo -; return; }
-  calc "$b > 0 ? $a / $b : 0" 2
-}
 
 echo "RUN revision=$revision relay=$relay_bin kernel=$(uname -r) cpus=$(nproc) load1_before=$load1 duration_s=$duration size=$size"
 echo

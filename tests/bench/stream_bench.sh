@@ -4,6 +4,8 @@
 # systemd-socket-proxyd, all in one run, inside a private network namespace
 # (loopback only). See tests/bench/README.md for what each number means.
 set -euo pipefail
+# shellcheck source=tests/bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
   cat <<'EOF'
@@ -158,46 +160,10 @@ cp "$relay_bin" "$work/sockrelay"
 relay_src=$relay_bin
 relay_bin=$work/sockrelay
 
-# The PIDs of a process's children (socat forks one per connection).
-children_of() {
-  local file ids
-  for file in /proc/"$1"/task/*/children; do
-    ids=()
-    { read -ra ids <"$file"; } 2>/dev/null || true
-    ((${#ids[@]} == 0)) || printf '%s\n' "${ids[@]}"
-  done
-}
-
-# Stops processes of ours by PID (with a forked socat's children), reaps them.
-stop_pids() {
-  local pid child keep=()
-  for pid in "$@"; do
-    for child in $(children_of "$pid"); do
-      kill -TERM "$child" 2>/dev/null || true
-    done
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "${started[@]}"; do
-    [[ " $* " == *" $pid "* ]] || keep+=("$pid")
-  done
-  started=("${keep[@]}")
-  for pid in "$@"; do
-    wait "$pid" 2>/dev/null || true
-  done
-}
-
-cleanup() {
-  stop_pids "${started[@]}"
-  rm -rf "$work"
-}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 log() { echo "stream_bench: $*" >&2; }
-
-# awk does the arithmetic: bash has no floating point. The parentheses keep
-# a ">" in the expression from being read as awk output redirection.
-calc() { awk "BEGIN { printf \"%.${2:-1}f\", ($1) }"; }
 
 # ---------------------------------------------------------------------------
 # Paths and addresses. The sink and the echo server of a transport are shared
@@ -258,35 +224,10 @@ proc_ticks() {
   echo $((fields[11] + fields[12] + fields[13] + fields[14]))
 }
 
-# A process and its descendants.
-proc_tree() {
-  local pid=$1 child
-  echo "$pid"
-  for child in $(children_of "$pid"); do
-    proc_tree "$child"
-  done
-}
-
 tree_ticks() {
   local pid total=0
   for pid in $(proc_tree "$1"); do total=$((total + $(proc_ticks "$pid"))); done
   echo "$total"
-}
-
-# "PID ticks" of every kworker and ksoftirqd thread: a sockmap redirect to
-# another socket's send path is transmitted from a workqueue (the psock
-# backlog), and loopback receive work can land in ksoftirqd.
-kernel_worker_ticks() {
-  local stat line fields
-  for stat in /proc/[0-9]*/stat; do
-    { read -r line <"$stat"; } 2>/dev/null || continue
-    case $line in
-      *"(kworker/"* | *"(ksoftirqd/"*) ;;
-      *) continue ;;
-    esac
-    read -ra fields <<<"${line##*) }"
-    echo "${line%% *} $((fields[11] + fields[12]))"
-  done
 }
 
 # Ticks the kernel workers used between two samples, per thread: one that
@@ -439,9 +380,6 @@ stop_middles() {
 
 # ---------------------------------------------------------------------------
 # Runs.
-
-# key=value lookup in one result line.
-field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<" $2"; }
 
 declare -A results=() # transport.path.test.round.key -> value, then transport.path.test.key
 record() {
@@ -638,12 +576,6 @@ for transport in "${transports[@]}"; do
 done
 
 # ---------------------------------------------------------------------------
-# Report.
-ratio() { # ratio of results $1 / $2, or "-" when a side is missing or zero
-  local a=${results[$1]:-} b=${results[$2]:-}
-  [[ -n $a && -n $b ]] || { echo -; return; }
-  calc "$b > 0 ? $a / $b : 0" 2
-}
 vs() { # a ratio with its sign, or "-"
   local r
   r=$(ratio "$1" "$2")

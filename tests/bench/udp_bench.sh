@@ -4,6 +4,8 @@
 # network namespace (loopback only). See tests/bench/README.md for what each
 # number means.
 set -euo pipefail
+# shellcheck source=tests/bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
   cat <<'EOF'
@@ -118,46 +120,10 @@ ip link set lo up
 work=$(mktemp -d /tmp/sockrelay-bench.XXXXXX)
 started=() # PIDs of the processes this script started and has not reaped
 
-# The PIDs of a process's children (socat forks one per UDP peer).
-children_of() {
-  local file ids
-  for file in /proc/"$1"/task/*/children; do
-    ids=()
-    { read -ra ids <"$file"; } 2>/dev/null || true
-    ((${#ids[@]} == 0)) || printf '%s\n' "${ids[@]}"
-  done
-}
-
-# Stops processes of ours by PID (with a forked socat's children), reaps them.
-stop_pids() {
-  local pid child keep=()
-  for pid in "$@"; do
-    for child in $(children_of "$pid"); do
-      kill -TERM "$child" 2>/dev/null || true
-    done
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "${started[@]}"; do
-    [[ " $* " == *" $pid "* ]] || keep+=("$pid")
-  done
-  started=("${keep[@]}")
-  for pid in "$@"; do
-    wait "$pid" 2>/dev/null || true
-  done
-}
-
-cleanup() {
-  stop_pids "${started[@]}"
-  rm -rf "$work"
-}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 log() { echo "udp_bench: $*" >&2; }
-
-# awk does the arithmetic: bash has no floating point. The parentheses keep
-# a ">" in the expression from being read as awk output redirection.
-calc() { awk "BEGIN { printf \"%.${2:-1}f\", ($1) }"; }
 
 # Addresses. Sink and echo server are shared by all three paths; each path
 # has its own front address.
@@ -181,15 +147,6 @@ proc_ticks() {
   echo $((fields[11] + fields[12]))
 }
 
-# A process and its descendants.
-proc_tree() {
-  local pid=$1 child
-  echo "$pid"
-  for child in $(children_of "$pid"); do
-    proc_tree "$child"
-  done
-}
-
 # Voluntary context switches (= wake-ups after sleeping) of these processes.
 voluntary_switches() {
   local pid total=0 key value
@@ -199,21 +156,6 @@ voluntary_switches() {
     done 2>/dev/null <"/proc/$pid/status"
   done
   echo "$total"
-}
-
-# "PID ticks" (utime+stime) of every kworker and ksoftirqd thread: sockmap
-# egress redirects are transmitted from a workqueue, not from the relay.
-kernel_worker_ticks() {
-  local stat line fields
-  for stat in /proc/[0-9]*/stat; do
-    { read -r line <"$stat"; } 2>/dev/null || continue
-    case $line in
-      *"(kworker/"* | *"(ksoftirqd/"*) ;;
-      *) continue ;;
-    esac
-    read -ra fields <<<"${line##*) }"
-    echo "${line%% *} $((fields[11] + fields[12]))"
-  done
 }
 
 # Ticks the kernel workers used between two kernel_worker_ticks samples,
@@ -341,9 +283,6 @@ stop_middle() {
   middle_pid=0
   middle_pids=()
 }
-
-# key=value lookup in one result line.
-field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<" $2"; }
 
 # One throughput run through $1 at rate $2 (0 = flat out). Prints a RESULT
 # line and records it in results[path.kind.key].
@@ -505,12 +444,6 @@ if ((fixed_rate > 0)); then
 fi
 
 # ---------------------------------------------------------------------------
-# Report.
-ratio() { # ratio of results $1 / $2, or "-" when a side is missing or zero
-  local a=${results[$1]:-} b=${results[$2]:-}
-  [[ -n $a && -n $b ]] || { echo -; return; }
-  calc "$b > 0 ? $a / $b : 0" 2
-}
 
 echo "RUN revision=$revision kernel=$(uname -r) cpus=$(nproc) load1_before=$load1 duration_s=$duration size=$size"
 echo
