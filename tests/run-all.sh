@@ -39,13 +39,21 @@ units/test/e2e-nspawn.sh --build "$top/build" || failed+=("units end to end")
 
 if [ -x vm-tests/run ]; then
   echo "== vm-tests (qemu guests: VSOCK, kernel 6.12 and 6.1)"
-  vm-tests/run || failed+=("vm-tests")
+  # Kept for the end: CI shows the tail of this run, and a guest failure
+  # scrolls far above it.
+  vm_log="$top/vm-tests/out/run-all.log"
+  mkdir -p "$top/vm-tests/out"
+  vm-tests/run 2>&1 | tee "$vm_log" || failed+=("vm-tests")
 fi
 
 echo "== unit and integration tests"
 (cd "$top/build" && ctest --output-on-failure -j 1) || failed+=("ctest")
 
 if [ ${#failed[@]} -gt 0 ]; then
+  if [[ " ${failed[*]} " == *" vm-tests "* ]]; then
+    echo "== vm-tests failures (full output: $vm_log, consoles: vm-tests/out/logs/)"
+    grep -E ' FAIL |ERROR|failed' "$vm_log" | tail -n 20 || true
+  fi
   echo "FAILED: ${failed[*]}"
   exit 1
 fi

@@ -159,11 +159,13 @@ RouteCounters BpfRelay::route_counters(uint32_t route_id) const {
 void BpfRelay::reset_route_counters(uint32_t route_id) {
   std::vector<struct relay_route_stats> zero_route(ncpus_);
   bpf_map_update_elem(bpf_map__fd(skel_->maps.relay_route_stats), &route_id, zero_route.data(), BPF_ANY);
-  std::vector<struct relay_target_stats> zero_target(ncpus_);
-  for (uint32_t t = 0; t < RELAY_MAX_TARGETS; ++t) {
-    uint32_t slot = route_id * RELAY_MAX_TARGETS + t;
-    bpf_map_update_elem(bpf_map__fd(skel_->maps.relay_target_stats), &slot, zero_target.data(), BPF_ANY);
-  }
+  for (uint32_t t = 0; t < RELAY_MAX_TARGETS; ++t) reset_target_counters(route_id, t);
+}
+
+void BpfRelay::reset_target_counters(uint32_t route_id, uint32_t target_index) {
+  std::vector<struct relay_target_stats> zero(ncpus_);
+  uint32_t slot = route_id * RELAY_MAX_TARGETS + target_index;
+  bpf_map_update_elem(bpf_map__fd(skel_->maps.relay_target_stats), &slot, zero.data(), BPF_ANY);
 }
 
 RouteCounters BpfRelay::target_counters(uint32_t route_id, uint32_t target_index) const {

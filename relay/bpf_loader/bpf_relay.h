@@ -56,6 +56,7 @@ class BpfRelay final : public MapWriter {
   RouteCounters route_counters(uint32_t route_id) const;
   // Zeroes a route id's counters (route and per-target) before it is reused.
   void reset_route_counters(uint32_t route_id);
+  void reset_target_counters(uint32_t route_id, uint32_t target_index) override;
   // Packets and bytes sent to `to[target_index]` of a balanced route.
   RouteCounters target_counters(uint32_t route_id, uint32_t target_index) const;
   GlobalCounters global_counters() const;

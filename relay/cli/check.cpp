@@ -131,7 +131,11 @@ int check_command(const Args& args) {
           RouteVerdict v{id, from_name, to_name, route.mode, {}, {}};
           std::string why_not =
               route.datapath == Datapath::Userspace ? "" : judge.unavailable(cell, &v.probe);
-          v.choice = choose_datapath(route.datapath, cell, why_not);
+          if (to->role != Role::Subscribe)
+            v.choice = choose_datapath(route.datapath, cell, why_not);
+          else
+            v.choice = choose_subscriber_datapath(route.datapath, route.balance,
+                                                  route.mode == Mode::Ingress ? nullptr : &cell, why_not);
           std::string pairing = from_name + " (" + std::string(kind_name(from->kind)) + ") -> " + to_name +
                                 " (" + std::string(kind_name(to->kind)) + "), " +
                                 std::string(mode_name(route.mode)) + ": ";

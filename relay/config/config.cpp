@@ -33,7 +33,7 @@ namespace {
 
 constexpr std::string_view kTopKeys[] = {"relay", "endpoints", "routes"};
 constexpr std::string_view kRelayKeys[] = {"log-level", "idle-timeout", "max-sessions", "control"};
-constexpr std::string_view kEndpointKeys[] = {"type", "listen", "connect"};
+constexpr std::string_view kEndpointKeys[] = {"type", "listen", "connect", "subscribe"};
 constexpr std::string_view kRouteKeys[] = {
     "from", "to", "mode", "datapath", "balance", "allow-sources", "allow-cids", "allow-uids", "allow-gids"};
 constexpr std::string_view kLogLevels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
@@ -321,25 +321,38 @@ std::vector<EndpointInfo> check_endpoints(Checker& c, const toml::node& node) {
     }
     if (kind) ep.kind = *kind;
 
-    const toml::node* listen = t->get("listen");
-    const toml::node* connect = t->get("connect");
+    // Exactly one of listen, connect, subscribe says the role and the address.
+    const std::pair<const char*, Role> role_keys[] = {
+        {"listen", Role::Listen}, {"connect", Role::Connect}, {"subscribe", Role::Subscribe}};
     const toml::node* address = nullptr;
-    if (listen != nullptr && connect != nullptr) {
-      const toml::node* later = before(pos_of(*listen), pos_of(*connect)) ? connect : listen;
-      c.error(pos_of(*later), where + " has both listen and connect; give exactly one");
-    } else if (listen == nullptr && connect == nullptr) {
-      c.error(entry.pos, where + " has neither listen nor connect; give exactly one");
-    } else {
-      ep.role = listen != nullptr ? Role::Listen : Role::Connect;
-      address = listen != nullptr ? listen : connect;
+    for (const auto& [key, role] : role_keys) {
+      const toml::node* n = t->get(key);
+      if (n == nullptr) continue;
+      if (address != nullptr) {
+        const toml::node* later = before(pos_of(*address), pos_of(*n)) ? n : address;
+        c.error(pos_of(*later), where + " has both " + std::string(role_name(ep.role)) + " and " + key +
+                                    "; give exactly one of listen, connect, subscribe");
+        continue;
+      }
+      address = n;
+      ep.role = role;
       info.role_known = true;
+    }
+    if (address == nullptr)
+      c.error(entry.pos, where + " has neither listen nor connect; give exactly one (or subscribe)");
+    if (address != nullptr && ep.role == Role::Subscribe && kind && *kind != EndpointKind::UnixStream &&
+        *kind != EndpointKind::UnixSeqpacket) {
+      c.error(pos_of(*address), where +
+                                    ": subscribe takes a unix-stream or unix-seqpacket endpoint (consumers "
+                                    "connect to it and receive the route's datagrams), not " +
+                                    std::string(kind_name(*kind)));
     }
 
     if (address != nullptr) {
       info.address_pos = pos_of(*address);
       const std::string key(role_name(ep.role));
       if (auto text = c.string_value(*address, where + ": " + key); text && kind) {
-        auto parsed = parse_address(*kind, *text, ep.role == Role::Listen);
+        auto parsed = parse_address(*kind, *text, ep.role != Role::Connect);
         if (parsed) {
           ep.address = std::move(*parsed);
           info.address_ok = true;
@@ -360,10 +373,10 @@ std::vector<EndpointInfo> check_endpoints(Checker& c, const toml::node& node) {
   };
   for (std::size_t i = 0; i < out.size(); ++i) {
     const EndpointInfo& b = out[i];
-    if (!b.address_ok || b.endpoint.role != Role::Listen) continue;
+    if (!b.address_ok || b.endpoint.role == Role::Connect) continue;
     for (std::size_t j = 0; j < i; ++j) {
       const EndpointInfo& a = out[j];
-      if (!a.address_ok || a.endpoint.role != Role::Listen) continue;
+      if (!a.address_ok || a.endpoint.role == Role::Connect) continue;
       if (conflict_class(a.endpoint.kind) != conflict_class(b.endpoint.kind)) continue;
       if (!(a.endpoint.address == b.endpoint.address)) continue;
       c.error(b.address_pos, "endpoints " + quoted(a.endpoint.name) + " (line " +
@@ -583,10 +596,14 @@ std::vector<Route> check_routes(Checker& c, const toml::node& node, std::vector<
           continue;
         }
         ep->used = true;
-        if (ep->role_known && ep->endpoint.role != role) {
+        // A route sends to connect endpoints, or to the consumers of a
+        // subscribe endpoint.
+        bool subscribers = role == Role::Connect && ep->endpoint.role == Role::Subscribe;
+        if (ep->role_known && ep->endpoint.role != role && !subscribers) {
           c.error(ref.pos, where + ": " + key + " endpoint " + quoted(ref.name) + " is a " +
                                std::string(role_name(ep->endpoint.role)) + " endpoint, but a route's " + key +
-                               " must be " + std::string(role_name(role)) + " endpoints");
+                               " must be " + std::string(role_name(role)) + " endpoints" +
+                               (role == Role::Connect ? " (or one subscribe endpoint)" : ""));
           ok = false;
         }
       }
@@ -614,8 +631,19 @@ std::vector<Route> check_routes(Checker& c, const toml::node& node, std::vector<
         route.datapath = *datapath_from_name(*v);
     }
 
-    const bool several = route.to.size() > 1;
-    route.balance = several ? Balance::RoundRobin : Balance::Single;
+    // Subscribers: consumers that come and go; each gets every datagram
+    // unless balance says otherwise.
+    bool to_subscribers = false;
+    for (const std::string& name : route.to) {
+      const EndpointInfo* ep = find(name);
+      if (ep == nullptr || ep->endpoint.role != Role::Subscribe) continue;
+      to_subscribers = true;
+      if (route.to.size() != 1)
+        c.error(pos_of(*t->get("to")), where + ": to lists the subscribe endpoint " + quoted(name) +
+                                           " with other targets; a route to subscribers has that one target");
+    }
+    const bool several = route.to.size() > 1 || to_subscribers;
+    route.balance = to_subscribers ? Balance::Broadcast : several ? Balance::RoundRobin : Balance::Single;
     if (const toml::node* n = t->get("balance")) {
       if (!to_ok || several) {
         if (auto v = c.enum_value(*n, where + ": balance", kMultiBalances))

@@ -146,7 +146,17 @@ std::string_view balance_name(Balance balance) {
   return "?";
 }
 
-std::string_view role_name(Role role) { return role == Role::Listen ? "listen" : "connect"; }
+std::string_view role_name(Role role) {
+  switch (role) {
+    case Role::Listen:
+      return "listen";
+    case Role::Connect:
+      return "connect";
+    case Role::Subscribe:
+      break;
+  }
+  return "subscribe";
+}
 
 std::optional<Mode> mode_from_name(std::string_view name) { return from_name(name, kAllModes, mode_name); }
 

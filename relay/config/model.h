@@ -41,7 +41,9 @@ int kind_socktype(EndpointKind kind);      // SOCK_DGRAM, SOCK_STREAM, SOCK_SEQP
 bool kind_is_stream(EndpointKind kind);    // byte streams: tcp, unix-stream, vsock-stream
 bool kind_is_datagram(EndpointKind kind);  // message kinds: udp, unix-dgram (seqpacket is neither)
 
-enum class Role { Listen, Connect };
+// Subscribe: a UNIX listener where local consumers join a route at run
+// time and receive its datagrams (sessions/subscriber_route.h).
+enum class Role { Listen, Connect, Subscribe };
 enum class Mode { Egress, Ingress };
 enum class Datapath { Auto, Kernel, Userspace };
 enum class Balance { Single, RoundRobin, Hash, Broadcast };
@@ -49,7 +51,7 @@ enum class Balance { Single, RoundRobin, Hash, Broadcast };
 std::string_view mode_name(Mode mode);
 std::string_view datapath_name(Datapath datapath);
 std::string_view balance_name(Balance balance);
-std::string_view role_name(Role role);  // "listen", "connect"
+std::string_view role_name(Role role);  // "listen", "connect", "subscribe"
 std::optional<Mode> mode_from_name(std::string_view name);
 std::optional<Datapath> datapath_from_name(std::string_view name);
 std::optional<Balance> balance_from_name(std::string_view name);

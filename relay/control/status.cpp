@@ -33,6 +33,23 @@ std::string format_status_text(const StatusSnapshot& s) {
       if (!t.report.up) out << ", retry in " << t.report.retry_in_ms << " ms";
       out << "\n";
     }
+    if (r.is_subscribers) {
+      const SubscriberCounters& c = r.subscribers;
+      out << "  subscribers joined " << c.joined << ", left " << c.left << ", refused "
+          << c.refused_max_sessions << " (max-sessions) " << c.refused_full << " (full) " << c.refused_socket
+          << " (socket)"
+          << ", no-subscriber drops " << c.drop_no_subscriber << ", queue-full drops "
+          << c.drop_subscriber_full << ", stalls " << c.stalls << "\n";
+      for (const auto& sub : r.subscriber_list) {
+        const SubscriberReport& rep = sub.report;
+        out << "  subscriber " << rep.name << ": "
+            << (!rep.receiving ? "waiting for its socket"
+                : rep.stalled  ? "STALLED (out of the rotation)"
+                               : "receiving")
+            << ", kernel packets " << sub.kernel.packets << ", user packets " << rep.user_packets
+            << ", dropped " << rep.dropped << ", stalls " << rep.stalls << "\n";
+      }
+    }
     if (r.is_stream)
       out << "  stream    closed " << r.stream.sessions_closed << ", half-closes " << r.stream.half_closes
           << ", user fallbacks " << r.stream.user_fallbacks << ", connect-failed " << r.stream.connect_failed
@@ -110,6 +127,34 @@ std::string format_status_json(const StatusSnapshot& s) {
             .end_object();
       }
       j.end_array();
+    }
+    if (r.is_subscribers) {
+      const SubscriberCounters& c = r.subscribers;
+      j.key("subscribers").begin_object();
+      j.field("joined", c.joined)
+          .field("left", c.left)
+          .field("refused-max-sessions", c.refused_max_sessions)
+          .field("refused-full", c.refused_full)
+          .field("refused-socket", c.refused_socket)
+          .field("drop-no-subscriber", c.drop_no_subscriber)
+          .field("drop-queue-full", c.drop_subscriber_full)
+          .field("stalls", c.stalls);
+      j.key("list").begin_array();
+      for (const auto& sub : r.subscriber_list) {
+        j.begin_object()
+            .field("name", sub.report.name)
+            .field("receiving", sub.report.receiving)
+            .field("stalled", sub.report.stalled)
+            .field("kernel-packets", sub.kernel.packets)
+            .field("kernel-bytes", sub.kernel.bytes)
+            .field("user-packets", sub.report.user_packets)
+            .field("user-bytes", sub.report.user_bytes)
+            .field("dropped", sub.report.dropped)
+            .field("stalls", sub.report.stalls)
+            .end_object();
+      }
+      j.end_array();
+      j.end_object();
     }
     if (r.is_stream) {
       j.key("stream").begin_object();

@@ -9,6 +9,7 @@
 #include "bpf_loader/bpf_relay.h"
 #include "sessions/datagram_route.h"
 #include "sessions/stream_route.h"
+#include "sessions/subscriber_route.h"
 
 namespace sockrelay {
 
@@ -16,6 +17,12 @@ namespace sockrelay {
 struct TargetStatus {
   TargetReport report;   // health and user-space counters
   RouteCounters kernel;  // what the verdict program sent to it
+};
+
+// One subscriber of a route to a subscribe endpoint.
+struct SubscriberStatus {
+  SubscriberReport report;
+  RouteCounters kernel;  // what the verdict program sent to it (round-robin on the kernel path)
 };
 
 struct RouteStatus {
@@ -30,6 +37,9 @@ struct RouteStatus {
   bool is_stream = false;
   StreamCounters stream;
   std::vector<TargetStatus> targets;  // routes with several targets only
+  bool is_subscribers = false;
+  SubscriberCounters subscribers;
+  std::vector<SubscriberStatus> subscriber_list;
 };
 
 struct StatusSnapshot {

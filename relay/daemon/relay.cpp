@@ -67,6 +67,42 @@ bool wants_kernel(const Config& config) {
   return false;
 }
 
+// A route to a subscribe endpoint (sessions/subscriber_route.h).
+Status check_subscriber_route(const Config& config, const Route& route, const std::string& where) {
+  // One listener for the subscribers, fed by one source.
+  if (route.from.size() != 1)
+    return plain_error(where +
+                       ": a route to subscribers reads one source; give one endpoint in from "
+                       "(or one route per source, each with a subscribe endpoint of its own)");
+  size_t feeding = 0;
+  for (const auto& other : config.routes)
+    feeding += std::count(other.to.begin(), other.to.end(), route.to[0]);
+  if (feeding != 1)
+    return plain_error(where + ": subscribe endpoint \"" + route.to[0] + "\" is the target of " +
+                       std::to_string(feeding) + " routes; give each route a subscribe endpoint of its own");
+  for (const auto& name : route.from) {
+    const Endpoint* e = config.find_endpoint(name);
+    if (!kind_is_datagram(e->kind))
+      return plain_error(where + ": subscribers receive datagrams; endpoint " + describe_endpoint(*e) +
+                         " is not a datagram source (use udp or unix-dgram)");
+  }
+  if (route.balance == Balance::Hash || route.balance == Balance::Single)
+    return plain_error(where +
+                       ": subscribers join and leave at any time, so hashing would move every client: use "
+                       "balance = \"broadcast\" (every subscriber gets every datagram) or \"round-robin\"");
+  if (route.mode == Mode::Ingress && route.balance != Balance::RoundRobin)
+    return plain_error(where +
+                       ": mode = \"ingress\" redirects each datagram into one subscriber's own socket, and "
+                       "one skb goes to one socket only: use balance = \"round-robin\", or mode = \"egress\" "
+                       "for broadcast");
+  if (route.mode == Mode::Ingress && route.datapath == Datapath::Userspace)
+    return plain_error(
+        where +
+        ": mode = \"ingress\" puts datagrams straight into the subscriber's socket, which only "
+        "the kernel path can do: use datapath = \"auto\" or \"kernel\"");
+  return {};
+}
+
 }  // namespace
 
 // What this version can run; everything else is refused by name.
@@ -86,11 +122,15 @@ Status check_runnable(const Config& config, const Route& route) {
           matrix_cell(config.find_endpoint(route.from[0])->kind, to->kind, Mode::Ingress).reason +
           "; use mode = \"egress\"");
   }
-  if (route.mode != Mode::Egress)
+  const Endpoint* first_to = config.find_endpoint(route.to[0]);
+  if (first_to->role == Role::Subscribe) {
+    if (auto st = check_subscriber_route(config, route, where); !st) return st;
+  } else if (route.mode != Mode::Egress) {
     return plain_error(where +
                        ": mode = \"ingress\" delivers into the target socket's own receive queue, which only "
-                       "a local subscriber socket can use; subscribers are not implemented yet: use "
-                       "mode = \"egress\"");
+                       "a local consumer can read: send to a subscribe endpoint (its subscribers pass their "
+                       "socket over SCM_RIGHTS), or use mode = \"egress\"");
+  }
   for (const auto& name : route.from)
     if (!route.allow_sources.empty() && config.find_endpoint(name)->kind != EndpointKind::Udp)
       return plain_error(where +
@@ -221,10 +261,17 @@ Result<std::vector<Relay::RouteSource>> Relay::open_route(const std::shared_ptr<
     const Endpoint* from = config->find_endpoint(from_name);
     // The kernel path only if every pairing of the route allows it.
     DatapathChoice choice;
+    const std::string unavailable = bpf_ ? std::string() : bpf_unavailable_;
+    if (to->role == Role::Subscribe)
+      choice = choose_subscriber_datapath(
+          route.datapath, route.balance,
+          route.mode == Mode::Ingress ? nullptr : &matrix_cell(from->kind, to->kind, route.mode),
+          unavailable);
     for (const auto& to_name : route.to) {
+      if (to->role == Role::Subscribe) break;
       const Endpoint* target = config->find_endpoint(to_name);
       const MatrixCell& cell = matrix_cell(from->kind, target->kind, route.mode);
-      choice = choose_datapath(route.datapath, cell, bpf_ ? std::string() : bpf_unavailable_);
+      choice = choose_datapath(route.datapath, cell, unavailable);
       if (!choice.kernel) break;
     }
     if (choice.refused) return plain_error("route " + std::to_string(id) + ": " + choice.reason);
@@ -242,7 +289,26 @@ Result<std::vector<Relay::RouteSource>> Relay::open_route(const std::shared_ptr<
     source.route_id = id;
     source.identity = route_identity(*config, route);
     source.datapath_reason = choice.reason;
-    if (kind_is_datagram(from->kind) != kind_is_datagram(to->kind)) {
+    if (to->role == Role::Subscribe) {
+      Fd subscribe = activated_.take(to->name);
+      if (subscribe) {
+        if (auto st = check_socket_kind(subscribe.get(), *to); !st) return st.error();
+      } else {
+        auto opened = open_listener(*to);
+        if (!opened) return opened.error();
+        subscribe = std::move(*opened);
+      }
+      SubscriberRouteSpec spec;
+      spec.route_id = id;
+      spec.from = from;
+      spec.to = to;
+      spec.balance = route.balance;
+      spec.mode = route.mode;
+      spec.kernel = choice.kernel;
+      source.subscribers = std::make_unique<SubscriberRoute>(spec, std::move(listener), std::move(subscribe),
+                                                             bpf_.get(), loop_, budget_);
+      if (auto st = source.subscribers->start(); !st) return st.error().wrap("route " + std::to_string(id));
+    } else if (kind_is_datagram(from->kind) != kind_is_datagram(to->kind)) {
       BridgeRouteSpec spec;
       spec.route_id = id;
       spec.from = from;
@@ -321,6 +387,7 @@ void Relay::reload() {
     if (source.route) source.route->stop();
     if (source.stream) source.stream->stop();
     if (source.bridge) source.bridge->stop();
+    if (source.subscribers) source.subscribers->stop();
   }
   size_t stopped = removed.size();
   removed.clear();  // closes their listeners
@@ -384,6 +451,7 @@ void Relay::tick() {
     if (s.route) s.route->tick();
     if (s.stream) s.stream->expire_idle();
     if (s.bridge) s.bridge->expire_idle();
+    if (s.subscribers) s.subscribers->tick();
   }
   notifier_.status(status_line());
   notifier_.watchdog_tick();
@@ -410,6 +478,7 @@ void Relay::shutdown() {
     if (s.route) s.route->stop();
     if (s.stream) s.stream->stop();
     if (s.bridge) s.bridge->stop();
+    if (s.subscribers) s.subscribers->stop();
   }
   sources_.clear();
   control_.reset();
@@ -450,6 +519,29 @@ StatusSnapshot Relay::snapshot() const {
           if (bpf_) ts.kernel = bpf_->target_counters(spec.route_id, t);
           r.targets.push_back(ts);
         }
+      }
+    } else if (src.subscribers) {
+      const auto& spec = src.subscribers->spec();
+      r.id = src.route_id;
+      r.from = describe_endpoint(*spec.from);
+      r.to = describe_endpoint(*spec.to) + " subscribers, balance " +
+             std::string(balance_name(spec.balance)) + ", mode " + std::string(mode_name(spec.mode));
+      r.datapath = spec.kernel ? "kernel" : "userspace";
+      r.sessions = src.subscribers->subscriber_count();
+      r.is_subscribers = true;
+      r.subscribers = src.subscribers->counters();
+      r.user.flows_created = r.subscribers.joined;
+      r.user.refused_max_sessions = r.subscribers.refused_max_sessions;
+      r.user.user_packets = r.subscribers.user_packets;
+      r.user.user_bytes = r.subscribers.user_bytes;
+      r.user.drop_all_targets_down = r.subscribers.drop_no_subscriber;
+      r.user.drop_target_full = r.subscribers.drop_subscriber_full;
+      for (auto& report : src.subscribers->subscribers()) {
+        SubscriberStatus ss;
+        if (bpf_ && report.slot >= 0)
+          ss.kernel = bpf_->target_counters(spec.route_id, static_cast<uint32_t>(report.slot));
+        ss.report = std::move(report);
+        r.subscriber_list.push_back(std::move(ss));
       }
     } else {
       // Stream routes and datagram <-> stream bridges report alike.

@@ -21,6 +21,7 @@
 #include "sessions/datagram_route.h"
 #include "sessions/event_loop.h"
 #include "sessions/stream_route.h"
+#include "sessions/subscriber_route.h"
 
 namespace sockrelay {
 
@@ -42,15 +43,16 @@ class Relay {
   StatusSnapshot snapshot() const;
 
  private:
-  // One listening endpoint of one route. Exactly one of route/stream is
-  // set: datagram kinds get flows, stream and seqpacket kinds sessions.
+  // One listening endpoint of one route. Exactly one of the route objects
+  // is set: datagram kinds get flows, stream and seqpacket kinds sessions.
   struct RouteSource {
     std::shared_ptr<const Config> config;  // owns the Endpoints the route points into
     uint32_t route_id = 0;
     std::string identity;  // equal identities survive a reload untouched
     std::unique_ptr<DatagramRoute> route;
     std::unique_ptr<StreamRoute> stream;
-    std::unique_ptr<BridgeRoute> bridge;  // datagram <-> stream/seqpacket
+    std::unique_ptr<BridgeRoute> bridge;           // datagram <-> stream/seqpacket
+    std::unique_ptr<SubscriberRoute> subscribers;  // datagrams to a subscribe endpoint
     std::string datapath_reason;
   };
 

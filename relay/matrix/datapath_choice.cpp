@@ -60,4 +60,42 @@ DatapathChoice choose_datapath(Datapath requested, const MatrixCell& cell,
   return c;
 }
 
+DatapathChoice choose_subscriber_datapath(Datapath requested, Balance balance, const MatrixCell* cell,
+                                          const std::string& kernel_unavailable) {
+  DatapathChoice c;
+  if (requested == Datapath::Userspace) {
+    c.reason = "datapath = \"userspace\" in the config: user space writes each datagram to the subscribers";
+    return c;
+  }
+  std::string why_not;
+  if (balance == Balance::Broadcast)
+    why_not =
+        "balance = \"broadcast\": one skb can be redirected to one socket only, so user space copies each "
+        "datagram to every subscriber";
+  else if (cell != nullptr && cell->support == Support::Unsupported)
+    why_not = "the matrix says the kernel cannot carry " + std::string(kind_name(cell->source)) + " -> " +
+              std::string(kind_name(cell->target)) + ": " + cell->reason;
+  else if (!kernel_unavailable.empty())
+    why_not = "the kernel path is unavailable: " + kernel_unavailable;
+  if (why_not.empty()) {
+    c.kernel = true;
+    c.reason = cell == nullptr ? "sockmap redirect (ingress) into the socket each subscriber passes"
+               : cell->support == Support::Caveat
+                   ? "sockmap redirect into each subscriber's connection; caveat: " + cell->reason
+                   : "sockmap redirect into each subscriber's connection";
+    return c;
+  }
+  if (requested == Datapath::Kernel || cell == nullptr) {
+    // Ingress (no cell) has no user-space equivalent.
+    c.refused = true;
+    c.reason =
+        (cell == nullptr ? "mode = \"ingress\" needs the kernel path, but " : "datapath = \"kernel\" but ") +
+        why_not + (cell == nullptr ? "" : "; use datapath = \"auto\"");
+    return c;
+  }
+  c.fell_back = balance != Balance::Broadcast;  // broadcast to subscribers is user space by design
+  c.reason = "user space because " + why_not;
+  return c;
+}
+
 }  // namespace sockrelay

@@ -19,4 +19,11 @@ struct DatapathChoice {
 DatapathChoice choose_datapath(Datapath requested, const MatrixCell& cell,
                                const std::string& kernel_unavailable);
 
+// A route to a subscribe endpoint (sessions/subscriber_route.h). Round-robin
+// rides the kernel where `cell` allows (egress into each subscriber's
+// connection; for ingress `cell` is null: the socket a subscriber passes is
+// checked when it joins); broadcast is copied in user space.
+DatapathChoice choose_subscriber_datapath(Datapath requested, Balance balance, const MatrixCell* cell,
+                                          const std::string& kernel_unavailable);
+
 }  // namespace sockrelay

@@ -79,7 +79,7 @@ TEST(Cli, CheckRefusesWhatThisVersionCannotRun) {
       "[endpoints.b]\ntype = \"unix-stream\"\nconnect = \"/run/b.sock\"\n"
       "[endpoints.c]\ntype = \"unix-stream\"\nconnect = \"/run/c.sock\"\n";
   for (auto [route, expect] :
-       {std::pair{"from = \"a\"\nto = \"b\"\nmode = \"ingress\"\n", "subscribers are not implemented"},
+       {std::pair{"from = \"a\"\nto = \"b\"\nmode = \"ingress\"\n", "send to a subscribe endpoint"},
         std::pair{"from = \"a\"\nto = [\"b\", \"c\"]\nbalance = \"broadcast\"\n", "use \"round-robin\""},
         std::pair{"from = \"a\"\nto = \"b\"\ndatapath = \"kernel\"\n", "psock backlog"}}) {
     std::ofstream(dir.file("c.toml")) << endpoints << "[[routes]]\n" << route;

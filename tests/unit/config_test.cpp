@@ -222,9 +222,58 @@ port = 3
 from = "in"
 to = "out"
 )");
-  expect_diags(o, {err(1, 1, R"(endpoint "in" has neither listen nor connect; give exactly one)"),
-                   err(3, 1, R"(unknown key "lisetn" in endpoint "in": did you mean "listen"?)"),
-                   err(8, 1, R"(unknown key "port" in endpoint "out"; valid keys: type, listen, connect)")});
+  expect_diags(
+      o,
+      {err(1, 1, R"(endpoint "in" has neither listen nor connect; give exactly one (or subscribe))"),
+       err(3, 1, R"(unknown key "lisetn" in endpoint "in": did you mean "listen"?)"),
+       err(8, 1, R"(unknown key "port" in endpoint "out"; valid keys: type, listen, connect, subscribe)")});
+}
+
+TEST(Config, SubscribeEndpoints) {
+  const std::string feed = "[endpoints.feed]\ntype = \"udp\"\nlisten = \"127.0.0.1:5300\"\n";
+  auto ok = parse(feed + R"([endpoints.consumers]
+type = "unix-seqpacket"
+subscribe = "/run/consumers.sock"
+[[routes]]
+from = "feed"
+to = "consumers"
+)");
+  expect_diags(ok, {});
+  ASSERT_EQ(ok.config.routes.size(), 1u);
+  EXPECT_EQ(ok.config.endpoints[1].role, Role::Subscribe);
+  EXPECT_EQ(ok.config.routes[0].balance, Balance::Broadcast);  // the default for subscribers
+
+  expect_diags(parse(feed + R"([endpoints.consumers]
+type = "udp"
+subscribe = "127.0.0.1:1"
+[[routes]]
+from = "feed"
+to = "consumers"
+)"),
+               {err_has(6, 13, "subscribe takes a unix-stream or unix-seqpacket endpoint")});
+  expect_diags(
+      parse(feed + R"([endpoints.consumers]
+type = "unix-stream"
+subscribe = "/run/a.sock"
+connect = "/run/b.sock"
+[[routes]]
+from = "feed"
+to = "consumers"
+)"),
+      {err(
+          7, 11,
+          R"(endpoint "consumers" has both connect and subscribe; give exactly one of listen, connect, subscribe)")});
+  expect_diags(parse(feed + R"([endpoints.consumers]
+type = "unix-stream"
+subscribe = "/run/a.sock"
+[endpoints.other]
+type = "udp"
+connect = "127.0.0.1:9"
+[[routes]]
+from = "feed"
+to = ["consumers", "other"]
+)"),
+               {err_has(12, 6, "with other targets")});
 }
 
 TEST(Config, UnknownRouteKey) {
@@ -431,8 +480,10 @@ type = "udp"
 from = "in"
 to = "out"
 )");
-  expect_diags(o, {err(4, 11, R"(endpoint "in" has both listen and connect; give exactly one)"),
-                   err(6, 1, R"(endpoint "out" has neither listen nor connect; give exactly one)")});
+  expect_diags(
+      o, {err(4, 11,
+              R"(endpoint "in" has both listen and connect; give exactly one of listen, connect, subscribe)"),
+          err(6, 1, R"(endpoint "out" has neither listen nor connect; give exactly one (or subscribe))")});
 }
 
 TEST(Config, EndpointNames) {
@@ -583,7 +634,7 @@ to = "in"
               R"(endpoints)"),
           err(11, 6,
               R"(route #1: to endpoint "in" is a listen endpoint, but a route's to must be connect )"
-              R"(endpoints)")});
+              R"(endpoints (or one subscribe endpoint))")});
 }
 
 TEST(Config, RouteWithoutFromOrTo) {
