@@ -42,7 +42,7 @@ std::string format_status_text(const StatusSnapshot& s) {
           << c.drop_subscriber_full << ", stalls " << c.stalls << "\n";
       for (const auto& sub : r.subscriber_list) {
         const SubscriberReport& rep = sub.report;
-        out << "  subscriber " << rep.name << ": "
+        out << "  " << rep.name << ": "
             << (!rep.receiving ? "waiting for its socket"
                 : rep.stalled  ? "STALLED (out of the rotation)"
                                : "receiving")
