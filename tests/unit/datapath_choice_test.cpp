@@ -70,5 +70,36 @@ TEST(DatapathChoice, OnlyTcpStreamsRideTheKernelPathAndOnlyWhenAsked) {
   }
 }
 
+// Routes to a subscribe endpoint.
+TEST(SubscriberDatapath, RoundRobinIntoAStreamRidesTheKernel) {
+  const auto& stream = cell(EndpointKind::Udp, EndpointKind::UnixStream);
+  auto c = choose_subscriber_datapath(Datapath::Auto, Balance::RoundRobin, &stream, "");
+  EXPECT_TRUE(c.kernel);
+  EXPECT_NE(c.reason.find("boundaries"), std::string::npos) << "the caveat is named: " << c.reason;
+}
+
+TEST(SubscriberDatapath, BroadcastIsUserSpaceAndKernelIsRefused) {
+  const auto& stream = cell(EndpointKind::Udp, EndpointKind::UnixStream);
+  auto c = choose_subscriber_datapath(Datapath::Auto, Balance::Broadcast, &stream, "");
+  EXPECT_FALSE(c.kernel);
+  EXPECT_FALSE(c.refused);
+  EXPECT_FALSE(c.fell_back) << "broadcast is user space by design, not a fallback";
+  EXPECT_NE(c.reason.find("one skb"), std::string::npos) << c.reason;
+  auto k = choose_subscriber_datapath(Datapath::Kernel, Balance::Broadcast, &stream, "");
+  EXPECT_TRUE(k.refused);
+}
+
+TEST(SubscriberDatapath, SeqpacketFallsBackAndIngressNeedsTheKernel) {
+  const auto& seqpacket = cell(EndpointKind::UnixDgram, EndpointKind::UnixSeqpacket);
+  auto c = choose_subscriber_datapath(Datapath::Auto, Balance::RoundRobin, &seqpacket, "");
+  EXPECT_FALSE(c.kernel);
+  EXPECT_TRUE(c.fell_back);
+  auto ingress = choose_subscriber_datapath(Datapath::Auto, Balance::RoundRobin, nullptr, "no CAP_BPF");
+  EXPECT_TRUE(ingress.refused);
+  EXPECT_NE(ingress.reason.find("no CAP_BPF"), std::string::npos) << ingress.reason;
+  auto ok = choose_subscriber_datapath(Datapath::Auto, Balance::RoundRobin, nullptr, "");
+  EXPECT_TRUE(ok.kernel);
+}
+
 }  // namespace
 }  // namespace sockrelay
