@@ -320,6 +320,41 @@ TEST_F(Subscribers, IngressIntoThePassedSocket) {
   EXPECT_EQ(json_counter(s, "subscribers", "refused-socket"), 2u) << s;
 }
 
+// A unix-dgram source: the verdict program sees each datagram's sender, so
+// the source gets a program instance of its own; user space reads it for
+// broadcast.
+TEST_F(Subscribers, UnixDgramSourceOnBothPaths) {
+  for (std::string balance : {"round-robin", "broadcast"}) {
+    SCOPED_TRACE(balance);
+    std::string feed = dir_.file("feed.sock");
+    RelayProcess relay(
+        dir_, "[endpoints.feed]\ntype = \"unix-dgram\"\nlisten = \"" + feed +
+                  "\"\n[endpoints.consumers]\ntype = \"unix-stream\"\nsubscribe = \"" + path() +
+                  "\"\n[[routes]]\nfrom = \"feed\"\nto = \"consumers\"\nbalance = \"" + balance + "\"\n");
+    ASSERT_TRUE(relay.wait_ready()) << relay.log();
+    Consumer a(path(), SOCK_STREAM), b(path(), SOCK_STREAM);
+    a.run();
+    b.run();
+    ASSERT_TRUE(wait_receiving(relay, 2)) << relay.status_json();
+    Fd sender(socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    Addr to = Addr::unix_path(feed);
+    std::string msg(100, 'x');
+    constexpr int kCount = 500;
+    for (int i = 0; i < kCount; ++i) {
+      while (sendto(sender.get(), msg.data(), msg.size(), MSG_DONTWAIT, to.sa(), to.len) < 0)
+        std::this_thread::sleep_for(std::chrono::microseconds(100));  // the listener's queue is full
+    }
+    uint64_t want = (balance == "broadcast" ? 2 : 1) * uint64_t(kCount) * msg.size();
+    for (int i = 0; i < 100 && a.bytes + b.bytes < want; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    std::string s = relay.status_json();
+    EXPECT_EQ(a.bytes + b.bytes, want) << s;
+    EXPECT_GT(a.bytes, 0u);
+    EXPECT_GT(b.bytes, 0u);
+    EXPECT_EQ(json_counter(s, "kernel", "packets"), balance == "broadcast" ? 0u : uint64_t(kCount)) << s;
+  }
+}
+
 TEST_F(Subscribers, CheckRefusesWhatCannotRun) {
   struct Case {
     std::string extra, expect;
