@@ -72,6 +72,7 @@ class BridgeRoute {
   bool flush_to_conn(Session& s);
   void update_events(Session& s);
   void close_session(uint64_t id, bool failed);
+  void deliver_before_stop();
 
   BridgeRouteSpec spec_;
   Fd listener_;

@@ -130,5 +130,46 @@ TEST_F(Bridge, UnreachableStreamTargetCountsTheDrop) {
   EXPECT_EQ(json_number(status, "sessions"), 0u) << status;
 }
 
+// SIGTERM: what the relay took in for a connection that was not reading is
+// written before the connection is closed.
+TEST_F(Bridge, SigtermDeliversWhatWasTakenIn) {
+  std::string back = dir_.file("back.sock");
+  Fd listener(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  Addr back_addr = Addr::unix_path(back);
+  ASSERT_EQ(bind(listener.get(), back_addr.sa(), back_addr.len), 0);
+  ASSERT_EQ(listen(listener.get(), 4), 0);
+  RelayProcess relay(dir_, route("udp", "127.0.0.1:5300", "unix-stream", back));
+  ASSERT_TRUE(relay.wait_ready()) << relay.log();
+
+  Fd client = bound_dgram(Addr::inet("127.0.0.1", 0));
+  Addr front = Addr::inet("127.0.0.1", 5300);
+  constexpr size_t kCount = 2000, kSize = 1000;  // 2 MB: more than the socket buffers hold
+  std::string msg(kSize, 'b');
+  for (size_t i = 0; i < kCount; ++i) {
+    ASSERT_EQ(sendto(client.get(), msg.data(), msg.size(), 0, front.sa(), front.len), ssize_t(kSize));
+    if (i % 32 == 31) std::this_thread::sleep_for(std::chrono::microseconds(300));
+  }
+  Fd conn(accept(listener.get(), nullptr, nullptr));
+  ASSERT_TRUE(conn.valid());
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the relay takes in the burst
+  std::string status = relay.status_json();
+  ASSERT_EQ(json_counter(status, "stream", "dropped-messages"), 0u) << status;
+  // Nobody has read yet: most of it waits in the relay. Stop it, then read.
+  ASSERT_LT(json_counter(status, "user", "packets"), kCount) << "nothing was left queued: " << status;
+  kill(relay.pid(), SIGTERM);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  uint64_t got = 0;
+  char buf[65536];
+  for (;;) {
+    pollfd p{conn.get(), POLLIN, 0};
+    if (poll(&p, 1, 5000) != 1) break;
+    ssize_t n = recv(conn.get(), buf, sizeof(buf), 0);
+    if (n <= 0) break;
+    got += static_cast<uint64_t>(n);
+  }
+  EXPECT_EQ(got, uint64_t(kCount) * kSize) << relay.log();
+  EXPECT_EQ(relay.terminate(), 0);
+}
+
 }  // namespace
 }  // namespace sockrelay::testing
