@@ -146,6 +146,15 @@ int check_command(const Args& args) {
           else if (v.choice.kernel && cell.support == Support::Caveat)
             diags.push_back({config_path, route.pos, Severity::Note,
                              pairing + "kernel path with a caveat: " + cell.reason});
+          if (v.choice.kernel && route.balance == Balance::Broadcast && to->role != Role::Subscribe &&
+              to_name == route.to.front())
+            diags.push_back(
+                {config_path, route.pos, Severity::Note,
+                 "balance = \"broadcast\": one skb can be redirected to one socket only, so the "
+                 "verdict program hands each datagram to user space, which sends a copy to each of "
+                 "the " +
+                     std::to_string(route.to.size()) +
+                     " targets (a receive per datagram and a send per copy; see `sockrelay matrix`)"});
           verdicts.push_back(std::move(v));
         }
       }

@@ -144,6 +144,11 @@ const std::vector<std::string>& matrix_general_notes() {
       "Minimum kernel = the later of both ends: udp 5.13, tcp 5.4, unix-dgram/unix-stream 5.15, "
       "vsock 6.4 (use >= 6.12 with stable fixes).",
       "Version numbers lie because of backports: `sockrelay matrix --probe` measures this kernel.",
+      "Several targets (`to = [...]`): round-robin and hash pick one target per datagram in the verdict "
+      "program. balance = \"broadcast\" cannot be a redirect (one skb goes to one socket): the verdict "
+      "program hands each datagram to user space, which sends one copy per target; cost: a user-space "
+      "receive per datagram and a send per copy (tests/bench/fanout.md: 1.5-1.7x socat, and it drops what "
+      "a flat-out sender offers beyond that).",
   };
   return notes;
 }

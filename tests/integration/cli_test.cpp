@@ -41,12 +41,24 @@ TEST(Cli, HelpOnEverySubcommandAndVersion) {
 }
 
 TEST(Cli, CheckAcceptsTheShippedConfigs) {
-  for (const char* name : {"sockrelay.toml", "udp-to-unix-dgram.toml", "unix-dgram-to-udp.toml",
-                           "fan-out.toml", "tcp-proxy.toml"}) {
-    Output o =
-        sockrelay(std::string("check --no-probe --config ") + SOCKRELAY_SOURCE_DIR + "/config/" + name);
-    EXPECT_EQ(o.status, 0) << name << "\n" << o.text;
+  for (const auto& entry :
+       std::filesystem::directory_iterator(std::string(SOCKRELAY_SOURCE_DIR) + "/config")) {
+    std::string path = entry.path().string();
+    if (!path.ends_with(".toml")) continue;
+    Output o = sockrelay("check --no-probe --config " + path);
+    EXPECT_EQ(o.status, 0) << path << "\n" << o.text;
   }
+}
+
+TEST(Cli, CheckSaysHowBroadcastIsCarried) {
+  TempDir dir;
+  std::string text = read_file(std::string(SOCKRELAY_SOURCE_DIR) + "/config/fan-out.toml");
+  text.replace(text.rfind("\"round-robin\""), 13, "\"broadcast\"");
+  std::ofstream(dir.file("b.toml")) << text;
+  Output o = sockrelay("check --no-probe --config " + dir.file("b.toml"));
+  EXPECT_EQ(o.status, 0) << o.text;
+  EXPECT_NE(o.text.find("sends a copy to each of the 3 targets"), std::string::npos) << o.text;
+  EXPECT_NE(sockrelay("matrix").text.find("balance = \"broadcast\" cannot be a redirect"), std::string::npos);
 }
 
 TEST(Cli, CheckRefusesKernelDatapathOnUnsupportedPairingWithPosition) {
