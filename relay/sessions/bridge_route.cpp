@@ -1,6 +1,5 @@
 #include "sessions/bridge_route.h"
 
-#include <poll.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -11,16 +10,16 @@
 
 #include "config/address.h"
 #include "endpoints/endpoint.h"
+#include "sessions/stop_drain.h"
 
 namespace sockrelay {
 
 namespace {
 
-constexpr size_t kMaxMessage = 256 * 1024;            // largest datagram or seqpacket message carried whole
-constexpr size_t kStreamChunk = 64 * 1024;            // one read of a byte stream = one datagram
-constexpr size_t kQueueLimit = 4 << 20;               // bytes waiting toward one connection
-constexpr uint64_t kRefusalLogEvery = 1000;           // refusals: one log line per this many
-constexpr auto kStopDrain = std::chrono::seconds(2);  // stop/reload: time to deliver what was taken in
+constexpr size_t kMaxMessage = 256 * 1024;   // largest datagram or seqpacket message carried whole
+constexpr size_t kStreamChunk = 64 * 1024;   // one read of a byte stream = one datagram
+constexpr size_t kQueueLimit = 4 << 20;      // bytes waiting toward one connection
+constexpr uint64_t kRefusalLogEvery = 1000;  // refusals: one log line per this many
 
 uint64_t now_ns() {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -71,27 +70,20 @@ void BridgeRoute::stop() {
 }
 
 // Stop/reload: what sessions took in but their connection has not taken
-// yet is written first, as the stream route does, for at most kStopDrain.
-// A connection still full after that loses the rest (counted).
+// yet is written first, as the stream route does; a connection still full
+// after kStopDrain loses the rest (counted).
 void BridgeRoute::deliver_before_stop() {
-  const auto deadline = std::chrono::steady_clock::now() + kStopDrain;
-  for (;;) {
-    std::vector<pollfd> fds;
-    std::vector<uint64_t> ids;
-    for (const auto& [id, s] : sessions_) {
-      if (s->connecting || s->to_conn.empty()) continue;
-      fds.push_back({s->conn.get(), POLLOUT, 0});
-      ids.push_back(id);
-    }
-    auto left =
-        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-    if (fds.empty() || left.count() <= 0 || poll(fds.data(), fds.size(), static_cast<int>(left.count())) <= 0)
-      break;
-    for (size_t i = 0; i < fds.size(); ++i) {
-      auto it = sessions_.find(ids[i]);
-      if (fds[i].revents && it != sessions_.end()) flush_to_conn(*it->second);
-    }
-  }
+  drain_before_stop(
+      [this] {
+        std::vector<std::pair<int, uint64_t>> waiting;
+        for (const auto& [id, s] : sessions_)
+          if (!s->connecting && !s->to_conn.empty()) waiting.emplace_back(s->conn.get(), id);
+        return waiting;
+      },
+      [this](uint64_t id) {
+        auto it = sessions_.find(id);
+        if (it != sessions_.end()) flush_to_conn(*it->second);
+      });
   for (const auto& [id, s] : sessions_) counters_.dropped_messages += s->to_conn.size();
 }
 

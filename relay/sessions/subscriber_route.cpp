@@ -14,6 +14,7 @@
 #include "common/socket_cookie.h"
 #include "matrix/matrix.h"
 #include "relay_shared.h"
+#include "sessions/stop_drain.h"
 
 namespace sockrelay {
 
@@ -149,6 +150,18 @@ void SubscriberRoute::stop() {
     maps_->remove_flow(source_cookie_);
     source_in_map_ = false;
   }
+  // What was queued for subscribers goes out first (user space).
+  drain_before_stop(
+      [this] {
+        std::vector<std::pair<int, uint64_t>> waiting;
+        for (const auto& [id, sub] : subscribers_)
+          if (!sub->queued.empty()) waiting.emplace_back(sub->connection.get(), id);
+        return waiting;
+      },
+      [this](uint64_t id) {
+        auto it = subscribers_.find(id);
+        if (it != subscribers_.end() && !flush(*it->second)) leave(id, "its connection failed");
+      });
   while (!subscribers_.empty()) leave(subscribers_.begin()->first, "the route stopped");
   loop_.remove(source_.get());
   loop_.remove(subscribe_.get());

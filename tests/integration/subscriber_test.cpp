@@ -243,6 +243,30 @@ TEST_F(Subscribers, StalledSubscriberDoesNotStallBroadcast) {
   EXPECT_EQ(stalled.out_of_order, 0u);
 }
 
+// SIGTERM: copies queued for a subscriber that was not reading are written
+// before its connection is closed.
+TEST_F(Subscribers, SigtermDeliversQueuedCopies) {
+  RelayProcess relay(dir_, config("unix-seqpacket", ""));
+  ASSERT_TRUE(relay.wait_ready()) << relay.log();
+  Consumer slow(path(), SOCK_SEQPACKET);
+  slow.paused_ = true;
+  slow.run();
+  ASSERT_TRUE(wait_receiving(relay, 1)) << relay.status_json();
+  send_seq(0, 1500, 1000);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  std::string s = relay.status_json();
+  uint64_t given = subscriber_field(s, 0, "user-packets");
+  ASSERT_GT(given, 500u) << s;
+  kill(relay.pid(), SIGTERM);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  slow.paused_ = false;
+  EXPECT_EQ(relay.terminate(), 0);
+  for (int i = 0; i < 100 && slow.messages < given; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(slow.messages, given) << s;
+  EXPECT_EQ(slow.out_of_order, 0u);
+}
+
 // Round-robin on the kernel path, egress into each subscriber's unix-stream
 // connection: the verdict program spreads the datagrams; a subscriber that
 // stops reading leaves the rotation (its backlog stays bounded) and the
