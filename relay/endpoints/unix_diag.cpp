@@ -40,7 +40,7 @@ Result<std::optional<UnixSocketInfo>> find_unix_dgram(const Match& match) {
   request.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
   request.req.sdiag_family = AF_UNIX;
   request.req.udiag_states = ~0u;
-  request.req.udiag_show = UDIAG_SHOW_NAME | UDIAG_SHOW_PEER;
+  request.req.udiag_show = UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_UID;
   if (send(nl.get(), &request, sizeof(request), 0) < 0) return errno_error("sock_diag: send dump request");
 
   std::optional<UnixSocketInfo> found;
@@ -70,6 +70,10 @@ Result<std::optional<UnixSocketInfo>> find_unix_dgram(const Match& match) {
           info.address_length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name_len);
         } else if (a->rta_type == UNIX_DIAG_PEER) {
           std::memcpy(&info.peer_inode, RTA_DATA(a), sizeof(uint32_t));
+        } else if (a->rta_type == UNIX_DIAG_UID && RTA_PAYLOAD(a) >= sizeof(uint32_t)) {
+          uint32_t uid;
+          std::memcpy(&uid, RTA_DATA(a), sizeof(uid));
+          info.uid = uid;
         }
       }
       if (match(info)) found = info;

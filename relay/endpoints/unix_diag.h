@@ -21,6 +21,11 @@ struct UnixSocketInfo {
   uint32_t peer_inode = 0;       // inode of the socket it is connected to, 0 if none
   sockaddr_un address{};         // its bound address...
   socklen_t address_length = 0;  // ...or 0 when it never bound
+  // UNIX_DIAG_UID: the socket's owner, i.e. the fsuid of the process that
+  // created it, as seen from our user namespace. Not the uid of whoever
+  // sends on it now (a socket outlives setuid() and travels in SCM_RIGHTS),
+  // and there is no gid: sock_diag reports none.
+  std::optional<uint32_t> uid;
 };
 
 // The datagram socket bound to `address` (a sockaddr_un), if any.

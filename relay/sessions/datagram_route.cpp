@@ -5,14 +5,18 @@
 #include <sys/un.h>
 
 #include <cstddef>
+#include <cstdio>
 #include <cstring>
 #include <deque>
+#include <optional>
+#include <type_traits>
 
 #include "common/socket_cookie.h"
 #include "config/address.h"
 #include "endpoints/endpoint.h"
 #include "endpoints/unix_diag.h"
 #include "relay_shared.h"
+#include "sessions/peer_policy.h"
 
 namespace sockrelay {
 
@@ -22,6 +26,7 @@ constexpr int kBatch = 32;
 constexpr size_t kMaxPending = 1024;         // per upstream socket
 constexpr uint64_t kSettleNs = 500'000'000;  // a new flow's sockets are read this long
 constexpr size_t kMaxDatagram = 65536;
+constexpr size_t kMaxRefusedSenders = 65536;  // remembered refusals; past it, start afresh
 
 uint64_t now_ns() {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -56,13 +61,21 @@ bool has_reply_address(const sockaddr_storage& peer, socklen_t len) {
   return peer.ss_family != AF_UNIX || len > offsetof(sockaddr_un, sun_path);
 }
 
-// Reads up to a batch of datagrams; calls `each(peer, len, data, size)`.
+// Reads up to a batch of datagrams; calls `each(peer, len, data, size)`,
+// or `each(peer, len, data, size, cred)` with the datagram's
+// SCM_CREDENTIALS (null if none came: the socket has no SO_PASSCRED).
 // Returns how many it read, 0 when none are queued, -1 on a socket error.
 template <typename Each>
 int read_batch(int fd, std::vector<char>& buffer, Each each) {
+  constexpr bool kCreds =
+      std::is_invocable_v<Each, const sockaddr_storage&, socklen_t, const char*, size_t, const ucred*>;
   mmsghdr msgs[kBatch];
   iovec iovs[kBatch];
   sockaddr_storage peers[kBatch];
+  struct alignas(cmsghdr) Control {
+    char bytes[CMSG_SPACE(sizeof(ucred))];
+  };
+  Control controls[kCreds ? kBatch : 1];
   std::memset(msgs, 0, sizeof(msgs));
   for (int i = 0; i < kBatch; ++i) {
     iovs[i] = {buffer.data() + i * kMaxDatagram, kMaxDatagram};
@@ -70,12 +83,49 @@ int read_batch(int fd, std::vector<char>& buffer, Each each) {
     msgs[i].msg_hdr.msg_iovlen = 1;
     msgs[i].msg_hdr.msg_name = &peers[i];
     msgs[i].msg_hdr.msg_namelen = sizeof(peers[i]);
+    if constexpr (kCreds) {
+      msgs[i].msg_hdr.msg_control = controls[i].bytes;
+      msgs[i].msg_hdr.msg_controllen = sizeof(controls[i].bytes);
+    }
   }
   int n = recvmmsg(fd, msgs, kBatch, MSG_DONTWAIT, nullptr);
   if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -1;
-  for (int i = 0; i < n; ++i)
-    each(peers[i], msgs[i].msg_hdr.msg_namelen, static_cast<const char*>(iovs[i].iov_base), msgs[i].msg_len);
+  for (int i = 0; i < n; ++i) {
+    const char* data = static_cast<const char*>(iovs[i].iov_base);
+    if constexpr (kCreds) {
+      ucred cred{};
+      bool have = false;
+      for (cmsghdr* c = CMSG_FIRSTHDR(&msgs[i].msg_hdr); c; c = CMSG_NXTHDR(&msgs[i].msg_hdr, c))
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS &&
+            c->cmsg_len >= CMSG_LEN(sizeof(ucred))) {
+          std::memcpy(&cred, CMSG_DATA(c), sizeof(cred));
+          have = true;
+        }
+      each(peers[i], msgs[i].msg_hdr.msg_namelen, data, msgs[i].msg_len, have ? &cred : nullptr);
+    } else {
+      each(peers[i], msgs[i].msg_hdr.msg_namelen, data, msgs[i].msg_len);
+    }
+  }
   return n;
+}
+
+// The kernel's overflow ids (kernel.overflowuid/gid sysctls, 65534 unless
+// changed): what SCM_CREDENTIALS reports, with pid 0, for a datagram sent
+// before the receiver turned SO_PASSCRED on (measured: such a datagram
+// carries no credentials, and the kernel fills these in).
+uint32_t overflow_id(const char* path) {
+  uint32_t id = 65534;
+  if (FILE* f = std::fopen(path, "re")) {
+    if (std::fscanf(f, "%u", &id) != 1) id = 65534;
+    std::fclose(f);
+  }
+  return id;
+}
+
+bool no_credentials(const ucred& cred) {
+  static const uint32_t uid = overflow_id("/proc/sys/kernel/overflowuid");
+  static const uint32_t gid = overflow_id("/proc/sys/kernel/overflowgid");
+  return cred.pid == 0 && cred.uid == uid && cred.gid == gid;
 }
 
 }  // namespace
@@ -142,6 +192,22 @@ Status DatagramRoute::start() {
   if (!cookie) return cookie.error();
   listener_cookie_ = *cookie;
   listener_inode_ = socket_inode(listener_.get());
+  if (unix_listener() && unix_ids_policy()) {
+    // The verdict program's redirect re-sends a new sender's datagram from
+    // kernel context: what arrives on the new-client socket carries no
+    // credentials of the sender, and sock_diag knows the socket's owner
+    // uid but no gid. check refuses this too; this is the backstop.
+    if (spec_.kernel && !spec_.allow_gids.empty())
+      return plain_error("listener " + spec_.from->name +
+                         ": allow-gids on a unix-dgram source needs datapath = \"userspace\" (the kernel "
+                         "path cannot learn a sender's gid)");
+    // Every datagram read here carries its sender's credentials, which
+    // allow-uids/allow-gids are checked against. Set before the first read:
+    // a datagram queued before carries none and is refused.
+    int one = 1;
+    if (setsockopt(listener_.get(), SOL_SOCKET, SO_PASSCRED, &one, sizeof(one)) != 0)
+      return errno_error("listener " + spec_.from->name + ": SO_PASSCRED");
+  }
   if (spec_.kernel && unix_listener())
     if (auto st = steer_unix_listener(); !st) return st.error().wrap("listener " + spec_.from->name);
   // A UDP listener stays out of the map: each client gets a flow socket,
@@ -197,8 +263,11 @@ void DatagramRoute::on_new_client_readable() {
           relay_new_client_tag tag;
           if (size < sizeof(tag)) return;  // cannot happen: the verdict program always tags
           std::memcpy(&tag, d, sizeof(tag));
+          // No SO_PASSCRED here: credentials arriving on this socket would be
+          // the kernel worker's that re-sent the datagram (measured: pid of a
+          // kworker, uid 0, gid 0, whoever the sender), never the sender's.
           sockaddr_storage none{};
-          handle_client_datagram(none, 0, tag.sender_cookie, d + sizeof(tag), size - sizeof(tag));
+          handle_client_datagram(none, 0, tag.sender_cookie, nullptr, d + sizeof(tag), size - sizeof(tag));
         });
     if (n < kBatch) break;
   }
@@ -209,15 +278,47 @@ void DatagramRoute::on_listener_readable() {
   // cannot starve the others.
   for (int round = 0; round < 8; ++round) {
     int n = read_batch(listener_.get(), buffer_,
-                       [&](const sockaddr_storage& peer, socklen_t len, const char* d, size_t size) {
-                         handle_client_datagram(peer, len, 0, d, size);
-                       });
+                       [&](const sockaddr_storage& peer, socklen_t len, const char* d, size_t size,
+                           const ucred* cred) { handle_client_datagram(peer, len, 0, cred, d, size); });
     if (n < kBatch) break;
   }
 }
 
+std::string DatagramRoute::credential_refusal(const ucred* cred) const {
+  if (!cred || no_credentials(*cred))
+    return "no credentials (sent before the relay set SO_PASSCRED: give the .socket unit "
+           "PassCredentials=yes)";
+  return PeerPolicy::id_refusal(spec_.allow_uids, spec_.allow_gids, cred->uid, cred->gid);
+}
+
+void DatagramRoute::count_refusal(const std::string& who, const std::string& why) {
+  if (counters_.refused_policy++ % 1000 == 0)
+    spdlog::warn("route {}: client {}: {}: datagrams dropped (counted)", spec_.route_id, who, why);
+}
+
 void DatagramRoute::handle_client_datagram(const sockaddr_storage& peer, socklen_t peer_len,
-                                           uint64_t tagged_cookie, const char* data, size_t len) {
+                                           uint64_t tagged_cookie, const ucred* cred, const char* data,
+                                           size_t len) {
+  if (unix_listener() && unix_ids_policy()) {
+    if (tagged_cookie) {
+      // A sender already refused: no second sock_diag dump for it.
+      auto refused = refused_senders_.find(tagged_cookie);
+      if (refused != refused_senders_.end()) {
+        refused->second = now_ns();
+        ++counters_.refused_policy;
+        return;
+      }
+    } else if (std::string why = credential_refusal(cred); !why.empty()) {
+      // Read by user space, so checked one by one: the credentials are the
+      // sender's at send time, and every unnamed sender shares one flow
+      // key (it has no address to tell it apart).
+      std::string who = cred ? "pid " + std::to_string(cred->pid) : std::string("unknown");
+      if (has_reply_address(peer, peer_len))
+        who = format_address(reinterpret_cast<const sockaddr*>(&peer), peer_len) + " (" + who + ")";
+      count_refusal(who, why);
+      return;
+    }
+  }
   // Flows by client: UDP by address; AF_UNIX by cookie when the verdict
   // program tagged the datagram, else by address (aliased to the cookie key
   // once the flow knows both).
@@ -247,6 +348,7 @@ DatagramRoute::Flow* DatagramRoute::create_flow(const std::string& key, const so
     flow->peer = peer;
     flow->peer_len = peer_len;
   }
+  std::optional<uint32_t> owner_uid;  // of an AF_UNIX client's socket, from sock_diag
   if (unix_listener()) {
     // Learn the other half of the client's identity: its address from its
     // cookie, or its cookie from its address.
@@ -257,11 +359,26 @@ DatagramRoute::Flow* DatagramRoute::create_flow(const std::string& key, const so
     } else if (info->has_value()) {
       const UnixSocketInfo& u = **info;
       flow->unix_cookie = u.cookie;
+      owner_uid = u.uid;
       flow->connected_to_listener = u.peer_inode == listener_inode_;
       if (u.address_length > offsetof(sockaddr_un, sun_path)) {
         std::memcpy(&flow->peer, &u.address, u.address_length);
         flow->peer_len = u.address_length;
       }
+    }
+  }
+  // allow-uids on the kernel path: a datagram the verdict program tagged
+  // carries no credentials of its sender (the redirect re-sent it from
+  // kernel context), so the owner of the sender's socket decides, once per
+  // flow. (Untagged datagrams were checked by their own credentials.)
+  if (unix_cookie && unix_ids_policy()) {
+    std::string why = owner_uid ? PeerPolicy::id_refusal(spec_.allow_uids, {}, *owner_uid, std::nullopt)
+                                : "socket owner unknown (gone before sock_diag saw it)";
+    if (!why.empty()) {
+      if (refused_senders_.size() >= kMaxRefusedSenders) refused_senders_.clear();
+      refused_senders_[unix_cookie] = now_ns();
+      count_refusal(flow->peer_text(), why);
+      return nullptr;
     }
   }
   flow->client_hash = identity_hash(
@@ -726,6 +843,8 @@ void DatagramRoute::expire_idle() {
     destroy_flow(key, "");
     ++counters_.flows_expired;
   }
+  std::erase_if(refused_senders_,
+                [&](const auto& entry) { return now - std::min(now, entry.second) > idle; });
   if (!expired.empty())
     spdlog::debug("route {}: {} idle flow(s) expired, {} left", spec_.route_id, expired.size(),
                   flows_.size());

@@ -43,7 +43,7 @@ struct DatagramCounters {
   uint64_t drop_no_reply_path = 0;     // replies dropped: the client has no address to reply to
   uint64_t drop_all_targets_down = 0;  // datagrams dropped in user space: no target up
   uint64_t drop_target_full = 0;       // datagrams dropped: a target's queue stayed full
-  uint64_t refused_policy = 0;         // datagrams dropped: client not in allow-sources
+  uint64_t refused_policy = 0;         // datagrams dropped: client not in allow-sources/uids/gids
 };
 
 // One target of a route, as status shows it.
@@ -63,7 +63,12 @@ struct DatagramRouteSpec {
   std::vector<const Endpoint*> to;  // 1..RELAY_MAX_TARGETS, the config's order
   Balance balance = Balance::Single;
   std::vector<SourceNetwork> allow_sources;  // empty: every client
-  bool kernel = true;                        // kernel data path; false: user space carries it all
+  // unix-dgram sources; empty: every sender. User-space path: each
+  // datagram's SCM_CREDENTIALS. Kernel path: the sender socket's owner
+  // (sock_diag) when its flow is set up; no gid there, so start() refuses
+  // allow_gids on it.
+  std::vector<uint32_t> allow_uids, allow_gids;
+  bool kernel = true;  // kernel data path; false: user space carries it all
   std::chrono::milliseconds idle_timeout{120'000};
 };
 
@@ -119,8 +124,13 @@ class DatagramRoute {
   void on_new_client_readable();
   Status steer_unix_listener();
   // `tagged_cookie`: the sender's cookie when the verdict program tagged it.
+  // `cred`: the datagram's SCM_CREDENTIALS, if the listener asked for them.
   void handle_client_datagram(const sockaddr_storage& peer, socklen_t peer_len, uint64_t tagged_cookie,
-                              const char* data, size_t len);
+                              const ucred* cred, const char* data, size_t len);
+  bool unix_ids_policy() const { return !spec_.allow_uids.empty() || !spec_.allow_gids.empty(); }
+  // Empty when the sender may in, else why not (allow-uids/allow-gids).
+  std::string credential_refusal(const ucred* cred) const;
+  void count_refusal(const std::string& who, const std::string& why);
   Flow* create_flow(const std::string& key, const sockaddr_storage& peer, socklen_t peer_len,
                     uint64_t unix_cookie);
   bool unix_listener() const;
@@ -147,6 +157,10 @@ class DatagramRoute {
   // "addr:BYTES" on the user-space path.
   std::unordered_map<std::string, std::unique_ptr<Flow>> flows_;
   std::unordered_map<std::string, std::string> unix_address_alias_;  // "addr:..." -> "cookie:..." key
+  // Kernel path: senders refused by allow-uids, by cookie (never reused),
+  // with when they last sent. Their next datagrams are dropped without
+  // another sock_diag dump; forgotten after idle-timeout.
+  std::unordered_map<uint64_t, uint64_t> refused_senders_;
   bool in_map_ = false;               // a unix listener steered by its own verdict instance
   Fd new_client_tx_, new_client_rx_;  // where that instance sends unknown senders
   uint64_t new_client_tx_cookie_ = 0;

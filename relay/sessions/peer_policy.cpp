@@ -39,9 +39,17 @@ std::string PeerPolicy::refusal(int fd, const sockaddr_storage& peer) const {
     socklen_t len = sizeof(cred);
     if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0)
       return std::string("SO_PEERCRED: ") + std::strerror(errno);
-    if (!listed(allow_uids, cred.uid)) return "uid " + std::to_string(cred.uid) + " is not in allow-uids";
-    if (!listed(allow_gids, cred.gid)) return "gid " + std::to_string(cred.gid) + " is not in allow-gids";
+    return id_refusal(allow_uids, allow_gids, cred.uid, cred.gid);
   }
+  return "";
+}
+
+std::string PeerPolicy::id_refusal(const std::vector<uint32_t>& allow_uids,
+                                   const std::vector<uint32_t>& allow_gids, uint32_t uid,
+                                   std::optional<uint32_t> gid) {
+  if (!listed(allow_uids, uid)) return "uid " + std::to_string(uid) + " is not in allow-uids";
+  if (!allow_gids.empty() && !gid) return "gid unknown, allow-gids cannot be checked";
+  if (gid && !listed(allow_gids, *gid)) return "gid " + std::to_string(*gid) + " is not in allow-gids";
   return "";
 }
 

@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,11 @@ struct PeerPolicy {
   // Empty when the peer may in, else why not. `fd` is the accepted
   // connection (-1 for a datagram client: no credentials to ask).
   std::string refusal(int fd, const sockaddr_storage& peer) const;
+  // The uid/gid part alone, for ids learnt another way (a datagram's
+  // SCM_CREDENTIALS, sock_diag). `gid` empty: unknown, refused if asked for.
+  static std::string id_refusal(const std::vector<uint32_t>& allow_uids,
+                                const std::vector<uint32_t>& allow_gids, uint32_t uid,
+                                std::optional<uint32_t> gid);
 };
 
 }  // namespace sockrelay
