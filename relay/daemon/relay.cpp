@@ -142,11 +142,21 @@ Status check_runnable(const Config& config, const Route& route) {
       return plain_error(where + ": allow-cids applies to vsock sources; endpoint " + describe_endpoint(*e) +
                          " is not one (use allow-sources for udp, allow-uids/allow-gids for unix)");
     bool unix_conn = e->kind == EndpointKind::UnixStream || e->kind == EndpointKind::UnixSeqpacket;
-    if ((!route.allow_uids.empty() || !route.allow_gids.empty()) && !unix_conn)
+    // unix-dgram: by each datagram's credentials, in datagram routes only
+    // (sessions/datagram_route.h); bridges and subscribers do not check them.
+    bool unix_dgram_route = e->kind == EndpointKind::UnixDgram && first_to->role != Role::Subscribe &&
+                            kind_is_datagram(first_to->kind);
+    if ((!route.allow_uids.empty() || !route.allow_gids.empty()) && !unix_conn && !unix_dgram_route)
       return plain_error(where +
-                         ": allow-uids and allow-gids are enforced (SO_PEERCRED) for unix-stream and "
-                         "unix-seqpacket sources only in this version; endpoint " +
+                         ": allow-uids and allow-gids are enforced for unix-stream and unix-seqpacket "
+                         "sources, and for unix-dgram sources of routes to datagram endpoints, only in this "
+                         "version; endpoint " +
                          describe_endpoint(*e) + " is not one");
+    if (!route.allow_gids.empty() && unix_dgram_route && route.datapath != Datapath::Userspace)
+      return plain_error(where + ": allow-gids on unix-dgram endpoint " + describe_endpoint(*e) +
+                         " needs datapath = \"userspace\": the kernel path cannot learn a sender's gid "
+                         "(its datagrams reach user space without their credentials, and sock_diag gives "
+                         "a socket's owner uid only)");
   }
   for (const auto& name : route.from) {
     for (const auto& to_name : route.to) {
@@ -324,6 +334,8 @@ Result<std::vector<Relay::RouteSource>> Relay::open_route(const std::shared_ptr<
       for (const auto& to_name : route.to) spec.to.push_back(config->find_endpoint(to_name));
       spec.balance = route.balance;
       spec.allow_sources = route.allow_sources;
+      spec.allow_uids = route.allow_uids;
+      spec.allow_gids = route.allow_gids;
       spec.kernel = choice.kernel;
       spec.idle_timeout = config->relay.idle_timeout;
       source.route = std::make_unique<DatagramRoute>(spec, std::move(listener), bpf_.get(), loop_, budget_);
