@@ -502,5 +502,41 @@ TEST_F(StreamFanOut, HashKeepsOneClientOnOneTarget) {
       << counts[2];
 }
 
+// allow-uids / allow-gids on a unix-stream source: a peer whose SO_PEERCRED
+// is not listed is closed at accept, counted, and never reaches the target.
+TEST_F(StreamRelay, AllowUidsAndGidsFilterUnixPeers) {
+  for (auto [policy, admitted] : {std::pair{"allow-uids = [4242]\n", false},
+                                  std::pair{"allow-uids = [\"root\"]\nallow-gids = [4242]\n", false},
+                                  std::pair{"allow-uids = [0]\nallow-gids = [\"root\"]\n", true}}) {
+    SCOPED_TRACE(policy);
+    TempDir dir;
+    Addr back_addr = Addr::inet("127.0.0.1", 6301);
+    StreamServer server(back_addr, 0);
+    std::string front_path = dir.file("front.sock");
+    RelayProcess relay(dir, "[endpoints.front]\ntype = \"unix-stream\"\nlisten = \"" + front_path +
+                                "\"\n[endpoints.back]\ntype = \"tcp\"\nconnect = \"127.0.0.1:6301\"\n"
+                                "[[routes]]\nfrom = \"front\"\nto = \"back\"\n" +
+                                policy);
+    ASSERT_TRUE(relay.wait_ready()) << relay.log();
+    Fd c = stream_connect(Addr::unix_path(front_path));
+    ASSERT_TRUE(c.valid());
+    TransferPlan plan = client_plan(4096);
+    plan.limit = std::chrono::seconds(5);
+    TransferResult r = run_transfer(c.get(), plan);
+    std::string status = relay.status_json();
+    if (admitted) {
+      EXPECT_TRUE(r.got_eof && r.error == 0) << status;
+      EXPECT_EQ(json_counter(status, "stream", "refused-policy"), 0u) << status;
+      EXPECT_TRUE(server.wait_finished(1, std::chrono::seconds(5)));
+    } else {
+      EXPECT_FALSE(r.timed_out) << "the refused peer was left hanging";
+      EXPECT_EQ(json_counter(status, "stream", "refused-policy"), 1u) << status;
+      EXPECT_EQ(json_counter(status, "drops", "policy"), 1u) << status;
+      EXPECT_EQ(server.accepted(), 0) << "a refused peer reached the target";
+      EXPECT_NE(relay.log().find("is not in allow-"), std::string::npos) << relay.log();
+    }
+  }
+}
+
 }  // namespace
 }  // namespace sockrelay::testing
