@@ -153,6 +153,12 @@ int relay_verdict(struct __sk_buff *skb)
 		return SK_DROP;
 	}
 	flow->last_ns = bpf_ktime_get_ns();
+	if (flow->flags & RELAY_FLOW_REFUSED) {
+		/* User space refused this sender once (allow-uids): its later
+		 * datagrams stop here instead of each visiting user space. */
+		stats->drop_policy += 1;
+		return SK_DROP;
+	}
 	if (flow->balance == RELAY_BALANCE_BROADCAST && new_client_target) {
 		/* One skb can be redirected to one socket only: user space
 		 * copies it to every target. */

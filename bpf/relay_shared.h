@@ -34,6 +34,7 @@ typedef __u64 relay_u64;
 /* relay_flow.flags */
 #define RELAY_FLOW_INGRESS (1u << 0) /* redirect with BPF_F_INGRESS */
 #define RELAY_FLOW_STREAM (1u << 1)  /* a stream session: empty skbs (a TCP FIN) are dropped */
+#define RELAY_FLOW_REFUSED (1u << 2) /* a sender the route's policy refused: dropped and counted */
 
 /*
  * relay_flows: key = the socket cookie the verdict program sees for an skb
@@ -91,6 +92,7 @@ struct relay_route_stats {
 	relay_u64 packets;	  /* skbs redirected */
 	relay_u64 bytes;	  /* their payload bytes */
 	relay_u64 drop_no_target; /* redirect failed: the target socket is gone */
+	relay_u64 drop_policy;	  /* from a sender the route's policy refused */
 };
 
 /* Counters not tied to a route, a per-CPU array indexed by enum. */

@@ -152,6 +152,7 @@ RouteCounters BpfRelay::route_counters(uint32_t route_id) const {
     sum.packets += s.packets;
     sum.bytes += s.bytes;
     sum.drop_no_target += s.drop_no_target;
+    sum.drop_policy += s.drop_policy;
   }
   return sum;
 }

@@ -20,6 +20,7 @@ struct RouteCounters {
   uint64_t packets = 0;
   uint64_t bytes = 0;
   uint64_t drop_no_target = 0;
+  uint64_t drop_policy = 0;  // senders the policy refused, dropped by the verdict program
 };
 
 struct GlobalCounters {

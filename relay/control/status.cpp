@@ -96,7 +96,9 @@ std::string format_status_json(const StatusSnapshot& s) {
         .field("sessions-expired", r.user.flows_expired)
         .field("sessions-failed", r.user.flows_failed);
     j.key("kernel").begin_object();
-    j.field("packets", r.kernel.packets).field("bytes", r.kernel.bytes);
+    j.field("packets", r.kernel.packets)
+        .field("bytes", r.kernel.bytes)
+        .field("policy-drops", r.kernel.drop_policy);
     j.end_object();
     j.key("user").begin_object();
     j.field("packets", r.user.user_packets).field("bytes", r.user.user_bytes);

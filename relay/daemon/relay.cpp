@@ -586,6 +586,7 @@ StatusSnapshot Relay::snapshot() const {
       r.user.user_packets = r.stream.user_messages;
     }
     if (bpf_) r.kernel = bpf_->route_counters(r.id);
+    r.user.refused_policy += r.kernel.drop_policy;  // one "policy" count, wherever it was dropped
     s.routes.push_back(std::move(r));
   }
   return s;

@@ -27,6 +27,9 @@ constexpr size_t kMaxPending = 1024;         // per upstream socket
 constexpr uint64_t kSettleNs = 500'000'000;  // a new flow's sockets are read this long
 constexpr size_t kMaxDatagram = 65536;
 constexpr size_t kMaxRefusedSenders = 65536;  // remembered refusals; past it, start afresh
+// Refused senders given a flow entry (relay_flows is shared with live
+// flows and holds RELAY_MAX_SOCKETS); past it they are dropped in user space.
+constexpr size_t kMaxRefusedInKernel = 4096;
 
 uint64_t now_ns() {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -243,9 +246,20 @@ Status DatagramRoute::steer_unix_listener() {
   return {};
 }
 
+void DatagramRoute::forget_refused(uint64_t cookie) {
+  auto it = refused_senders_.find(cookie);
+  if (it == refused_senders_.end()) return;
+  if (it->second.in_map) {
+    maps_->remove_flow(cookie);
+    --refused_in_map_;
+  }
+  refused_senders_.erase(it);
+}
+
 void DatagramRoute::stop() {
   if (!started_) return;
   while (!flows_.empty()) destroy_flow(std::string(flows_.begin()->first), "");
+  while (!refused_senders_.empty()) forget_refused(refused_senders_.begin()->first);
   loop_.remove(listener_.get());
   if (in_map_) {
     maps_->remove_private_source(listener_cookie_);
@@ -304,7 +318,7 @@ void DatagramRoute::handle_client_datagram(const sockaddr_storage& peer, socklen
       // A sender already refused: no second sock_diag dump for it.
       auto refused = refused_senders_.find(tagged_cookie);
       if (refused != refused_senders_.end()) {
-        refused->second = now_ns();
+        refused->second.last_ns = now_ns();
         ++counters_.refused_policy;
         return;
       }
@@ -375,8 +389,17 @@ DatagramRoute::Flow* DatagramRoute::create_flow(const std::string& key, const so
     std::string why = owner_uid ? PeerPolicy::id_refusal(spec_.allow_uids, {}, *owner_uid, std::nullopt)
                                 : "socket owner unknown (gone before sock_diag saw it)";
     if (!why.empty()) {
-      if (refused_senders_.size() >= kMaxRefusedSenders) refused_senders_.clear();
-      refused_senders_[unix_cookie] = now_ns();
+      if (refused_senders_.size() >= kMaxRefusedSenders)
+        while (!refused_senders_.empty()) forget_refused(refused_senders_.begin()->first);
+      RefusedSender& r = refused_senders_[unix_cookie];
+      r.last_ns = now_ns();
+      if (refused_in_map_ < kMaxRefusedInKernel) {
+        FlowEntry entry;
+        entry.route_id = spec_.route_id;
+        entry.flags = RELAY_FLOW_REFUSED;
+        r.in_map = maps_->set_flow(unix_cookie, entry).ok();
+        refused_in_map_ += r.in_map;
+      }
       count_refusal(flow->peer_text(), why);
       return nullptr;
     }
@@ -843,8 +866,12 @@ void DatagramRoute::expire_idle() {
     destroy_flow(key, "");
     ++counters_.flows_expired;
   }
-  std::erase_if(refused_senders_,
-                [&](const auto& entry) { return now - std::min(now, entry.second) > idle; });
+  std::vector<uint64_t> forgotten;
+  for (const auto& [cookie, r] : refused_senders_) {
+    uint64_t last = r.in_map ? std::max(r.last_ns, maps_->flow_last_ns(cookie)) : r.last_ns;
+    if (now - std::min(now, last) > idle) forgotten.push_back(cookie);
+  }
+  for (uint64_t cookie : forgotten) forget_refused(cookie);
   if (!expired.empty())
     spdlog::debug("route {}: {} idle flow(s) expired, {} left", spec_.route_id, expired.size(),
                   flows_.size());

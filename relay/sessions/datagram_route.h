@@ -157,10 +157,18 @@ class DatagramRoute {
   // "addr:BYTES" on the user-space path.
   std::unordered_map<std::string, std::unique_ptr<Flow>> flows_;
   std::unordered_map<std::string, std::string> unix_address_alias_;  // "addr:..." -> "cookie:..." key
-  // Kernel path: senders refused by allow-uids, by cookie (never reused),
-  // with when they last sent. Their next datagrams are dropped without
-  // another sock_diag dump; forgotten after idle-timeout.
-  std::unordered_map<uint64_t, uint64_t> refused_senders_;
+  // Kernel path: senders refused by allow-uids, by cookie (never reused).
+  // The first kMaxRefusedInKernel get a flow entry marked RELAY_FLOW_REFUSED,
+  // so the verdict program drops (and counts) their next datagrams; the rest
+  // are dropped here without another sock_diag dump. Forgotten after
+  // idle-timeout without a datagram.
+  struct RefusedSender {
+    uint64_t last_ns = 0;  // user space's last sight of it
+    bool in_map = false;
+  };
+  std::unordered_map<uint64_t, RefusedSender> refused_senders_;
+  size_t refused_in_map_ = 0;
+  void forget_refused(uint64_t cookie);
   bool in_map_ = false;               // a unix listener steered by its own verdict instance
   Fd new_client_tx_, new_client_rx_;  // where that instance sends unknown senders
   uint64_t new_client_tx_cookie_ = 0;
