@@ -95,6 +95,16 @@ struct relay_route_stats {
 	relay_u64 drop_policy;	  /* from a sender the route's policy refused */
 };
 
+/*
+ * source_filter.bpf.c (allow-sources): an LPM trie key. IPv4 networks are
+ * stored v4-mapped (::ffff:a.b.c.d, prefix + 96), so one trie holds both.
+ */
+#define RELAY_MAX_SOURCE_NETWORKS 1024
+struct relay_source_network {
+	relay_u32 prefixlen;
+	relay_u8 address[16];
+};
+
 /* Counters not tied to a route, a per-CPU array indexed by enum. */
 enum relay_global_counter {
 	RELAY_GLOBAL_UNKNOWN_SOURCE = 0,   /* no flow and no new-client socket: passed up */

@@ -338,6 +338,13 @@ Result<std::vector<Relay::RouteSource>> Relay::open_route(const std::shared_ptr<
       spec.allow_gids = route.allow_gids;
       spec.kernel = choice.kernel;
       spec.idle_timeout = config->relay.idle_timeout;
+      if (!route.allow_sources.empty() && from->kind == EndpointKind::Udp && bpf_) {
+        // Outsiders dropped before they are queued; the route's own check
+        // stays for when BPF is unavailable.
+        auto filter = SourceFilter::attach(listener.get(), route.allow_sources);
+        if (!filter) return filter.error().wrap("route " + std::to_string(id) + ": allow-sources");
+        source.source_filter = std::move(*filter);
+      }
       source.route = std::make_unique<DatagramRoute>(spec, std::move(listener), bpf_.get(), loop_, budget_);
       if (auto st = source.route->start(); !st) return st.error().wrap("route " + std::to_string(id));
     } else {
@@ -586,6 +593,7 @@ StatusSnapshot Relay::snapshot() const {
       r.user.user_packets = r.stream.user_messages;
     }
     if (bpf_) r.kernel = bpf_->route_counters(r.id);
+    if (src.source_filter) r.kernel.drop_policy += src.source_filter->drops();
     r.user.refused_policy += r.kernel.drop_policy;  // one "policy" count, wherever it was dropped
     s.routes.push_back(std::move(r));
   }

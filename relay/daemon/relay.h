@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "bpf_loader/bpf_relay.h"
+#include "bpf_loader/source_filter.h"
 #include "common/result.h"
 #include "config/model.h"
 #include "control/control_server.h"
@@ -54,6 +55,9 @@ class Relay {
     std::unique_ptr<BridgeRoute> bridge;           // datagram <-> stream/seqpacket
     std::unique_ptr<SubscriberRoute> subscribers;  // datagrams to a subscribe endpoint
     std::string datapath_reason;
+    // allow-sources on a udp listener, in the kernel. Declared last so it
+    // is detached before the route closes the listener.
+    std::unique_ptr<SourceFilter> source_filter;
   };
 
   Relay(std::shared_ptr<const Config> config, EventLoop loop);

@@ -190,6 +190,38 @@ TEST(Policy, AllowSourcesRefusesOthersAndCounts) {
   EXPECT_EQ(echo.echoed(), 20u) << "a refused client's datagram reached the target";
   std::string status = relay.status_json();
   EXPECT_EQ(json_counter(status, "drops", "policy"), 3u) << status;
+  // Dropped in the kernel by the listener's socket filter, before queueing.
+  EXPECT_EQ(json_counter(status, "kernel", "policy-drops"), 3u) << status;
+}
+
+// The filter sees IPv6 sources too, and IPv4 ones on a dual-stack listener.
+TEST(Policy, AllowSourcesFiltersBothFamilies) {
+  SOCKRELAY_REQUIRE_ROOT();
+  SOCKRELAY_PRIVATE_NETNS();
+  TempDir dir;
+  DgramEcho echo(Addr::inet("127.0.0.1", 5301));
+  RelayProcess relay(dir,
+                     "[endpoints.front]\ntype = \"udp\"\nlisten = \"[::]:5300\"\n"
+                     "[endpoints.back]\ntype = \"udp\"\nconnect = \"127.0.0.1:5301\"\n"
+                     "[[routes]]\nfrom = \"front\"\nto = \"back\"\nallow-sources = [\"::1/128\"]\n");
+  ASSERT_TRUE(relay.wait_ready()) << relay.log();
+  Fd v6(socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  sockaddr_in6 to{};
+  to.sin6_family = AF_INET6;
+  to.sin6_port = htons(5300);
+  to.sin6_addr = in6addr_loopback;
+  char buf[64];
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_EQ(sendto(v6.get(), "six", 3, 0, reinterpret_cast<sockaddr*>(&to), sizeof(to)), 3);
+    pollfd p{v6.get(), POLLIN, 0};
+    ASSERT_EQ(poll(&p, 1, 2000), 1) << relay.log();
+    ASSERT_EQ(recv(v6.get(), buf, sizeof(buf), 0), 3);
+  }
+  Fd v4 = bound_dgram(Addr::inet("127.0.0.1", 0));
+  EXPECT_EQ(ping_pong(v4, Addr::inet("127.0.0.1", 5300), 2, 4).matched, 0u);
+  EXPECT_EQ(echo.echoed(), 5u);
+  std::string status = relay.status_json();
+  EXPECT_EQ(json_counter(status, "kernel", "policy-drops"), 4u) << status;
 }
 
 }  // namespace
