@@ -61,9 +61,11 @@ bool setup_level_ok(const std::string& level) {
   return level == "off" || spdlog::level::from_str(level) != spdlog::level::off;
 }
 
+// BPF is loaded for the kernel data path, and for allow-sources (a socket
+// filter) even on the user-space path.
 bool wants_kernel(const Config& config) {
   for (const auto& r : config.routes)
-    if (r.datapath != Datapath::Userspace) return true;
+    if (r.datapath != Datapath::Userspace || !r.allow_sources.empty()) return true;
   return false;
 }
 
@@ -295,6 +297,21 @@ Result<std::vector<Relay::RouteSource>> Relay::open_route(const std::shared_ptr<
       listener = std::move(*opened);
     }
     RouteSource source;
+    if (!route.allow_sources.empty() && from->kind == EndpointKind::Udp) {
+      // Outsiders dropped before they are queued. Datagram and bridge
+      // routes check again in user space, for when BPF is unavailable;
+      // subscriber routes rely on the filter.
+      if (bpf_) {
+        auto filter = SourceFilter::attach(listener.get(), route.allow_sources);
+        if (!filter) return filter.error().wrap("route " + std::to_string(id) + ": allow-sources");
+        source.source_filter = std::move(*filter);
+      } else if (to->role == Role::Subscribe) {
+        return plain_error("route " + std::to_string(id) +
+                           ": allow-sources on a route to subscribers needs the BPF socket filter, and BPF "
+                           "is unavailable: " +
+                           bpf_unavailable_);
+      }
+    }
     source.config = config;
     source.route_id = id;
     source.identity = route_identity(*config, route);
@@ -338,13 +355,6 @@ Result<std::vector<Relay::RouteSource>> Relay::open_route(const std::shared_ptr<
       spec.allow_gids = route.allow_gids;
       spec.kernel = choice.kernel;
       spec.idle_timeout = config->relay.idle_timeout;
-      if (!route.allow_sources.empty() && from->kind == EndpointKind::Udp && bpf_) {
-        // Outsiders dropped before they are queued; the route's own check
-        // stays for when BPF is unavailable.
-        auto filter = SourceFilter::attach(listener.get(), route.allow_sources);
-        if (!filter) return filter.error().wrap("route " + std::to_string(id) + ": allow-sources");
-        source.source_filter = std::move(*filter);
-      }
       source.route = std::make_unique<DatagramRoute>(spec, std::move(listener), bpf_.get(), loop_, budget_);
       if (auto st = source.route->start(); !st) return st.error().wrap("route " + std::to_string(id));
     } else {

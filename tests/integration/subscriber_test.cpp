@@ -379,6 +379,27 @@ TEST_F(Subscribers, UnixDgramSourceOnBothPaths) {
   }
 }
 
+// allow-sources on the source: outsiders never reach a subscriber.
+TEST_F(Subscribers, AllowSourcesKeepsOutsidersOut) {
+  RelayProcess relay(dir_, config("unix-seqpacket", "allow-sources = [\"127.0.0.2/32\"]\n"));
+  ASSERT_TRUE(relay.wait_ready()) << relay.log();
+  Consumer c(path(), SOCK_SEQPACKET);
+  c.run();
+  ASSERT_TRUE(wait_receiving(relay, 1)) << relay.status_json();
+  Addr to = Addr::inet("127.0.0.1", kPort);
+  Fd outsider = bound_dgram(Addr::inet("127.0.0.1", 0)), insider = bound_dgram(Addr::inet("127.0.0.2", 0));
+  for (int i = 0; i < 10; ++i) {
+    std::string msg = "seq=" + std::to_string(i);
+    sendto(outsider.get(), msg.data(), msg.size(), 0, to.sa(), to.len);
+    sendto(insider.get(), msg.data(), msg.size(), 0, to.sa(), to.len);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(c.messages, 10u);
+  std::string s = relay.status_json();
+  EXPECT_EQ(json_counter(s, "kernel", "policy-drops"), 10u) << s;
+  EXPECT_EQ(json_counter(s, "drops", "policy"), 10u) << s;
+}
+
 TEST_F(Subscribers, CheckRefusesWhatCannotRun) {
   struct Case {
     std::string extra, expect;
