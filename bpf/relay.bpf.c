@@ -101,7 +101,7 @@ static __always_inline void count_global(__u32 which)
  */
 static __always_inline int to_user_space(struct __sk_buff *skb, __u64 sender)
 {
-	struct relay_new_client_tag tag = {.sender_cookie = sender};
+	struct relay_new_client_tag tag = {.sender_cookie = sender, .sender_uid = bpf_get_socket_uid(skb)};
 	__u64 target = new_client_target;
 
 	if (bpf_skb_change_head(skb, sizeof(tag), 0) ||

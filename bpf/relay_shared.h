@@ -85,6 +85,12 @@ struct relay_target_stats {
  */
 struct relay_new_client_tag {
 	relay_u64 sender_cookie;
+	/* The sender socket's owner (bpf_get_socket_uid: for AF_UNIX the
+	 * verdict program sees the sender), for allow-uids: read here, it
+	 * cannot race the sender closing its socket as a later sock_diag
+	 * lookup would. */
+	relay_u32 sender_uid;
+	relay_u32 _pad;
 };
 
 /* Per-route counters, a per-CPU array indexed by route id. */

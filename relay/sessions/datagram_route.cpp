@@ -272,17 +272,18 @@ void DatagramRoute::stop() {
 
 void DatagramRoute::on_new_client_readable() {
   for (int round = 0; round < 8; ++round) {
-    int n = read_batch(
-        new_client_rx_.get(), buffer_, [&](const sockaddr_storage&, socklen_t, const char* d, size_t size) {
-          relay_new_client_tag tag;
-          if (size < sizeof(tag)) return;  // cannot happen: the verdict program always tags
-          std::memcpy(&tag, d, sizeof(tag));
-          // No SO_PASSCRED here: credentials arriving on this socket would be
-          // the kernel worker's that re-sent the datagram (measured: pid of a
-          // kworker, uid 0, gid 0, whoever the sender), never the sender's.
-          sockaddr_storage none{};
-          handle_client_datagram(none, 0, tag.sender_cookie, nullptr, d + sizeof(tag), size - sizeof(tag));
-        });
+    int n = read_batch(new_client_rx_.get(), buffer_,
+                       [&](const sockaddr_storage&, socklen_t, const char* d, size_t size) {
+                         relay_new_client_tag tag;
+                         if (size < sizeof(tag)) return;  // cannot happen: the verdict program always tags
+                         std::memcpy(&tag, d, sizeof(tag));
+                         // No SO_PASSCRED here: credentials arriving on this socket would be
+                         // the kernel worker's that re-sent the datagram (measured: pid of a
+                         // kworker, uid 0, gid 0, whoever the sender), never the sender's.
+                         sockaddr_storage none{};
+                         handle_client_datagram(none, 0, tag.sender_cookie, tag.sender_uid, nullptr,
+                                                d + sizeof(tag), size - sizeof(tag));
+                       });
     if (n < kBatch) break;
   }
 }
@@ -291,9 +292,11 @@ void DatagramRoute::on_listener_readable() {
   // A few batches per wake-up, then back to the loop so one busy route
   // cannot starve the others.
   for (int round = 0; round < 8; ++round) {
-    int n = read_batch(listener_.get(), buffer_,
-                       [&](const sockaddr_storage& peer, socklen_t len, const char* d, size_t size,
-                           const ucred* cred) { handle_client_datagram(peer, len, 0, cred, d, size); });
+    int n = read_batch(
+        listener_.get(), buffer_,
+        [&](const sockaddr_storage& peer, socklen_t len, const char* d, size_t size, const ucred* cred) {
+          handle_client_datagram(peer, len, 0, std::nullopt, cred, d, size);
+        });
     if (n < kBatch) break;
   }
 }
@@ -311,8 +314,8 @@ void DatagramRoute::count_refusal(const std::string& who, const std::string& why
 }
 
 void DatagramRoute::handle_client_datagram(const sockaddr_storage& peer, socklen_t peer_len,
-                                           uint64_t tagged_cookie, const ucred* cred, const char* data,
-                                           size_t len) {
+                                           uint64_t tagged_cookie, std::optional<uint32_t> tagged_uid,
+                                           const ucred* cred, const char* data, size_t len) {
   if (unix_listener() && unix_ids_policy()) {
     if (tagged_cookie) {
       // A sender already refused: no second sock_diag dump for it.
@@ -348,13 +351,15 @@ void DatagramRoute::handle_client_datagram(const sockaddr_storage& peer, socklen
     auto alias = unix_address_alias_.find(key);
     if (alias != unix_address_alias_.end()) it = flows_.find(alias->second);
   }
-  Flow* flow = it != flows_.end() ? it->second.get() : create_flow(key, peer, peer_len, tagged_cookie);
+  Flow* flow =
+      it != flows_.end() ? it->second.get() : create_flow(key, peer, peer_len, tagged_cookie, tagged_uid);
   if (!flow) return;  // counted by create_flow
   send_to_upstream(*flow, data, len);
 }
 
 DatagramRoute::Flow* DatagramRoute::create_flow(const std::string& key, const sockaddr_storage& peer,
-                                                socklen_t peer_len, uint64_t unix_cookie) {
+                                                socklen_t peer_len, uint64_t unix_cookie,
+                                                std::optional<uint32_t> owner_uid) {
   auto flow = std::make_unique<Flow>();
   flow->key = key;
   flow->unix_cookie = unix_cookie;
@@ -362,7 +367,6 @@ DatagramRoute::Flow* DatagramRoute::create_flow(const std::string& key, const so
     flow->peer = peer;
     flow->peer_len = peer_len;
   }
-  std::optional<uint32_t> owner_uid;  // of an AF_UNIX client's socket, from sock_diag
   if (unix_listener()) {
     // Learn the other half of the client's identity: its address from its
     // cookie, or its cookie from its address.
@@ -373,7 +377,7 @@ DatagramRoute::Flow* DatagramRoute::create_flow(const std::string& key, const so
     } else if (info->has_value()) {
       const UnixSocketInfo& u = **info;
       flow->unix_cookie = u.cookie;
-      owner_uid = u.uid;
+      if (!owner_uid) owner_uid = u.uid;  // the verdict program's tag, read at send time, wins
       flow->connected_to_listener = u.peer_inode == listener_inode_;
       if (u.address_length > offsetof(sockaddr_un, sun_path)) {
         std::memcpy(&flow->peer, &u.address, u.address_length);
@@ -384,7 +388,8 @@ DatagramRoute::Flow* DatagramRoute::create_flow(const std::string& key, const so
   // allow-uids on the kernel path: a datagram the verdict program tagged
   // carries no credentials of its sender (the redirect re-sent it from
   // kernel context), so the owner of the sender's socket decides, once per
-  // flow. (Untagged datagrams were checked by their own credentials.)
+  // flow: from the tag (bpf_get_socket_uid), else from sock_diag. (Untagged
+  // datagrams were checked by their own credentials.)
   if (unix_cookie && unix_ids_policy()) {
     std::string why = owner_uid ? PeerPolicy::id_refusal(spec_.allow_uids, {}, *owner_uid, std::nullopt)
                                 : "socket owner unknown (gone before sock_diag saw it)";

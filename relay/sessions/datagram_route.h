@@ -18,6 +18,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -125,14 +126,16 @@ class DatagramRoute {
   Status steer_unix_listener();
   // `tagged_cookie`: the sender's cookie when the verdict program tagged it.
   // `cred`: the datagram's SCM_CREDENTIALS, if the listener asked for them.
+  // `tagged_uid`: the sender socket's owner, when the verdict program tagged it.
   void handle_client_datagram(const sockaddr_storage& peer, socklen_t peer_len, uint64_t tagged_cookie,
-                              const ucred* cred, const char* data, size_t len);
+                              std::optional<uint32_t> tagged_uid, const ucred* cred, const char* data,
+                              size_t len);
   bool unix_ids_policy() const { return !spec_.allow_uids.empty() || !spec_.allow_gids.empty(); }
   // Empty when the sender may in, else why not (allow-uids/allow-gids).
   std::string credential_refusal(const ucred* cred) const;
   void count_refusal(const std::string& who, const std::string& why);
   Flow* create_flow(const std::string& key, const sockaddr_storage& peer, socklen_t peer_len,
-                    uint64_t unix_cookie);
+                    uint64_t unix_cookie, std::optional<uint32_t> owner_uid);
   bool unix_listener() const;
   Status wire_kernel(Flow& flow);
   void send_to_upstream(Flow& flow, const char* data, size_t len);
