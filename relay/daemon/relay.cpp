@@ -264,6 +264,14 @@ Status Relay::load_bpf_if_needed(const Config& config) {
   return {};
 }
 
+Result<Fd> Relay::take_or_open_listener(const Endpoint& endpoint, bool* from_systemd) {
+  Fd fd = activated_.take(endpoint.name);
+  if (from_systemd) *from_systemd = fd.valid();
+  if (!fd) return open_listener(endpoint);
+  if (auto st = check_socket_kind(fd.get(), endpoint); !st) return st.error();
+  return fd;
+}
+
 Result<std::vector<Relay::RouteSource>> Relay::open_route(const std::shared_ptr<const Config>& config,
                                                           size_t index, uint32_t id) {
   const Route& route = config->routes[index];
@@ -287,15 +295,10 @@ Result<std::vector<Relay::RouteSource>> Relay::open_route(const std::shared_ptr<
       if (!choice.kernel) break;
     }
     if (choice.refused) return plain_error("route " + std::to_string(id) + ": " + choice.reason);
-    Fd listener = activated_.take(from->name);
-    bool from_systemd = listener.valid();
-    if (from_systemd) {
-      if (auto st = check_socket_kind(listener.get(), *from); !st) return st.error();
-    } else {
-      auto opened = open_listener(*from);
-      if (!opened) return opened.error();
-      listener = std::move(*opened);
-    }
+    bool from_systemd = false;
+    auto taken = take_or_open_listener(*from, &from_systemd);
+    if (!taken) return taken.error();
+    Fd listener = std::move(*taken);
     RouteSource source;
     if (!route.allow_sources.empty() && from->kind == EndpointKind::Udp) {
       // Outsiders dropped before they are queued. Datagram and bridge
@@ -317,14 +320,8 @@ Result<std::vector<Relay::RouteSource>> Relay::open_route(const std::shared_ptr<
     source.identity = route_identity(*config, route);
     source.datapath_reason = choice.reason;
     if (to->role == Role::Subscribe) {
-      Fd subscribe = activated_.take(to->name);
-      if (subscribe) {
-        if (auto st = check_socket_kind(subscribe.get(), *to); !st) return st.error();
-      } else {
-        auto opened = open_listener(*to);
-        if (!opened) return opened.error();
-        subscribe = std::move(*opened);
-      }
+      auto subscribe = take_or_open_listener(*to, nullptr);
+      if (!subscribe) return subscribe.error();
       SubscriberRouteSpec spec;
       spec.route_id = id;
       spec.from = from;
@@ -332,7 +329,7 @@ Result<std::vector<Relay::RouteSource>> Relay::open_route(const std::shared_ptr<
       spec.balance = route.balance;
       spec.mode = route.mode;
       spec.kernel = choice.kernel;
-      source.subscribers = std::make_unique<SubscriberRoute>(spec, std::move(listener), std::move(subscribe),
+      source.subscribers = std::make_unique<SubscriberRoute>(spec, std::move(listener), std::move(*subscribe),
                                                              bpf_.get(), loop_, budget_);
       if (auto st = source.subscribers->start(); !st) return st.error().wrap("route " + std::to_string(id));
     } else if (kind_is_datagram(from->kind) != kind_is_datagram(to->kind)) {

@@ -64,6 +64,9 @@ class Relay {
   Status watch_signals();
   Status open_control(const std::string& path);
   Status load_bpf_if_needed(const Config& config);
+  // The socket systemd passed under the endpoint's name (checked), else a
+  // new listener.
+  Result<Fd> take_or_open_listener(const Endpoint& endpoint, bool* from_systemd);
   // Opens the sources of config->routes[index] under `route_id`.
   Result<std::vector<RouteSource>> open_route(const std::shared_ptr<const Config>& config, size_t index,
                                               uint32_t route_id);
