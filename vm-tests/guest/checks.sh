@@ -200,4 +200,97 @@ bench_vsock() {
   return $ok
 }
 
+# nested_vsock: a real host <-> guest VSOCK pair (vm-tests/run --nested).
+# This guest plays the VM host: it loads vhost_vsock and boots a
+# second-level guest (same kernel, /nested/l2.cpio, /init =
+# nested-guest.sh) under its own qemu (TCG) with a vhost-vsock-pci device,
+# guest CID 3. Here: a unix-stream echo service and sockrelay with a
+# vsock-stream listener routed to it, allow-cids = [3] (a connection that
+# came over vsock_loopback would be CID 1 and refused). There: sockrelay
+# with a unix-stream listener routed to vsock-stream "host:PORT", and a
+# client whose checksummed bytes must all come back. PASS = the nested
+# guest says so and this relay counted the session from CID 3.
+nested_vsock() {
+  dir=/tmp/nested
+  port=5300
+  bytes=$((1024 * 1024))
+  guest_cid=3
+  mkdir -p "$dir"
+  [ -e /nested/l2.cpio ] || { echo "no nested guest in this initramfs (vm-tests/run --nested)"; return 77; }
+  while read -r module; do
+    # vsock and the virtio transport core are loaded already (load_modules).
+    grep -q "^${module%.ko} " /proc/modules && continue
+    insmod "/nested/host-modules/$module" || { echo "insmod $module failed"; return 1; }
+  done </nested/host-modules/order
+  [ -c /dev/vhost-vsock ] || { echo "no /dev/vhost-vsock after loading vhost_vsock"; return 1; }
+  {
+    echo '[relay]'
+    echo 'log-level = "info"'
+    echo "control = \"$dir/control.sock\""
+    echo '[endpoints.from-guests]'
+    echo 'type = "vsock-stream"'
+    echo "listen = \"any:$port\""
+    echo '[endpoints.service]'
+    echo 'type = "unix-stream"'
+    echo "connect = \"$dir/echo.sock\""
+    echo '[[routes]]'
+    echo 'from = "from-guests"'
+    echo 'to = "service"'
+    echo "allow-cids = [$guest_cid]"
+  } >"$dir/relay.toml"
+  "$LOAD" echo --listen "$dir/echo.sock" >"$dir/echo.log" 2>&1 &
+  echo_pid=$!
+  "$RELAY" run --config "$dir/relay.toml" >"$dir/relay.log" 2>&1 &
+  relay_pid=$!
+  tries=0
+  until "$RELAY" status --control "$dir/control.sock" >/dev/null 2>&1; do
+    tries=$((tries + 1))
+    if [ "$tries" -gt 100 ]; then
+      cat "$dir/relay.log"
+      kill "$echo_pid" "$relay_pid" 2>/dev/null
+      echo "the host-side relay did not come up"
+      return 1
+    fi
+    sleep 0.2
+  done
+
+  start=$(date +%s)
+  # The second-level guest: the default machine, nothing but a serial port
+  # and the vhost-vsock device (-nodefaults); one vCPU, as a second thread
+  # of TCG inside TCG only competes with the first.
+  qemu-system-x86_64 -accel tcg -cpu qemu64,+rdrand -m 512 -smp 1 -nodefaults -no-user-config \
+    -display none -monitor none -serial "file:$dir/l2-console.log" -no-reboot \
+    -device "vhost-vsock-pci,guest-cid=$guest_cid" \
+    -kernel /nested/vmlinuz -initrd /nested/l2.cpio \
+    -append "console=ttyS0 panic=-1 mitigations=off nested.port=$port nested.bytes=$bytes" \
+    </dev/null >"$dir/qemu.log" 2>&1
+  qemu_rc=$?
+  took=$(($(date +%s) - start))
+  "$RELAY" status --json --control "$dir/control.sock" >"$dir/status.json" 2>&1
+  kill "$relay_pid" "$echo_pid" 2>/dev/null
+  wait "$relay_pid" "$echo_pid" 2>/dev/null
+  sed 's/^/qemu: /' "$dir/qemu.log"
+  tr -d '\r' <"$dir/l2-console.log" >"$dir/l2-console.txt"
+  grep -a '^L2 ' "$dir/l2-console.txt" >"$dir/l2.txt"
+  # Its kernel's own lines too (quiet: only warnings and worse), for a
+  # guest that stopped before saying anything.
+  grep -av '^L2 ' "$dir/l2-console.txt" | sed 's/^/L2 console: /'
+  cat "$dir/l2.txt"
+  sed 's/^/host relay: /' "$dir/relay.log"
+  sed 's/^/host relay status: /' "$dir/status.json"
+  vmout "second-level guest ran ${took}s (qemu exit $qemu_rc)"
+  sed -n 's/^L2 AT \([^ ]*\) \([^ ]*\)$/\1 at \2s of its uptime/p' "$dir/l2.txt" | while read -r line; do vmout "$line"; done
+  sed -n 's/^L2 OUT //p' "$dir/l2.txt" | while read -r line; do vmout "$line"; done
+  result=$(sed -n 's/^L2 RESULT //p' "$dir/l2.txt" | tail -n 1)
+  case "$result" in
+    PASS*) ;;
+    "") echo "the second-level guest gave no result (qemu exit $qemu_rc, ${took}s)"; return 1 ;;
+    *) echo "second-level guest: ${result#FAIL }"; return 1 ;;
+  esac
+  if ! grep -q "CID $guest_cid\|cid $guest_cid\|\"cid\": *$guest_cid" "$dir/relay.log" "$dir/status.json"; then
+    echo "note: the host-side relay's log and status do not name CID $guest_cid"
+  fi
+  echo "${result#PASS } (second-level guest: ${took}s in all)"
+}
+
 "$@"

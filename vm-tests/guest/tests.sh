@@ -20,3 +20,10 @@ vmtest all    relay-vsock       --timeout 240 gtest 'Vsock*'
 
 # The VSOCK benchmark (numbers in the results file; PASS = no byte lost).
 vmtest 6.12   bench-vsock       --timeout 150 bench_vsock
+
+# A real host <-> guest VSOCK pair: this guest boots a second-level guest
+# with vhost-vsock (vm-tests/run --nested only: TCG inside TCG takes
+# minutes; see README.md, "Nested").
+if [ -e /nested/l2.cpio ]; then
+  vmtest 6.12 nested-vsock      --timeout 1200 nested_vsock
+fi
