@@ -120,6 +120,13 @@ class StreamRoute {
   void deliver_before_stop();
   void on_side_event(Session& s, Side& side, uint32_t events);
   void user_copy(Session& s, Side& from, Side& to);
+  struct Sent {
+    size_t bytes = 0;      // taken by the socket
+    bool blocked = false;  // it is full: nothing taken (an empty message is taken with 0 bytes)
+    bool dropped = false;  // its peer left: nothing can be delivered to it
+    bool closed = false;   // a send error closed the session
+  };
+  Sent send_message(Session& s, Side& to, const char* data, size_t size);
   void check_half_close(Session& s);
   bool direction_flushed(Session& s, Side& from, Side& to);
   void update_events(Session& s);
@@ -141,6 +148,7 @@ class StreamRoute {
   std::vector<TargetHealth> health_;  // one per spec_.to
   uint64_t next_target_ = 0;          // round-robin position
   StreamCounters counters_;
+  std::unique_ptr<char[]> recv_buffer_;  // user path, message copies: what one recv() takes in
   bool started_ = false;
 };
 
