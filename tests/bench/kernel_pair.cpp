@@ -7,10 +7,12 @@
 // uses), so bench-vsock can put "the kernel path" next to the relay's
 // user-space path. It is NOT exact, which is why the relay does not do this:
 //  - bytes that reach a socket before it enters the map are handed to the
-//    verdict one skb per later send (no kick exists for AF_UNIX or VSOCK),
-//    so a few skbs can lag; they are read by user space once the sender
-//    has finished (EOF: no verdict can run concurrently any more), and
-//    counted as `stranded`;
+//    verdict one skb per later send (no kick exists for AF_UNIX or VSOCK):
+//    a client that sent a request and waits for the reply would wait for
+//    ever. This tool copies them in user space right after the insertion,
+//    racing the verdict program for the order of the first bytes, and once
+//    more after the sender's EOF (no verdict can run any more); all counted
+//    as `stranded`;
 //  - nothing tells when the partner's psock backlog has emptied, so the
 //    half-close is passed on once the redirected byte count and the
 //    partner's unsent bytes have stood still for --quiet-ms (2000): a guess, fine
@@ -208,11 +210,12 @@ class KernelPair {
       (void)getsockname(s->fd.get(), reinterpret_cast<sockaddr*>(&ss), &len);
       s->unix_side = ss.ss_family == AF_UNIX;
     }
-    // What arrived before the sockets enter the map (more can slip in
-    // between this and the insertion: see the top of the file).
+    if (!wire(*p)) return;
+    // What arrived before the sockets entered the map would wait for later
+    // sends (and a client waiting for a reply sends nothing): copied once
+    // now, racing the verdict program for the order of the first bytes.
     p->a.stranded += copy_queued(p->a.fd.get(), p->b.fd.get());
     p->b.stranded += copy_queued(p->b.fd.get(), p->a.fd.get());
-    if (!wire(*p)) return;
     pairs_.push_back(std::move(p));
   }
 

@@ -118,8 +118,12 @@ matrix_probe() {
 # little; the ratios do). One connection pushes 64 KiB writes for 3 s
 # (throughput), then 2000 round trips of 64 bytes (latency). sockrelay's
 # kernel path is refused for VSOCK streams (README.md, "How a stream
-# moves"), so the relay row is its user-space path. PASS = every path
-# delivered every byte; the numbers go to the results file.
+# moves"), so the relay row is its user-space path; the kernel row is
+# sockrelay_kernel_pair (tests/bench/kernel_pair.cpp): the relay's verdict
+# program wired around the same pairing without the relay's exactness
+# rules, to show what the kernel path would give. Its source writes for 1 s
+# only: its psock backlog takes whatever the source sends, unbounded.
+# PASS = every path delivered every byte; the numbers go to the results file.
 bench_vsock() {
   dir=/tmp/bench-vsock
   mkdir -p "$dir"
@@ -156,18 +160,23 @@ bench_vsock() {
   pids="$pids $!"
   "$LOAD" echo --listen vsock:any:7110 >/dev/null 2>&1 &
   pids="$pids $!"
+  "$PAIR" --listen vsock:any:7103 --connect "$dir/sink.sock" >"$dir/pair.out" 2>&1 &
+  pair_pids=$!
+  "$PAIR" --listen vsock:any:7113 --connect "$dir/echo.sock" >"$dir/pair-echo.out" 2>&1 &
+  pair_pids="$pair_pids $!"
   sleep 2
   ok=0
   report=""
-  # path, where the sink listens, where the source connects
-  for run in "direct-unix $dir/sink.sock $dir/sink.sock" "direct-vsock vsock:any:7100 vsock:1:7100" \
-    "relay-user $dir/sink.sock vsock:1:7101" "socat $dir/sink.sock vsock:1:7102"; do
-    # shellcheck disable=SC2086 # split the run into its three words
+  # path, where the sink listens, where the source connects, seconds
+  for run in "direct-unix $dir/sink.sock $dir/sink.sock 3" "direct-vsock vsock:any:7100 vsock:1:7100 3" \
+    "relay-user $dir/sink.sock vsock:1:7101 3" "socat $dir/sink.sock vsock:1:7102 3" \
+    "kernel $dir/sink.sock vsock:1:7103 1"; do
+    # shellcheck disable=SC2086 # split the run into its four words
     set -- $run
     "$LOAD" sink --listen "$2" --idle-s 10 >"$dir/sink.out" 2>&1 &
     sink_pid=$!
     sleep 0.5
-    "$LOAD" source --to "$3" --duration 3 >"$dir/source.out" 2>&1
+    "$LOAD" source --to "$3" --duration "$4" >"$dir/source.out" 2>&1
     wait "$sink_pid"
     sent=$(sed -n 's/.* bytes=\([0-9]*\).*/\1/p' "$dir/source.out")
     got=$(sed -n 's/.* bytes=\([0-9]*\).*/\1/p' "$dir/sink.out")
@@ -180,7 +189,8 @@ bench_vsock() {
     fi
     report="$report $1=${mibs}MiB/s"
   done
-  for run in "direct-unix $dir/echo.sock" "direct-vsock vsock:1:7110" "relay-user vsock:1:7111" "socat vsock:1:7112"; do
+  for run in "direct-unix $dir/echo.sock" "direct-vsock vsock:1:7110" "relay-user vsock:1:7111" "socat vsock:1:7112" \
+    "kernel vsock:1:7113"; do
     # shellcheck disable=SC2086
     set -- $run
     if "$LOAD" pingpong --to "$2" --count 2000 --warmup 200 >"$dir/pp.out" 2>&1; then
@@ -193,6 +203,13 @@ bench_vsock() {
       echo "$1 ping-pong failed: $(tail -n 1 "$dir/pp.out")"
     fi
   done
+  # shellcheck disable=SC2086
+  kill $pair_pids 2>/dev/null
+  # shellcheck disable=SC2086
+  wait $pair_pids 2>/dev/null
+  # What the kernel row's pairs redirected, and how much lagged behind
+  # (bytes queued before the sockets entered the map, read at EOF).
+  grep -h '^PAIR' "$dir/pair.out" "$dir/pair-echo.out" | while read -r line; do vmout "kernel-pair ${line#PAIR }"; done
   # shellcheck disable=SC2086
   kill $pids 2>/dev/null
   wait 2>/dev/null
@@ -296,5 +313,7 @@ nested_vsock() {
   fi
   echo "${result#PASS } (second-level guest: ${took}s in all)"
 }
+
+
 
 "$@"
