@@ -7,7 +7,8 @@
 #      and the real kernel, each test in its own network namespace)
 #   5. units/test: systemd-analyze verify, and the units under a real
 #      systemd in a container (systemd-nspawn)
-#   6. vm-tests/run: VSOCK and other kernels inside qemu guests
+#   6. vm-tests/run --nested: VSOCK and other kernels inside qemu guests,
+#      and a real host <-> guest VSOCK pair (a guest inside the 6.12 guest)
 # Exit status 0 only if everything passed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,12 +39,12 @@ units/test/verify.sh --relay "$top/build/relay/sockrelay" || failed+=("units ver
 units/test/e2e-nspawn.sh --build "$top/build" || failed+=("units end to end")
 
 if [ -x vm-tests/run ]; then
-  echo "== vm-tests (qemu guests: VSOCK, kernel 6.12 and 6.1)"
+  echo "== vm-tests (qemu guests: VSOCK, kernel 6.12 and 6.1; nested host <-> guest VSOCK)"
   # Kept for the end: CI shows the tail of this run, and a guest failure
   # scrolls far above it.
   vm_log="$top/vm-tests/out/run-all.log"
   mkdir -p "$top/vm-tests/out"
-  vm-tests/run 2>&1 | tee "$vm_log" || failed+=("vm-tests")
+  vm-tests/run --nested 2>&1 | tee "$vm_log" || failed+=("vm-tests")
 fi
 
 echo "== unit and integration tests"
