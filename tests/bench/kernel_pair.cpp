@@ -19,10 +19,11 @@
 //    for a benchmark and wrong for a relay.
 //
 // Usage: sockrelay_kernel_pair --listen ADDR --connect ADDR [--quiet-ms MS]
-//                              [--bound BYTES]
-// --bound: an experiment for tcp sources, see bound() below.
+//                              [--bound BYTES [--bound-mode clamp|unsteer]]
 //   ADDR: vsock:CID:PORT (CID a number or "any"), A.B.C.D:PORT (tcp), /path
 //   or @name (unix-stream): the same forms as sockrelay_stream_load.
+//   --bound: an experiment in bounding the backlog behind a tcp source,
+//   see bound() below.
 // Root (it loads BPF). Runs until SIGTERM/SIGINT, then prints one line per
 // finished connection pair on stdout.
 #include <arpa/inet.h>
@@ -413,7 +414,8 @@ int main(int argc, char** argv) {
   }
   if (listen_at.empty() || connect_to.empty()) {
     std::fprintf(stderr,
-                 "usage: sockrelay_kernel_pair --listen ADDR --connect ADDR [--quiet-ms MS] [--bound BYTES]\n"
+                 "usage: sockrelay_kernel_pair --listen ADDR --connect ADDR [--quiet-ms MS]\n"
+                 "       [--bound BYTES [--bound-mode clamp|unsteer]]\n"
                  "  ADDR: vsock:CID:PORT, A.B.C.D:PORT (tcp), /path or @name (unix). Wires each accepted\n"
                  "  connection and its upstream into the relay's verdict program (not exact:\n"
                  "  a benchmark of the kernel path, see the top of tests/bench/kernel_pair.cpp).\n");
