@@ -44,7 +44,8 @@ if [ -x vm-tests/run ]; then
   # scrolls far above it.
   vm_log="$top/vm-tests/out/run-all.log"
   mkdir -p "$top/vm-tests/out"
-  vm-tests/run --nested 2>&1 | tee "$vm_log" || failed+=("vm-tests")
+  # The guests get the binaries built above (no third build).
+  vm-tests/run --nested --build-dir "$top/build" 2>&1 | tee "$vm_log" || failed+=("vm-tests")
 fi
 
 echo "== unit and integration tests"
