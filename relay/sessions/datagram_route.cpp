@@ -23,8 +23,7 @@ namespace sockrelay {
 namespace {
 
 constexpr int kBatch = 32;
-constexpr size_t kMaxPending = 1024;         // per upstream socket
-constexpr uint64_t kSettleNs = 500'000'000;  // a new flow's sockets are read this long
+constexpr size_t kMaxPending = 1024;  // per upstream socket
 constexpr size_t kMaxDatagram = 65536;
 constexpr size_t kMaxRefusedSenders = 65536;  // remembered refusals; past it, start afresh
 // Refused senders given a flow entry (relay_flows is shared with live
@@ -164,8 +163,7 @@ struct DatagramRoute::Flow {
   // socket's cookie, or the UNIX client's own cookie. 0 = user space.
   uint64_t client_key = 0;
   bool kernel = false;
-  bool settled = false;  // see settle_flows()
-  uint64_t created_ns = 0;
+  bool settled = false;  // see settle()
   uint64_t last_user_ns = 0;
 
   bool replyable() const { return peer_len > 0; }
@@ -431,7 +429,7 @@ DatagramRoute::Flow* DatagramRoute::create_flow(const std::string& key, const so
                    spec_.route_id, budget_.max(), flow->peer_text());
     return nullptr;
   }
-  flow->last_user_ns = flow->created_ns = now_ns();
+  flow->last_user_ns = now_ns();
 
   // One upstream socket per target that is up; a target that cannot be
   // reached now leaves the rotation until its retry.
@@ -484,7 +482,7 @@ DatagramRoute::Flow* DatagramRoute::create_flow(const std::string& key, const so
 
   Flow* raw = flow.get();
   if (raw->client_socket_is_udp) {
-    // EPOLLIN until the flow settles (see settle_flows()).
+    // EPOLLIN until the flow settles (see settle()).
     auto on_client = [this, raw](uint32_t ev) { on_client_socket_readable(*raw, ev); };
     (void)loop_.add(raw->client_socket.get(), EPOLLIN, on_client);
   }
@@ -498,9 +496,13 @@ DatagramRoute::Flow* DatagramRoute::create_flow(const std::string& key, const so
                 raw->kernel ? "kernel" : "user-space");
   // Data that reached the sockets before they entered the map is not
   // redirected until more arrives: move it now.
-  for (size_t t = 0; t < raw->upstreams.size() && flows_.count(key); ++t)
-    if (raw->upstreams[t].fd) on_upstream_readable(*raw, t, EPOLLIN);
-  if (flows_.count(key) && raw->client_socket_is_udp) on_client_socket_readable(*raw, EPOLLIN);
+  if (raw->kernel) {
+    settle(key);
+  } else {
+    for (size_t t = 0; t < raw->upstreams.size() && flows_.count(key); ++t)
+      if (raw->upstreams[t].fd) on_upstream_readable(*raw, t, EPOLLIN);
+    if (flows_.count(key) && raw->client_socket_is_udp) on_client_socket_readable(*raw, EPOLLIN);
+  }
   return flows_.count(key) ? raw : nullptr;
 }
 
@@ -567,37 +569,45 @@ Status DatagramRoute::wire_upstream(Flow& flow, size_t target) {
 // program redirected its skb: once a flow has settled, a socket the verdict
 // program steers is watched for errors only (epoll always reports
 // EPOLLERR/EPOLLHUP), or the relay would wake for every datagram it never
-// reads (measured: 11-20 % of a core at 100 k datagrams/s). Until then it
-// is read, because skbs queued before the socket entered the map are only
-// redirected as later ones arrive, and the last of them would be stranded.
+// reads (measured: 11-20 % of a core at 100 k datagrams/s).
 uint32_t DatagramRoute::upstream_events(const Flow& flow, const Upstream& up) {
   return flow.settled && (up.is_source || up.is_private) ? 0u : static_cast<uint32_t>(EPOLLIN);
 }
 
-void DatagramRoute::settle_flows() {
-  uint64_t now = now_ns();
-  std::vector<std::string> due;  // by key: a read may end a flow
-  for (const auto& [key, flow] : flows_)
-    if (flow->kernel && !flow->settled && now - flow->created_ns >= kSettleNs) due.push_back(key);
-  for (const auto& key : due) {
-    auto it = flows_.find(key);
-    if (it == flows_.end()) continue;
-    Flow* flow = it->second.get();
-    // A last read of whatever was stranded, then errors only.
-    flow->settled = true;
-    if (flow->client_socket_is_source) {
-      on_client_socket_readable(*flow, EPOLLIN);
-      if (!flows_.count(key)) continue;
-      (void)loop_.modify(flow->client_socket.get(), 0);
-    }
-    for (size_t t = 0; t < flow->upstreams.size() && flows_.count(key); ++t) {
-      Upstream& up = flow->upstreams[t];
-      if (!up.fd || !(up.is_source || up.is_private)) continue;
-      on_upstream_readable(*flow, t, EPOLLIN);
-      if (!flows_.count(key) || !up.fd) continue;
-      (void)loop_.modify(up.fd.get(), upstream_events(*flow, up) | (up.pending.empty() ? 0u : EPOLLOUT));
-    }
+// A kernel flow, right after its sockets entered the map: one read of what
+// reached them before (the verdict program hands a queued skb on only when
+// a later one arrives, so the last would be stranded), then errors only.
+// Reading on would race the verdict program's read_skb for the same queue
+// and take datagrams out of order (measured on the subscriber route: 4 of
+// 63k); a flow used to be read for its first 500 ms.
+void DatagramRoute::settle(const std::string& key) {
+  auto it = flows_.find(key);
+  if (it == flows_.end()) return;
+  Flow* flow = it->second.get();
+  flow->settled = true;
+  if (flow->client_socket_is_source) {
+    on_client_socket_readable(*flow, EPOLLIN);
+    if (!flows_.count(key)) return;
+    (void)loop_.modify(flow->client_socket.get(), 0);
   }
+  for (size_t t = 0; t < flow->upstreams.size() && flows_.count(key); ++t)
+    if (flow->upstreams[t].fd) settle_upstream(key, t);
+}
+
+// One upstream socket of a settled kernel flow, once it is in the map: its
+// stranded datagrams read, then errors only if the verdict program steers
+// it (and EPOLLOUT while user space has datagrams waiting for it). A read
+// may end the flow.
+void DatagramRoute::settle_upstream(const std::string& key, size_t target) {
+  auto it = flows_.find(key);
+  if (it == flows_.end() || !it->second->upstreams[target].fd) return;
+  on_upstream_readable(*it->second, target, EPOLLIN);
+  it = flows_.find(key);
+  if (it == flows_.end()) return;
+  Flow& flow = *it->second;
+  Upstream& up = flow.upstreams[target];
+  if (!up.fd || !(up.is_source || up.is_private)) return;
+  (void)loop_.modify(up.fd.get(), upstream_events(flow, up) | (up.pending.empty() ? 0u : EPOLLOUT));
 }
 
 Status DatagramRoute::write_forward_flow(Flow& flow) {
@@ -794,6 +804,7 @@ void DatagramRoute::retry_targets() {
     ts.down = false;
     bool ok = true;
     std::string why;
+    std::vector<std::string> wired;  // kernel flows whose new socket entered the map
     for (auto& [key, flow] : flows_) {
       if (flow->upstreams[t].fd) continue;
       Status st = open_upstream(*flow, t);
@@ -805,7 +816,9 @@ void DatagramRoute::retry_targets() {
         why = st.error().describe();
         break;
       }
+      if (flow->kernel) wired.push_back(key);
     }
+    for (const auto& key : wired) settle_upstream(key, t);
     if (ok && flows_.empty()) {
       auto probe = open_datagram_upstream(*spec_.to[t]);
       if (!probe) {
@@ -858,7 +871,6 @@ uint64_t DatagramRoute::last_activity_ns(const Flow& flow) const {
 void DatagramRoute::tick() {
   expire_idle();
   retry_targets();
-  settle_flows();
 }
 
 void DatagramRoute::expire_idle() {

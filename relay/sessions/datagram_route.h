@@ -142,7 +142,8 @@ class DatagramRoute {
   void send_to_client(Flow& flow, const char* data, size_t len);
   void flush_pending(Flow& flow, size_t target);
   static uint32_t upstream_events(const Flow& flow, const Upstream& up);
-  void settle_flows();
+  void settle(const std::string& key);
+  void settle_upstream(const std::string& key, size_t target);
   void count_sent(size_t target, size_t len);
   // `failure` empty: an orderly close (idle, stop); else why it failed.
   void destroy_flow(const std::string& key, const std::string& failure);
