@@ -124,6 +124,27 @@ uint32_t overflow_id(const char* path) {
   return id;
 }
 
+// A datagram another client's flow socket caught (see create_flow()).
+struct Stranger {
+  sockaddr_storage peer;
+  socklen_t peer_len;
+  std::string data;
+};
+
+// A UDP socket bound to the listener's address (SO_REUSEADDR), to be
+// connected to one client once the verdict program steers it.
+Result<Fd> bind_udp_flow_socket(const sockaddr* local, socklen_t local_len) {
+  Fd fd(socket(local->sa_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd) return errno_error("UDP flow socket");
+  int one = 1;
+  if (setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0)
+    return errno_error("UDP flow socket: SO_REUSEADDR");
+  if (bind(fd.get(), local, local_len) != 0)
+    return errno_error("UDP flow socket: bind " + format_address(local, local_len) +
+                       " (the listener needs SO_REUSEADDR; systemd sets it)");
+  return fd;
+}
+
 bool no_credentials(const ucred& cred) {
   static const uint32_t uid = overflow_id("/proc/sys/kernel/overflowuid");
   static const uint32_t gid = overflow_id("/proc/sys/kernel/overflowgid");
@@ -212,8 +233,15 @@ Status DatagramRoute::start() {
   if (spec_.kernel && unix_listener())
     if (auto st = steer_unix_listener(); !st) return st.error().wrap("listener " + spec_.from->name);
   // A UDP listener stays out of the map: each client gets a flow socket,
-  // so the listener only ever sees first datagrams.
-  if (auto st = loop_.add(listener_.get(), EPOLLIN, [this](uint32_t) { on_listener_readable(); }); !st)
+  // so the listener only ever sees first datagrams. A unix listener the
+  // verdict program steers is watched for errors only: the program hands
+  // every datagram on (a new sender's through the new-client socket), and
+  // a read here would race its read_skb for the queue (measured: a
+  // datagram of a steered flow taken by user space and delivered out of
+  // order under a flood); it would also wake the relay for each datagram.
+  uint32_t listener_events = in_map_ ? 0u : static_cast<uint32_t>(EPOLLIN);
+  if (auto st = loop_.add(listener_.get(), listener_events, [this](uint32_t) { on_listener_readable(); });
+      !st)
     return st;
   started_ = true;
   return {};
@@ -221,8 +249,10 @@ Status DatagramRoute::start() {
 
 Status DatagramRoute::steer_unix_listener() {
   // Datagrams already queued (systemd may have started us for them) are
-  // read with their senders before the verdict program takes over.
-  on_listener_readable();
+  // read with their senders before the verdict program takes over
+  // (bounded: senders that never pause must not keep it from starting).
+  for (int round = 0; round < 64 && !on_listener_readable(); ++round) {
+  }
   // AF_UNIX routes by sender, so known clients are steered on the listener
   // itself; unknown ones are tagged with their cookie and redirected to a
   // socket pair of ours, arriving here whole and with their sender.
@@ -241,6 +271,12 @@ Status DatagramRoute::steer_unix_listener() {
   program.new_client_target = new_client_tx_cookie_;
   if (auto st = maps_->add_private_source(listener_cookie_, listener_.get(), program); !st) return st;
   in_map_ = true;
+  // What arrived since the read above would wait for later datagrams to
+  // push it through the program (one queued skb per arriving one): read
+  // it once more, now that the program takes the rest (the queue only
+  // shrinks now).
+  while (!on_listener_readable()) {
+  }
   return {};
 }
 
@@ -286,7 +322,7 @@ void DatagramRoute::on_new_client_readable() {
   }
 }
 
-void DatagramRoute::on_listener_readable() {
+bool DatagramRoute::on_listener_readable() {
   // A few batches per wake-up, then back to the loop so one busy route
   // cannot starve the others.
   for (int round = 0; round < 8; ++round) {
@@ -295,8 +331,9 @@ void DatagramRoute::on_listener_readable() {
         [&](const sockaddr_storage& peer, socklen_t len, const char* d, size_t size, const ucred* cred) {
           handle_client_datagram(peer, len, 0, std::nullopt, cred, d, size);
         });
-    if (n < kBatch) break;
+    if (n < kBatch) return true;
   }
+  return false;
 }
 
 std::string DatagramRoute::credential_refusal(const ucred* cred) const {
@@ -456,9 +493,9 @@ DatagramRoute::Flow* DatagramRoute::create_flow(const std::string& key, const so
   // The reply path: a socket connected to the client, which the kernel can
   // send through. Without one, user space replies from the listener.
   if (flow->replyable() && !unix_listener()) {
+    // Bound now, connected once the verdict program steers it (below).
     auto local = spec_.from->address;
-    auto s = open_udp_flow_socket(local.sa(), local.length, reinterpret_cast<const sockaddr*>(&flow->peer),
-                                  flow->peer_len);
+    auto s = bind_udp_flow_socket(local.sa(), local.length);
     if (s) {
       flow->client_socket = std::move(*s);
       flow->client_socket_is_udp = true;
@@ -479,12 +516,33 @@ DatagramRoute::Flow* DatagramRoute::create_flow(const std::string& key, const so
       spdlog::warn("route {}: client {}: kernel path not set up ({}); user space carries this flow",
                    spec_.route_id, flow->peer_text(), st.error().describe());
   }
+  // A UDP flow socket is connected to its client only now that the verdict
+  // program steers it, so no datagram of the client can wait in its queue
+  // unseen by the program: the program takes one queued skb per arriving
+  // one (udp_read_skb), so anything queued before it was attached would lag
+  // behind for the whole flow and its last datagrams would never leave. Until
+  // connect() the socket is one more unconnected socket on the listener's
+  // address and may catch another client's datagram: those are read back
+  // here and handled below as if the listener had received them.
+  std::vector<Stranger> strangers;
+  std::string connect_error;
+  if (flow->client_socket_is_udp) {
+    read_batch(flow->client_socket.get(), buffer_,
+               [&](const sockaddr_storage& peer, socklen_t len, const char* d, size_t size) {
+                 strangers.push_back({peer, len, std::string(d, size)});
+               });
+    if (connect(flow->client_socket.get(), reinterpret_cast<const sockaddr*>(&flow->peer), flow->peer_len) !=
+        0)
+      connect_error = std::string("UDP flow socket: connect: ") + std::strerror(errno);
+  }
 
   Flow* raw = flow.get();
   if (raw->client_socket_is_udp) {
-    // EPOLLIN until the flow settles (see settle()).
+    // A socket the verdict program steers is watched for errors only (see
+    // upstream_events()); user space reads it only on the user-space path.
+    raw->settled = raw->client_socket_is_source;
     auto on_client = [this, raw](uint32_t ev) { on_client_socket_readable(*raw, ev); };
-    (void)loop_.add(raw->client_socket.get(), EPOLLIN, on_client);
+    (void)loop_.add(raw->client_socket.get(), raw->settled ? 0u : static_cast<uint32_t>(EPOLLIN), on_client);
   }
   if (unix_listener() && raw->replyable() && raw->unix_cookie) {
     std::string alias = "addr:" + std::string(reinterpret_cast<const char*>(&raw->peer), raw->peer_len);
@@ -494,16 +552,20 @@ DatagramRoute::Flow* DatagramRoute::create_flow(const std::string& key, const so
   ++counters_.flows_created;
   spdlog::debug("route {}: new flow from {} ({} path)", spec_.route_id, raw->peer_text(),
                 raw->kernel ? "kernel" : "user-space");
-  // Data that reached the sockets before they entered the map is not
-  // redirected until more arrives: move it now.
-  if (raw->kernel) {
+  if (!connect_error.empty()) {
+    destroy_flow(key, connect_error);
+    ++counters_.drop_setup_failed;
+  } else if (raw->kernel) {
     settle(key);
   } else {
     for (size_t t = 0; t < raw->upstreams.size() && flows_.count(key); ++t)
       if (raw->upstreams[t].fd) on_upstream_readable(*raw, t, EPOLLIN);
     if (flows_.count(key) && raw->client_socket_is_udp) on_client_socket_readable(*raw, EPOLLIN);
   }
-  return flows_.count(key) ? raw : nullptr;
+  for (const Stranger& d : strangers)
+    handle_client_datagram(d.peer, d.peer_len, 0, std::nullopt, nullptr, d.data.data(), d.data.size());
+  auto it = flows_.find(key);
+  return it != flows_.end() && it->second.get() == raw ? raw : nullptr;
 }
 
 Status DatagramRoute::open_upstream(Flow& flow, size_t target) {
@@ -574,30 +636,29 @@ uint32_t DatagramRoute::upstream_events(const Flow& flow, const Upstream& up) {
   return flow.settled && (up.is_source || up.is_private) ? 0u : static_cast<uint32_t>(EPOLLIN);
 }
 
-// A kernel flow, right after its sockets entered the map: one read of what
-// reached them before (the verdict program hands a queued skb on only when
-// a later one arrives, so the last would be stranded), then errors only.
-// Reading on would race the verdict program's read_skb for the same queue
-// and take datagrams out of order (measured on the subscriber route: 4 of
-// 63k); a flow used to be read for its first 500 ms.
+// A kernel flow, right after its sockets entered the map and before user
+// space sends its first datagram: one read of each steered upstream socket,
+// then errors only. Nothing but a stray datagram can be there yet (its
+// ephemeral port is new to the target; a late reply to an earlier socket on
+// the same port is the one case), and nothing can race the read, since the
+// target has not heard from this socket. Reading on would race the verdict
+// program's read_skb for the same queue and send datagrams out of order
+// (measured on the subscriber route: 4 of 63k); a flow used to be read for
+// its first 500 ms. The UDP flow socket needs no read: it is connected only
+// once it is steered (create_flow()).
 void DatagramRoute::settle(const std::string& key) {
   auto it = flows_.find(key);
   if (it == flows_.end()) return;
   Flow* flow = it->second.get();
   flow->settled = true;
-  if (flow->client_socket_is_source) {
-    on_client_socket_readable(*flow, EPOLLIN);
-    if (!flows_.count(key)) return;
-    (void)loop_.modify(flow->client_socket.get(), 0);
-  }
   for (size_t t = 0; t < flow->upstreams.size() && flows_.count(key); ++t)
     if (flow->upstreams[t].fd) settle_upstream(key, t);
 }
 
-// One upstream socket of a settled kernel flow, once it is in the map: its
-// stranded datagrams read, then errors only if the verdict program steers
-// it (and EPOLLOUT while user space has datagrams waiting for it). A read
-// may end the flow.
+// One upstream socket of a kernel flow, once it is in the map and before
+// anything was sent through it: a stray datagram read, then errors only if
+// the verdict program steers it (and EPOLLOUT while user space has
+// datagrams waiting for it). A read may end the flow.
 void DatagramRoute::settle_upstream(const std::string& key, size_t target) {
   auto it = flows_.find(key);
   if (it == flows_.end() || !it->second->upstreams[target].fd) return;
@@ -804,21 +865,30 @@ void DatagramRoute::retry_targets() {
     ts.down = false;
     bool ok = true;
     std::string why;
-    std::vector<std::string> wired;  // kernel flows whose new socket entered the map
-    for (auto& [key, flow] : flows_) {
-      if (flow->upstreams[t].fd) continue;
+    std::vector<std::string> keys;  // by key: settling a socket may end its flow
+    for (auto& [key, flow] : flows_)
+      if (!flow->upstreams[t].fd) keys.push_back(key);
+    for (const auto& key : keys) {
+      auto it = flows_.find(key);
+      if (it == flows_.end()) continue;
+      Flow* flow = it->second.get();
       Status st = open_upstream(*flow, t);
       if (st && flow->kernel) st = wire_upstream(*flow, t);
-      if (st && flow->kernel && flow->client_key) st = write_forward_flow(*flow);
+      if (st && flow->kernel) {
+        // Read before the program may send through it (see settle()).
+        settle_upstream(key, t);
+        it = flows_.find(key);
+        if (it == flows_.end() || !it->second->upstreams[t].fd || targets_[t].down) continue;
+        if (flow->client_key) st = write_forward_flow(*flow);
+      }
       if (!st) {
         close_upstream(*flow, t);
         ok = false;
         why = st.error().describe();
         break;
       }
-      if (flow->kernel) wired.push_back(key);
     }
-    for (const auto& key : wired) settle_upstream(key, t);
+    if (ok && ts.down) continue;  // a read while settling failed it again: target_failed() said so
     if (ok && flows_.empty()) {
       auto probe = open_datagram_upstream(*spec_.to[t]);
       if (!probe) {

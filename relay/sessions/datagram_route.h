@@ -112,7 +112,7 @@ class DatagramRoute {
 
   void expire_idle();
   void retry_targets();
-  void on_listener_readable();
+  bool on_listener_readable();  // true once the listener's queue is empty
   void on_client_socket_readable(Flow& flow, uint32_t events);
   void on_upstream_readable(Flow& flow, size_t target, uint32_t events);
   Status open_upstream(Flow& flow, size_t target);
