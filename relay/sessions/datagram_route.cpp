@@ -68,7 +68,7 @@ bool has_reply_address(const sockaddr_storage& peer, socklen_t len) {
 // SCM_CREDENTIALS (null if none came: the socket has no SO_PASSCRED).
 // Returns how many it read, 0 when none are queued, -1 on a socket error.
 template <typename Each>
-int read_batch(int fd, std::vector<char>& buffer, Each each) {
+int read_batch(int fd, char* buffer, Each each) {
   constexpr bool kCreds =
       std::is_invocable_v<Each, const sockaddr_storage&, socklen_t, const char*, size_t, const ucred*>;
   mmsghdr msgs[kBatch];
@@ -80,7 +80,7 @@ int read_batch(int fd, std::vector<char>& buffer, Each each) {
   Control controls[kCreds ? kBatch : 1];
   std::memset(msgs, 0, sizeof(msgs));
   for (int i = 0; i < kBatch; ++i) {
-    iovs[i] = {buffer.data() + i * kMaxDatagram, kMaxDatagram};
+    iovs[i] = {buffer + i * kMaxDatagram, kMaxDatagram};
     msgs[i].msg_hdr.msg_iov = &iovs[i];
     msgs[i].msg_hdr.msg_iovlen = 1;
     msgs[i].msg_hdr.msg_name = &peers[i];
@@ -203,7 +203,8 @@ DatagramRoute::DatagramRoute(DatagramRouteSpec spec, Fd listener, MapWriter* map
       loop_(loop),
       budget_(budget),
       targets_(spec_.to.size()),
-      buffer_(kBatch * kMaxDatagram) {}
+      buffer_(new char[kBatch * kMaxDatagram]),
+      listener_buffer_(new char[kBatch * kMaxDatagram]) {}
 
 DatagramRoute::~DatagramRoute() { stop(); }
 
@@ -306,7 +307,7 @@ void DatagramRoute::stop() {
 
 void DatagramRoute::on_new_client_readable() {
   for (int round = 0; round < 8; ++round) {
-    int n = read_batch(new_client_rx_.get(), buffer_,
+    int n = read_batch(new_client_rx_.get(), listener_buffer_.get(),
                        [&](const sockaddr_storage&, socklen_t, const char* d, size_t size) {
                          relay_new_client_tag tag;
                          if (size < sizeof(tag)) return;  // cannot happen: the verdict program always tags
@@ -327,7 +328,7 @@ bool DatagramRoute::on_listener_readable() {
   // cannot starve the others.
   for (int round = 0; round < 8; ++round) {
     int n = read_batch(
-        listener_.get(), buffer_,
+        listener_.get(), listener_buffer_.get(),
         [&](const sockaddr_storage& peer, socklen_t len, const char* d, size_t size, const ucred* cred) {
           handle_client_datagram(peer, len, 0, std::nullopt, cred, d, size);
         });
@@ -527,7 +528,7 @@ DatagramRoute::Flow* DatagramRoute::create_flow(const std::string& key, const so
   std::vector<Stranger> strangers;
   std::string connect_error;
   if (flow->client_socket_is_udp) {
-    read_batch(flow->client_socket.get(), buffer_,
+    read_batch(flow->client_socket.get(), buffer_.get(),
                [&](const sockaddr_storage& peer, socklen_t len, const char* d, size_t size) {
                  strangers.push_back({peer, len, std::string(d, size)});
                });
@@ -807,7 +808,7 @@ void DatagramRoute::on_upstream_readable(Flow& flow, size_t target, uint32_t eve
   std::string key = flow.key;
   int fd = flow.upstreams[target].fd.get();
   if (events & EPOLLOUT) flush_pending(flow, target);
-  int n = read_batch(fd, buffer_, [&](const sockaddr_storage&, socklen_t, const char* d, size_t size) {
+  int n = read_batch(fd, buffer_.get(), [&](const sockaddr_storage&, socklen_t, const char* d, size_t size) {
     send_to_client(flow, d, size);
   });
   if (n >= 0 && !(events & EPOLLERR)) return;
@@ -831,7 +832,7 @@ void DatagramRoute::on_upstream_readable(Flow& flow, size_t target, uint32_t eve
 
 void DatagramRoute::on_client_socket_readable(Flow& flow, uint32_t events) {
   std::string key = flow.key;
-  int n = read_batch(flow.client_socket.get(), buffer_,
+  int n = read_batch(flow.client_socket.get(), buffer_.get(),
                      [&](const sockaddr_storage&, socklen_t, const char* d, size_t size) {
                        send_to_upstream(flow, d, size);
                      });

@@ -178,7 +178,11 @@ class DatagramRoute {
   uint64_t new_client_tx_cookie_ = 0;
   DatagramCounters counters_;
   std::vector<TargetState> targets_;  // by index in spec_.to
-  std::vector<char> buffer_;          // user-space receive batch
+  // User-space receive batches (uninitialised: pages are touched only as
+  // datagrams fill them). The listener's is its own: a datagram in its batch
+  // may create a flow, whose sockets are read while the batch is handled.
+  std::unique_ptr<char[]> buffer_;
+  std::unique_ptr<char[]> listener_buffer_;
   bool started_ = false;
 };
 

@@ -220,6 +220,13 @@ TEST_F(DatagramRouteTest, UnixClientKeyedBySenderCookieUpstreamPrivate) {
   Bound server = unix_endpoint(dir_ + "/back.sock", "back", Role::Connect);
   SessionBudget budget(8);
   uint64_t listener_cookie = socket_cookie(listener.fd.get()).value();
+  // The fake does not redirect, and a steered listener is not read by user
+  // space: the datagram is queued before start(), which reads it with its
+  // sender's address before steering (as after socket activation).
+  Bound client = unix_endpoint(dir_ + "/client.sock", "client", Role::Connect);
+  uint64_t client_cookie = socket_cookie(client.fd.get()).value();
+  const auto& to = listener.endpoint.address;
+  ASSERT_EQ(sendto(client.fd.get(), "hi", 2, 0, to.sa(), to.length), 2);
   DatagramRoute route(spec(0, listener, {&server}, true, std::chrono::seconds(60)), std::move(listener.fd),
                       &maps_, *loop_, budget);
   ASSERT_TRUE(route.start().ok());
@@ -227,13 +234,6 @@ TEST_F(DatagramRouteTest, UnixClientKeyedBySenderCookieUpstreamPrivate) {
   uint64_t new_client_target = maps_.privates[listener_cookie].new_client_target;
   EXPECT_NE(new_client_target, 0u);
   EXPECT_EQ(maps_.targets.count(new_client_target), 1u);
-
-  // The fake does not redirect, so the datagram arrives on the listener's
-  // own queue with the sender's address, as before the program took over.
-  Bound client = unix_endpoint(dir_ + "/client.sock", "client", Role::Connect);
-  uint64_t client_cookie = socket_cookie(client.fd.get()).value();
-  const auto& to = listener.endpoint.address;
-  ASSERT_EQ(sendto(client.fd.get(), "hi", 2, 0, to.sa(), to.length), 2);
   ASSERT_TRUE(pump([&] { return route.flow_count() == 1; }));
   char buf[8];
   ASSERT_EQ(recv_now(server.fd, buf, sizeof(buf)), 2);
