@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# UDP benchmark: 64-byte datagrams direct, through sockrelay (in-kernel
-# sockmap redirect) and through socat, all in one run, inside a private
-# network namespace (loopback only). See tests/bench/README.md for what each
-# number means.
+# UDP benchmark: 64-byte datagrams direct, through a bare sockmap redirect
+# (the kernel primitive alone), through sockrelay (in-kernel sockmap
+# redirect) and through socat, all in one run, inside a private network
+# namespace (loopback only). See tests/bench/README.md for what each number
+# means.
 set -euo pipefail
 # shellcheck source=tests/bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -11,7 +12,9 @@ usage() {
   cat <<'EOF'
 usage: tests/bench/udp_bench.sh [options]        (as root)
 
-Measures, for direct (sender -> sink), sockrelay and socat, in one run:
+Measures, for direct (sender -> sink), bare (the least a sockmap redirect
+does for one flow: tests/bench/bare_redirect.bpf.c), sockrelay and socat,
+in one run:
   throughput  one sender blasting datagrams for --duration seconds (sendmmsg),
               one sink counting them (recvmmsg, 64 MiB SO_RCVBUF);
   fixed rate  the same, paced at --rate datagrams/s (default: 0.6 x what
@@ -83,6 +86,7 @@ done
 
 relay_bin=${relay_bin:-$build_dir/relay/sockrelay}
 load_bin=$build_dir/tests/bench/sockrelay_udp_load
+bare_bin=$build_dir/tests/bench/sockrelay_bare_redirect
 
 # ---------------------------------------------------------------------------
 # Outside the namespace: privileges, build, socat (apt needs the network).
@@ -99,9 +103,9 @@ EOF
     if [[ ! -f $build_dir/CMakeCache.txt ]]; then
       cmake -S "$repo" -B "$build_dir" >&2
     fi
-    cmake --build "$build_dir" --target sockrelay sockrelay_udp_load -j "$(nproc)" >&2
+    cmake --build "$build_dir" --target sockrelay sockrelay_udp_load sockrelay_bare_redirect -j "$(nproc)" >&2
   fi
-  for bin in "$relay_bin" "$load_bin"; do
+  for bin in "$relay_bin" "$load_bin" "$bare_bin"; do
     [[ -x $bin ]] || { echo "udp_bench: $bin missing (build it, or drop --no-build)" >&2; exit 1; }
   done
   if ! command -v socat >/dev/null; then
@@ -129,10 +133,14 @@ log() { echo "udp_bench: $*" >&2; }
 # has its own front address.
 sink_addr=127.0.0.1:7001
 echo_addr=127.0.0.1:7002
-declare -A front_data=([direct]=$sink_addr [relay]=127.0.0.1:7101 [socat]=127.0.0.1:7201)
-declare -A front_echo=([direct]=$echo_addr [relay]=127.0.0.1:7102 [socat]=127.0.0.1:7202)
+declare -A front_data=([direct]=$sink_addr [bare]=127.0.0.1:7301 [relay]=127.0.0.1:7101 [socat]=127.0.0.1:7201)
+declare -A front_echo=([direct]=$echo_addr [bare]=127.0.0.1:7302 [relay]=127.0.0.1:7102 [socat]=127.0.0.1:7202)
+# The bare path's front sockets are connected to their client before it
+# sends (as the relay's flow sockets are once set up): its sender and ping
+# client bind these. Other paths use ephemeral ports.
+declare -A client_from=([bare.data]=127.0.0.1:7401 [bare.echo]=127.0.0.1:7402)
 
-paths=(direct relay)
+paths=(direct bare relay)
 if command -v socat >/dev/null; then
   paths+=(socat)
 else
@@ -238,7 +246,7 @@ middle_pids=()
 
 # Starts the path's middlebox (none for direct).
 start_middle() {
-  local path=$1 i
+  local path=$1 i front client upstream
   middle_pid=0
   middle_pids=()
   case $path in
@@ -255,10 +263,26 @@ start_middle() {
       relay_status | grep -q '"datapath":"kernel"' ||
         log "warning: the relay did not choose the kernel data path: $(relay_status)"
       ;;
+    bare)
+      local pair
+      for pair in "${front_data[bare]}=${client_from[bare.data]}=$sink_addr" \
+        "${front_echo[bare]}=${client_from[bare.echo]}=$echo_addr"; do
+        IFS='=' read -r front client upstream <<<"$pair"
+        "$bare_bin" --listen "$front" --client "$client" --target "$upstream" \
+          >"$work/bare.$front.out" 2>>"$work/bare.log" &
+        middle_pids+=("$!")
+        started+=("$!")
+        for ((i = 0; i < 100; i++)); do
+          grep -q ready "$work/bare.$front.out" 2>/dev/null && break
+          sleep 0.05
+        done
+        grep -q ready "$work/bare.$front.out" || log "warning: bare redirect on $front not ready: $(<"$work/bare.log")"
+      done
+      middle_pid=${middle_pids[0]}
+      ;;
     socat)
       # The common invocation (socat's man page, most how-tos): one forked
       # child per UDP peer, connected to the upstream; -T reaps idle children.
-      local front upstream
       for front in "${front_data[socat]}=$sink_addr" "${front_echo[socat]}=$echo_addr"; do
         upstream=${front#*=}
         front=${front%=*}
@@ -308,8 +332,10 @@ throughput() {
   rb0=$(rcvbuf_errors)
   ((middle_pid)) && ctx0=$(voluntary_switches "${tree[@]}")
 
+  local from=()
+  [[ -n ${client_from[$path.data]:-} ]] && from=(--from "${client_from[$path.data]}")
   "$load_bin" send --to "${front_data[$path]}" --duration "$duration" --size "$size" --rate "$offered" \
-    >"$work/send.out" &
+    "${from[@]}" >"$work/send.out" &
   local send_pid=$!
   started+=("$send_pid")
   [[ $path == relay ]] && ((pause_relay)) && pause_relay_once_wired 0
@@ -399,7 +425,10 @@ resume_relay() {
 
 pingpong() {
   local path=$1 out line kv
-  "$load_bin" ping --to "${front_echo[$path]}" --count "$count" --warmup "$warmup" --size "$size" >"$work/ping.out" &
+  local from=()
+  [[ -n ${client_from[$path.echo]:-} ]] && from=(--from "${client_from[$path.echo]}")
+  "$load_bin" ping --to "${front_echo[$path]}" --count "$count" --warmup "$warmup" --size "$size" \
+    "${from[@]}" >"$work/ping.out" &
   local ping_pid=$!
   started+=("$ping_pid")
   [[ $path == relay ]] && ((pause_relay)) && pause_relay_once_wired 1
@@ -494,7 +523,13 @@ check() { # label value op limit
 d_ratio=$(ratio relay.full.delivered_per_s direct.full.delivered_per_s)
 s_ratio=$(ratio relay.full.delivered_per_s socat.full.delivered_per_s)
 p_ratio=$(ratio relay.ping.p50_us direct.ping.p50_us)
-echo "RATIO relay_vs_direct_delivered=$d_ratio relay_vs_socat_delivered=$s_ratio relay_vs_direct_p50=$p_ratio"
+b_ratio=$(ratio relay.full.delivered_per_s bare.full.delivered_per_s)
+bd_ratio=$(ratio bare.full.delivered_per_s direct.full.delivered_per_s)
+bp_ratio=$(ratio relay.ping.p50_us bare.ping.p50_us)
+bdp_ratio=$(ratio bare.ping.p50_us direct.ping.p50_us)
+echo "RATIO relay_vs_direct_delivered=$d_ratio relay_vs_socat_delivered=$s_ratio relay_vs_direct_p50=$p_ratio" \
+  "relay_vs_bare_delivered=$b_ratio bare_vs_direct_delivered=$bd_ratio relay_vs_bare_p50=$bp_ratio" \
+  "bare_vs_direct_p50=$bdp_ratio"
 echo
 echo "### Targets (issue 2), relay measured against this run's direct and socat"
 echo
@@ -505,3 +540,11 @@ check "delivered/s vs socat" "$s_ratio" ">=" 3
 check "loss % at full speed" "${results[relay.full.loss_pct]}" "<=" 1
 check "ping-pong p50 vs direct" "$p_ratio" "<=" 1.3
 check "relay process CPU % of a core" "${results[relay.full.middlebox_cpu_pct]}" "<=" 5
+
+echo
+echo "### The relay against the bare sockmap redirect (the kernel primitive alone), same run"
+echo
+echo "| | relay / bare | bare / direct | relay / direct |"
+echo "|---|---:|---:|---:|"
+echo "| delivered/s | $b_ratio | $bd_ratio | $d_ratio |"
+echo "| ping-pong p50 | $bp_ratio | $bdp_ratio | $p_ratio |"

@@ -6,11 +6,13 @@
 //   sink  --bind A:P[,A:P...] [--idle-ms MS] [--max-s S]
 //                                                 count datagrams (recvmmsg),
 //                                                 in total and per port
-//   send  --to A:P --duration S [--size N] [--rate R] [--batch B]
+//   send  --to A:P --duration S [--size N] [--rate R] [--batch B] [--from A:P]
 //                                                 blast datagrams (sendmmsg)
 //   echo  --bind A:P                             send every datagram back
-//   ping  --to A:P --count N [--warmup W] [--size N] [--timeout-ms MS]
+//   ping  --to A:P --count N [--warmup W] [--size N] [--timeout-ms MS] [--from A:P]
 //                                                 ping-pong round trips
+// --from binds the client to a fixed address (the bare path's front socket
+// is connected to it before the first datagram); default: an ephemeral port.
 // Each role ends by printing one line of key=value pairs on stdout, which the
 // script parses; diagnostics go to stderr. Numeric IPv4 addresses only: this
 // is a loopback benchmark.
@@ -121,6 +123,13 @@ void bind_to(int fd, const std::string& address) {
   (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   sockaddr_in sa = parse_address(address);
   if (bind(fd, reinterpret_cast<const sockaddr*>(&sa), sizeof(sa)) != 0) die_errno("bind " + address);
+}
+
+// The client side of send and ping: bound to --from if given, connected to --to.
+void bind_client(int fd, const std::string& from) {
+  if (from.empty()) return;
+  sockaddr_in sa = parse_address(from);
+  if (bind(fd, reinterpret_cast<const sockaddr*>(&sa), sizeof(sa)) != 0) die_errno("bind " + from);
 }
 
 void connect_to(int fd, const std::string& address) {
@@ -249,6 +258,7 @@ int run_send(const Options& o) {
   // on unicast.
   int one = 1;
   if (setsockopt(s.get(), SOL_SOCKET, SO_BROADCAST, &one, sizeof(one)) != 0) die_errno("SO_BROADCAST");
+  bind_client(s.get(), o.values.count("from") ? o.text("from") : std::string());
   connect_to(s.get(), o.text("to"));
   const auto size = static_cast<size_t>(o.number("size", 64));
   const double rate = o.number("rate", 0);
@@ -350,6 +360,7 @@ double percentile(const std::vector<double>& sorted, double p) {
 // that are not measured: the first datagrams set up the relay's flow).
 int run_ping(const Options& o) {
   Socket s;
+  bind_client(s.get(), o.values.count("from") ? o.text("from") : std::string());
   connect_to(s.get(), o.text("to"));
   const auto count = static_cast<size_t>(o.number("count", 20000));
   const auto warmup = static_cast<size_t>(o.number("warmup", 500));
@@ -402,9 +413,11 @@ void usage() {
   std::fprintf(
       stderr,
       "usage: sockrelay_udp_load sink --bind A:P[,A:P...] [--idle-ms MS] [--max-s S]\n"
-      "       sockrelay_udp_load send --to A:P [--duration S] [--size N] [--rate R] [--batch B]\n"
+      "       sockrelay_udp_load send --to A:P [--duration S] [--size N] [--rate R] [--batch B] [--from "
+      "A:P]\n"
       "       sockrelay_udp_load echo --bind A:P\n"
-      "       sockrelay_udp_load ping --to A:P [--count N] [--warmup W] [--size N] [--timeout-ms MS]\n");
+      "       sockrelay_udp_load ping --to A:P [--count N] [--warmup W] [--size N] [--timeout-ms MS]\n"
+      "                               [--from A:P]\n");
 }
 
 }  // namespace
