@@ -512,19 +512,12 @@ DatagramRoute::Flow* DatagramRoute::create_flow(const std::string& key, const so
   }
   if (flow->client_socket) flow->client_socket_cookie = socket_cookie(flow->client_socket.get()).value();
 
-  if (spec_.kernel) {
-    if (auto st = wire_kernel(*flow); !st)
-      spdlog::warn("route {}: client {}: kernel path not set up ({}); user space carries this flow",
-                   spec_.route_id, flow->peer_text(), st.error().describe());
-  }
-  // A UDP flow socket is connected to its client only now that the verdict
-  // program steers it, so no datagram of the client can wait in its queue
-  // unseen by the program: the program takes one queued skb per arriving
-  // one (udp_read_skb), so anything queued before it was attached would lag
-  // behind for the whole flow and its last datagrams would never leave. Until
-  // connect() the socket is one more unconnected socket on the listener's
-  // address and may catch another client's datagram: those are read back
-  // here and handled below as if the listener had received them.
+  // A UDP flow socket is connected to its client before the verdict program
+  // steers it. Until connect() it is one more unconnected socket on the
+  // listener's address, the newest, so it catches every client's datagrams
+  // (measured): those are read back here and handled below as if the
+  // listener had received them. Steered while still unconnected, the
+  // program would send them up this client's flow (cc0d325 did).
   std::vector<Stranger> strangers;
   std::string connect_error;
   if (flow->client_socket_is_udp) {
@@ -535,6 +528,11 @@ DatagramRoute::Flow* DatagramRoute::create_flow(const std::string& key, const so
     if (connect(flow->client_socket.get(), reinterpret_cast<const sockaddr*>(&flow->peer), flow->peer_len) !=
         0)
       connect_error = std::string("UDP flow socket: connect: ") + std::strerror(errno);
+  }
+  if (spec_.kernel && connect_error.empty()) {
+    if (auto st = wire_kernel(*flow); !st)
+      spdlog::warn("route {}: client {}: kernel path not set up ({}); user space carries this flow",
+                   spec_.route_id, flow->peer_text(), st.error().describe());
   }
 
   Flow* raw = flow.get();
@@ -645,13 +643,33 @@ uint32_t DatagramRoute::upstream_events(const Flow& flow, const Upstream& up) {
 // target has not heard from this socket. Reading on would race the verdict
 // program's read_skb for the same queue and send datagrams out of order
 // (measured on the subscriber route: 4 of 63k); a flow used to be read for
-// its first 500 ms. The UDP flow socket needs no read: it is connected only
-// once it is steered (create_flow()).
+// its first 500 ms.
 void DatagramRoute::settle(const std::string& key) {
   auto it = flows_.find(key);
   if (it == flows_.end()) return;
   Flow* flow = it->second.get();
   flow->settled = true;
+  if (flow->client_socket_is_source) {
+    // What reached the UDP flow socket between connect() and its insertion
+    // would lag behind for the whole flow (the program takes one queued skb
+    // per arriving one) and its last datagrams would never leave: read to
+    // the end once. A client flooding right now can see its first few
+    // datagrams reordered against the program's; one that slipped in from
+    // another client before connect() goes where the listener would send it.
+    for (int round = 0; round < 64 && flows_.count(key); ++round) {
+      std::vector<Stranger> others;
+      int n = read_batch(flow->client_socket.get(), buffer_.get(),
+                         [&](const sockaddr_storage& peer, socklen_t len, const char* d, size_t size) {
+                           if (len == flow->peer_len && std::memcmp(&peer, &flow->peer, len) == 0)
+                             send_to_upstream(*flow, d, size);
+                           else
+                             others.push_back({peer, len, std::string(d, size)});
+                         });
+      for (const Stranger& d : others)
+        handle_client_datagram(d.peer, d.peer_len, 0, std::nullopt, nullptr, d.data.data(), d.data.size());
+      if (n < kBatch) break;
+    }
+  }
   for (size_t t = 0; t < flow->upstreams.size() && flows_.count(key); ++t)
     if (flow->upstreams[t].fd) settle_upstream(key, t);
 }
