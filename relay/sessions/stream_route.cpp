@@ -31,7 +31,12 @@ constexpr auto kHalfCloseCheck = std::chrono::milliseconds(5);
 // Stop (SIGTERM, or the route removed by a reload): how long bytes already
 // taken in may still be delivered before the sockets close.
 constexpr auto kStopDrain = std::chrono::seconds(2);
-constexpr size_t kPipeSize = 1 << 20;          // user path: bytes in flight per direction
+// User path: bytes in flight per direction. Not more: every byte in the pipe
+// pins the page the sender's copy filled, and the sink's copy out is then
+// colder. 1 MiB cost the two ends ~0.13 CPU-s/GiB more than 256 KiB on one
+// tcp stream (perf, tests/bench/README.md); 64 KiB cost the relay 0.1 more
+// in splice() calls.
+constexpr size_t kPipeSize = 256 * 1024;
 constexpr size_t kMessageBuffer = 256 * 1024;  // user path: largest seqpacket message kept whole
 constexpr size_t kDrainChunk = 64 * 1024;
 
@@ -108,6 +113,12 @@ struct StreamRoute::Side {
   std::vector<std::string> messages_q;  // seqpacket messages, one entry each
   Fd pipe_r, pipe_w;                    // byte streams: splice() through here
   size_t in_pipe = 0;
+  size_t pipe_capacity = 0;  // bytes the pipe takes (F_GETPIPE_SZ)
+  // The pipe has no free slot although in_pipe < pipe_capacity (a slot
+  // holds one piece of an skb, not always a full page): reading waits until
+  // a splice out frees some, instead of polling a readable source in vain.
+  bool pipe_full = false;
+  bool pipe_room() const { return in_pipe < pipe_capacity && !pipe_full; }
 
   bool warned_mismatch = false;  // kernel path: the byte counts disagreed (logged once)
   uint64_t user_in = 0;          // bytes user space read from it
@@ -387,6 +398,9 @@ Status StreamRoute::open_pipe(Side& to) {
   to.pipe_r = Fd(p[0]);
   to.pipe_w = Fd(p[1]);
   fcntl(to.pipe_w.get(), F_SETPIPE_SZ, static_cast<int>(kPipeSize));  // best effort
+  int capacity = fcntl(to.pipe_w.get(), F_GETPIPE_SZ);
+  if (capacity <= 0) return errno_error("F_GETPIPE_SZ");
+  to.pipe_capacity = static_cast<size_t>(capacity);
   return {};
 }
 
@@ -432,7 +446,7 @@ void StreamRoute::update_events(Session& s) {
     Side& other = s.other(*side);
     uint32_t want = 0;
     if (!s.kernel) {
-      bool room = side->messages || other.messages ? other.messages_q.empty() : other.in_pipe == 0;
+      bool room = side->messages || other.messages ? other.messages_q.empty() : other.pipe_room();
       if (!side->eof && room) want |= EPOLLIN | EPOLLRDHUP;
     } else if (!side->eof) {
       // No EPOLLIN: a user-space read could race the verdict program for
@@ -483,7 +497,7 @@ void StreamRoute::on_side_event(Session& s, Side& side, uint32_t events) {
       if (!sessions_.count(id)) return;
     }
     if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP)) {
-      user_copy(s, side, other);
+      user_copy(s, side, other, true);
       if (!sessions_.count(id)) return;
     }
   }
@@ -512,10 +526,12 @@ void StreamRoute::on_side_event(Session& s, Side& side, uint32_t events) {
 
 // User path: moves what `from` has toward `to`, with splice() for byte
 // streams and one message at a time when either end keeps boundaries.
-void StreamRoute::user_copy(Session& s, Side& from, Side& to) {
+void StreamRoute::user_copy(Session& s, Side& from, Side& to, bool from_readable) {
   uint64_t id = s.id;
   bool messages = from.messages || to.messages;
   bool from_empty = false;  // `from` said EAGAIN (or a short stream read): nothing more to read now
+  bool to_full = false;     // `to` took less than offered: its send buffer is full for now
+  bool read_any = false;
   for (int round = 0; round < 16; ++round) {
     bool progress = false;
     // Out: what is buffered toward `to`.
@@ -537,26 +553,39 @@ void StreamRoute::user_copy(Session& s, Side& from, Side& to) {
         to.messages_q.erase(to.messages_q.begin());
         progress = true;
       }
-    } else {
-      while (to.in_pipe > 0) {
-        ssize_t n = splice(to.pipe_r.get(), nullptr, to.fd.get(), nullptr, to.in_pipe,
-                           SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
-        if (n < 0) {
-          if (would_block(errno)) break;
+    } else if (to.in_pipe > 0 && !to_full) {
+      // splice() into a socket stops only when its send buffer is full: a
+      // short one needs no second call to learn that, EPOLLOUT tells when
+      // there is room again.
+      size_t offered = to.in_pipe;
+      ssize_t n =
+          splice(to.pipe_r.get(), nullptr, to.fd.get(), nullptr, offered, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+      if (n < 0) {
+        if (!would_block(errno)) {
           fail_session(id, to, errno);
           return;
         }
+        to_full = true;
+      } else {
         to.in_pipe -= static_cast<size_t>(n);
         to.user_out += static_cast<uint64_t>(n);
         counters_.user_bytes += static_cast<uint64_t>(n);
-        progress = true;
+        if (static_cast<size_t>(n) < offered) to_full = true;
+        if (n > 0) {
+          to.pipe_full = false;
+          progress = true;
+        }
       }
     }
-    bool drained = messages ? to.messages_q.empty() : to.in_pipe == 0;
-    // In: only once the previous batch is out, which bounds user-space
-    // buffering to one pipe (or one message) per direction: a stopped
-    // reader stops us reading, and TCP flow control reaches the sender.
-    if (drained && !from.eof && !from_empty) {
+    // In: while what is buffered toward `to` fits its pipe (messages: once
+    // the queue is empty). The pipe bounds user-space buffering per
+    // direction: a stopped reader fills it, then we stop reading and TCP
+    // flow control (or the unix socket's buffer) reaches the sender. Reading
+    // on while the pipe is being written out, instead of waiting for it to
+    // empty, keeps the sender's socket from filling up and its writer from
+    // sleeping and waking once per pipe-full.
+    bool may_read = messages ? to.messages_q.empty() : to.pipe_room();
+    if (may_read && !from.eof && !from_empty) {
       if (messages) {
         // One buffer for the whole route, allocated once and never cleared:
         // a fresh zero-filled 256 KiB string per recv() was 3 memsets per
@@ -596,19 +625,29 @@ void StreamRoute::user_copy(Session& s, Side& from, Side& to) {
           if (!from.seqpacket && len < kMessageBuffer) from_empty = true;
         }
       } else {
-        ssize_t n = splice(from.fd.get(), nullptr, to.pipe_w.get(), nullptr, kPipeSize,
-                           SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+        size_t room = to.pipe_capacity - to.in_pipe;
+        ssize_t n =
+            splice(from.fd.get(), nullptr, to.pipe_w.get(), nullptr, room, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
         if (n < 0) {
           if (!would_block(errno)) {
             fail_session(id, from, errno);
             return;
           }
+          // epoll said `from` has bytes (or EOF), yet not one came: the
+          // pipe has no free slot left. Wait for a splice out, not EPOLLIN.
+          if (from_readable && !read_any && to.in_pipe > 0) to.pipe_full = true;
+          from_empty = true;
         } else if (n == 0) {
           from.eof = true;
         } else {
           to.in_pipe += static_cast<size_t>(n);
           from.user_in += static_cast<uint64_t>(n);
           progress = true;
+          read_any = true;
+          // Fewer bytes than asked: the receive queue is empty (or the pipe
+          // ran out of slots). Another splice() now would say EAGAIN; epoll
+          // (level-triggered) reports what arrives next.
+          if (static_cast<size_t>(n) < room) from_empty = true;
         }
       }
     }

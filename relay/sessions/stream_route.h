@@ -119,7 +119,8 @@ class StreamRoute {
   uint64_t backlog(const Side& from, const Side& to) const;
   void deliver_before_stop();
   void on_side_event(Session& s, Side& side, uint32_t events);
-  void user_copy(Session& s, Side& from, Side& to);
+  // `from_readable`: epoll reported `from` readable (EPOLLIN/RDHUP/HUP).
+  void user_copy(Session& s, Side& from, Side& to, bool from_readable = false);
   struct Sent {
     size_t bytes = 0;      // taken by the socket
     bool blocked = false;  // it is full: nothing taken (an empty message is taken with 0 bytes)
