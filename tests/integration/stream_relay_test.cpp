@@ -236,7 +236,7 @@ TEST_F(StreamRelay, StoppedReaderResumesNothingLost) {
 }
 
 // A reader that stops for 3 s while the client pushes 96 MiB. The user
-// path (auto) reads only what fits its 1 MiB pipe, so the relay holds at
+// path (auto) reads only what fits its 256 KiB pipe, so the relay holds at
 // most that and tcp flow control stops the client. The kernel path has no
 // such bound: its psock backlog takes what the client sends (measured and
 // printed). On both, every byte arrives, in order, with the FIN.
