@@ -112,8 +112,7 @@ Result<Fd> open_stream_upstream(const Endpoint& endpoint) {
   return fd;
 }
 
-Result<Fd> open_udp_flow_socket(const sockaddr* local, socklen_t local_len, const sockaddr* peer,
-                                socklen_t peer_len) {
+Result<Fd> bind_udp_flow_socket(const sockaddr* local, socklen_t local_len) {
   auto fd = new_socket(local->sa_family, SOCK_DGRAM);
   if (!fd) return fd.error().wrap("UDP flow socket");
   if (auto st = set_int_option(fd->get(), SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR"); !st)
@@ -121,8 +120,6 @@ Result<Fd> open_udp_flow_socket(const sockaddr* local, socklen_t local_len, cons
   if (bind(fd->get(), local, local_len) != 0)
     return errno_error("UDP flow socket: bind " + format_address(local, local_len) +
                        " (the listener needs SO_REUSEADDR; systemd sets it)");
-  if (connect(fd->get(), peer, peer_len) != 0)
-    return errno_error("UDP flow socket: connect " + format_address(peer, peer_len));
   return fd;
 }
 

@@ -22,10 +22,10 @@ Result<Fd> open_datagram_upstream(const Endpoint& endpoint);
 Result<Fd> open_stream_upstream(const Endpoint& endpoint);
 
 // A UDP socket bound to `local` (the listener's address, with
-// SO_REUSEADDR) and connected to `peer`: the kernel then delivers that
-// peer's datagrams to it rather than to the listener.
-Result<Fd> open_udp_flow_socket(const sockaddr* local, socklen_t local_len, const sockaddr* peer,
-                                socklen_t peer_len);
+// SO_REUSEADDR). Once the caller connect()s it to a client, the kernel
+// delivers that client's datagrams to it rather than to the listener;
+// until then, as the newest socket on the address, it takes everyone's.
+Result<Fd> bind_udp_flow_socket(const sockaddr* local, socklen_t local_len);
 
 // A UNIX datagram socket connected to `peer` (a client's bound address).
 Result<Fd> open_unix_flow_socket(const sockaddr* peer, socklen_t peer_len);

@@ -131,20 +131,6 @@ struct Stranger {
   std::string data;
 };
 
-// A UDP socket bound to the listener's address (SO_REUSEADDR), to be
-// connected to one client once the verdict program steers it.
-Result<Fd> bind_udp_flow_socket(const sockaddr* local, socklen_t local_len) {
-  Fd fd(socket(local->sa_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-  if (!fd) return errno_error("UDP flow socket");
-  int one = 1;
-  if (setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0)
-    return errno_error("UDP flow socket: SO_REUSEADDR");
-  if (bind(fd.get(), local, local_len) != 0)
-    return errno_error("UDP flow socket: bind " + format_address(local, local_len) +
-                       " (the listener needs SO_REUSEADDR; systemd sets it)");
-  return fd;
-}
-
 bool no_credentials(const ucred& cred) {
   static const uint32_t uid = overflow_id("/proc/sys/kernel/overflowuid");
   static const uint32_t gid = overflow_id("/proc/sys/kernel/overflowgid");
@@ -494,7 +480,7 @@ DatagramRoute::Flow* DatagramRoute::create_flow(const std::string& key, const so
   // The reply path: a socket connected to the client, which the kernel can
   // send through. Without one, user space replies from the listener.
   if (flow->replyable() && !unix_listener()) {
-    // Bound now, connected once the verdict program steers it (below).
+    // Bound now, connected below before the verdict program steers it.
     auto local = spec_.from->address;
     auto s = bind_udp_flow_socket(local.sa(), local.length);
     if (s) {
