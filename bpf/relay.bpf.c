@@ -152,7 +152,10 @@ int relay_verdict(struct __sk_buff *skb)
 		 * the FIN itself, after the data: nothing to carry here. */
 		return SK_DROP;
 	}
-	flow->last_ns = bpf_ktime_get_ns();
+	/* For idle expiry only (seconds): the coarse clock reads no time
+	 * source per skb (measured: read_tsc was 0.3 % of a flat-out UDP
+	 * run); same epoch as CLOCK_MONOTONIC. */
+	flow->last_ns = bpf_ktime_get_coarse_ns();
 	if (flow->flags & RELAY_FLOW_REFUSED) {
 		/* User space refused this sender once (allow-uids): its later
 		 * datagrams stop here instead of each visiting user space. */
@@ -212,8 +215,10 @@ int relay_verdict(struct __sk_buff *skb)
 	stats->packets += 1;
 	stats->bytes += skb->len;
 	/* Atomic: a flow's skbs can be verdicted on several CPUs at once, and
-	 * the stream half-close rule needs an exact total. */
-	__sync_fetch_and_add(&flow->bytes, skb->len);
+	 * the stream half-close rule needs an exact total. Datagram flows
+	 * skip the locked add: nobody reads their total. */
+	if (!(flow->flags & RELAY_FLOW_NO_BYTES))
+		__sync_fetch_and_add(&flow->bytes, skb->len);
 	return SK_PASS;
 }
 

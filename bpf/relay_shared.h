@@ -35,6 +35,8 @@ typedef __u64 relay_u64;
 #define RELAY_FLOW_INGRESS (1u << 0) /* redirect with BPF_F_INGRESS */
 #define RELAY_FLOW_STREAM (1u << 1)  /* a stream session: empty skbs (a TCP FIN) are dropped */
 #define RELAY_FLOW_REFUSED (1u << 2) /* a sender the route's policy refused: dropped and counted */
+/* relay_flow.bytes not kept: datagram flows, whose total nobody reads */
+#define RELAY_FLOW_NO_BYTES (1u << 3)
 
 /*
  * relay_flows: key = the socket cookie the verdict program sees for an skb
@@ -45,11 +47,12 @@ struct relay_flow {
 	relay_u64 target_cookie; /* key into relay_targets */
 	relay_u32 route_id;
 	relay_u32 flags;
-	relay_u64 last_ns; /* bpf_ktime_get_ns() of the last skb; for idle expiry */
+	relay_u64 last_ns; /* bpf_ktime_get_coarse_ns() of the last skb; for idle expiry */
 	/*
 	 * Payload bytes redirected for this flow, added atomically by the
-	 * verdict program. A stream session compares it with what the target
-	 * socket has sent before it propagates a FIN (see stream_route.h).
+	 * verdict program (not with RELAY_FLOW_NO_BYTES). A stream session
+	 * compares it with what the target socket has sent before it
+	 * propagates a FIN (see stream_route.h).
 	 */
 	relay_u64 bytes;
 	relay_u32 balance;     /* RELAY_BALANCE_* */

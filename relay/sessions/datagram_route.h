@@ -82,8 +82,9 @@ class DatagramRoute {
   DatagramRoute& operator=(const DatagramRoute&) = delete;
 
   Status start();
-  // Periodic work: tears down flows idle for longer than idle_timeout and
-  // retries failed targets whose back-off has passed.
+  // Periodic work: tears down flows idle for longer than idle_timeout or
+  // whose steered sockets report an error, and retries failed targets whose
+  // back-off has passed.
   void tick();
   // Removes every map entry and closes every socket but the listener.
   void stop();
@@ -142,6 +143,9 @@ class DatagramRoute {
   void send_to_client(Flow& flow, const char* data, size_t len);
   void flush_pending(Flow& flow, size_t target);
   static uint32_t upstream_events(const Flow& flow, const Upstream& up);
+  void watch_upstream(Flow& flow, size_t target);
+  void poll_errors();
+  void upstream_failed(Flow& flow, size_t target, const std::string& why);
   void settle(const std::string& key);
   void settle_upstream(const std::string& key, size_t target);
   void count_sent(size_t target, size_t len);

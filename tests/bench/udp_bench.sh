@@ -38,7 +38,8 @@ options:
                   kernel, to measure the bare sockmap path without the
                   relay process's wake-ups (status counters still read)
   --perf-record F diagnostic: perf record -a -g into F during the relay's
-                  full-speed run (needs perf: Debian's linux-perf)
+                  full-speed run, and into F.bare during the bare path's
+                  (needs perf: Debian's linux-perf)
   -h, --help      this text
 
 Output: markdown tables on stdout, plus one machine-readable line per result
@@ -340,8 +341,10 @@ throughput() {
   started+=("$send_pid")
   [[ $path == relay ]] && ((pause_relay)) && pause_relay_once_wired 0
   local perf_pid=0
-  if [[ $path == relay && $kind == full && -n $perf_file ]]; then
-    perf record -a -g -o "$perf_file" -- sleep "$(calc "$duration * 0.8")" >/dev/null 2>"$work/perf.log" &
+  local perf_out=$perf_file
+  [[ $path == bare ]] && perf_out=$perf_file.bare
+  if [[ $path == @(relay|bare) && $kind == full && -n $perf_file ]]; then
+    perf record -a -g -o "$perf_out" -- sleep "$(calc "$duration * 0.8")" >/dev/null 2>"$work/perf.log" &
     perf_pid=$!
     started+=("$perf_pid")
   fi
@@ -350,7 +353,7 @@ throughput() {
   if ((perf_pid)); then
     wait "$perf_pid" || log "warning: perf record failed: $(<"$work/perf.log")"
     stop_pids "$perf_pid"
-    log "perf profile of the relay run: $perf_file (perf report -i $perf_file)"
+    log "perf profile of the $path run: $perf_out (perf report -i $perf_out)"
   fi
   resume_relay
   send_out=$(grep '^send ' "$work/send.out")

@@ -101,6 +101,53 @@ TEST_P(DatagramSteering, FloodOnASteeredFlowStaysInTheKernelInOrder) {
   EXPECT_EQ(relay.terminate(), 0) << relay.log();
 }
 
+// A steered flow socket is not watched by epoll (that would cost a wake-up
+// call per datagram); its errors are polled every tick. A client that went
+// away is seen when a reply bounces (ICMP port unreachable on the flow
+// socket), and its flow ends.
+TEST(DatagramSteeringErrors, GoneClientEndsItsFlowWithinATick) {
+  SOCKRELAY_REQUIRE_ROOT();
+  SOCKRELAY_PRIVATE_NETNS();
+  TempDir dir;
+  Fd server = bound_dgram(Addr::inet("127.0.0.1", 5301));
+  ASSERT_TRUE(server.valid());
+  RelayProcess relay(dir,
+                     "[endpoints.front]\ntype = \"udp\"\nlisten = \"127.0.0.1:5300\"\n"
+                     "[endpoints.back]\ntype = \"udp\"\nconnect = \"127.0.0.1:5301\"\n"
+                     "[[routes]]\nfrom = \"front\"\nto = \"back\"\n");
+  ASSERT_TRUE(relay.wait_ready()) << relay.log();
+  Addr front = Addr::inet("127.0.0.1", 5300);
+  sockaddr_storage upstream{};
+  socklen_t upstream_len = sizeof(upstream);
+  {
+    Fd client = bound_dgram(Addr::inet("127.0.0.1", 0));
+    ASSERT_EQ(sendto(client.get(), "hello", 5, 0, front.sa(), front.len), 5);
+    pollfd p{server.get(), POLLIN, 0};
+    ASSERT_EQ(poll(&p, 1, 2000), 1) << relay.log();
+    char buf[16];
+    ASSERT_EQ(
+        recvfrom(server.get(), buf, sizeof(buf), 0, reinterpret_cast<sockaddr*>(&upstream), &upstream_len),
+        5);
+    // A reply while the client is there: through the kernel.
+    ASSERT_EQ(sendto(server.get(), "r1", 2, 0, reinterpret_cast<sockaddr*>(&upstream), upstream_len), 2);
+    pollfd c{client.get(), POLLIN, 0};
+    ASSERT_EQ(poll(&c, 1, 2000), 1) << relay.log();
+  }  // the client closes its socket
+  ASSERT_EQ(json_number(relay.status_json(), "sessions"), 1u);
+  // A reply to nobody: the kernel's send from the flow socket bounces.
+  ASSERT_EQ(sendto(server.get(), "r2", 2, 0, reinterpret_cast<sockaddr*>(&upstream), upstream_len), 2);
+  std::string status;
+  for (int i = 0; i < 50; ++i) {
+    status = relay.status_json();
+    if (json_number(status, "sessions") == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(json_number(status, "sessions"), 0u) << status;
+  EXPECT_EQ(json_number(status, "sessions-failed"), 1u) << status;
+  EXPECT_EQ(json_counter(status, "user", "packets"), 1u) << status;
+  EXPECT_EQ(relay.terminate(), 0) << relay.log();
+}
+
 INSTANTIATE_TEST_SUITE_P(Sources, DatagramSteering, ::testing::Values("udp", "unix-dgram"),
                          [](const ::testing::TestParamInfo<const char*>& info) {
                            return std::string(info.param) == "udp" ? std::string("udp")
