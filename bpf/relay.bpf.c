@@ -11,8 +11,9 @@
  *  - relay_targets (SOCKHASH, no program): every socket we may redirect to.
  *    Having no program, it never conflicts with a socket's verdict program.
  *
- * Nothing is passed up to the socket's own (psock) queue on purpose: a
- * recv() there merges datagrams and reports no sender.
+ * Datagrams are never passed up to the socket's own (psock) queue: a recv()
+ * there merges datagrams and reports no sender. Stream bytes are, while
+ * user space holds a flow back (relay_stream_holds).
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -63,6 +64,13 @@ struct {
 	__type(key, __u64);
 	__type(value, struct relay_flow);
 } relay_flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, RELAY_MAX_SOCKETS);
+	__type(key, __u64);
+	__type(value, struct relay_stream_hold);
+} relay_stream_holds SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -161,6 +169,20 @@ int relay_verdict(struct __sk_buff *skb)
 		 * datagrams stop here instead of each visiting user space. */
 		stats->drop_policy += 1;
 		return SK_DROP;
+	}
+	if (flow->flags & RELAY_FLOW_STREAM) {
+		struct relay_stream_hold *hold = bpf_map_lookup_elem(&relay_stream_holds, &key);
+
+		/* The partner's psock backlog is over its bound, or user space
+		 * still copies what was held before: keep the skb on this
+		 * socket (charged to it: TCP closes the window) and keep the
+		 * order, every byte after a held one is held too. A socket's
+		 * skbs are verdicted one at a time (under its lock), so `held`
+		 * has one writer; the add is atomic for user space's reads. */
+		if (hold && (hold->hold || hold->copied != flow->held)) {
+			__sync_fetch_and_add(&flow->held, skb->len);
+			return SK_PASS;
+		}
 	}
 	if (flow->balance == RELAY_BALANCE_BROADCAST && new_client_target) {
 		/* One skb can be redirected to one socket only: user space

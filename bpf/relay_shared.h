@@ -55,6 +55,12 @@ struct relay_flow {
 	 * propagates a FIN (see stream_route.h).
 	 */
 	relay_u64 bytes;
+	/*
+	 * Stream flows: payload bytes the verdict program held back (SK_PASS
+	 * to the socket's own queue) while relay_stream_holds said so; user
+	 * space copies them to the partner (see struct relay_stream_hold).
+	 */
+	relay_u64 held;
 	relay_u32 balance;     /* RELAY_BALANCE_* */
 	relay_u32 n_targets;   /* targets[] in use (0: every target is down) */
 	relay_u64 next;	       /* round-robin position */
@@ -68,6 +74,24 @@ struct relay_flow {
 	 */
 	relay_u64 targets[RELAY_MAX_TARGETS];
 	relay_u8 target_index[RELAY_MAX_TARGETS];
+};
+
+/*
+ * relay_stream_holds: key = a stream flow's key, written by user space only
+ * (the verdict program writes relay_flow, so neither side overwrites the
+ * other's words). It bounds the partner's psock backlog without taking the
+ * socket out of the map: while `hold` is set, or while user space has not
+ * yet copied every byte held so far (`copied` != relay_flow.held), each skb
+ * is passed to the socket's own queue instead of redirected. There it is
+ * charged to the socket's receive memory, so TCP closes its window and the
+ * sender stops; user space reads it and writes it to the partner once the
+ * backlog has emptied, and the redirects resume, in order, when `copied`
+ * catches up with `held`. No entry: always redirect.
+ */
+struct relay_stream_hold {
+	relay_u32 hold;
+	relay_u32 _pad;
+	relay_u64 copied;
 };
 
 /*

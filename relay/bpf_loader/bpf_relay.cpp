@@ -143,6 +143,25 @@ uint64_t BpfRelay::flow_bytes(uint64_t key) {
   return value.bytes;
 }
 
+uint64_t BpfRelay::flow_held(uint64_t key) {
+  struct relay_flow value = {};
+  if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.relay_flows), &key, &value) != 0) return 0;
+  return value.held;
+}
+
+Status BpfRelay::set_stream_hold(uint64_t key, bool hold, uint64_t copied) {
+  struct relay_stream_hold value = {};
+  value.hold = hold ? 1 : 0;
+  value.copied = copied;
+  if (bpf_map_update_elem(bpf_map__fd(skel_->maps.relay_stream_holds), &key, &value, BPF_ANY) != 0)
+    return errno_error("update relay_stream_holds");
+  return {};
+}
+
+void BpfRelay::remove_stream_hold(uint64_t key) {
+  bpf_map_delete_elem(bpf_map__fd(skel_->maps.relay_stream_holds), &key);
+}
+
 RouteCounters BpfRelay::route_counters(uint32_t route_id) const {
   std::vector<struct relay_route_stats> per_cpu(ncpus_);
   RouteCounters sum;

@@ -53,6 +53,9 @@ class BpfRelay final : public MapWriter {
   void remove_flow(uint64_t key) override;
   uint64_t flow_last_ns(uint64_t key) override;
   uint64_t flow_bytes(uint64_t key) override;
+  uint64_t flow_held(uint64_t key) override;
+  Status set_stream_hold(uint64_t key, bool hold, uint64_t copied) override;
+  void remove_stream_hold(uint64_t key) override;
 
   RouteCounters route_counters(uint32_t route_id) const;
   // Zeroes a route id's counters (route and per-target) before it is reused.

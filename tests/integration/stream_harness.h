@@ -62,6 +62,7 @@ struct TransferPlan {
   bool send_seed_header = false;               // client: announce out_seed first
   bool read_seed_header = false;               // server: learn in_seed (and derive out_seed) first
   std::chrono::milliseconds pause_reading{0};  // stop reading after the first MiB for this long
+  uint64_t pause_every = 0;                    // > 0: and again after every this many bytes read
   uint64_t close_after_reading = 0;            // > 0: close() once this many bytes were read
   std::chrono::milliseconds limit{60'000};
 };
@@ -91,6 +92,7 @@ inline TransferResult run_transfer(int fd, TransferPlan plan) {
     check = check_holder.get();
   }
   bool shut = false, paused_done = plan.pause_reading.count() == 0;
+  uint64_t pause_at = 1u << 20;
   auto deadline = std::chrono::steady_clock::now() + plan.limit;
   while (!(shut && r.got_eof)) {
     if (std::chrono::steady_clock::now() > deadline) {
@@ -98,9 +100,10 @@ inline TransferResult run_transfer(int fd, TransferPlan plan) {
       break;
     }
     bool reading = true;
-    if (!paused_done && r.received >= (1u << 20)) {
+    if (!paused_done && r.received >= pause_at) {
       std::this_thread::sleep_for(plan.pause_reading);
-      paused_done = true;
+      pause_at += plan.pause_every;
+      paused_done = plan.pause_every == 0;
     }
     // Fill the output buffer.
     if (gen && out_off == out_len && r.sent + header.size() < plan.send_bytes + header.size() && !shut) {
