@@ -34,6 +34,17 @@ options:
   --no-build      do not run cmake --build
   --relay PATH    the sockrelay binary to measure (default: the build's), to
                   compare two builds of the relay against the same baseline
+  --rps MASK      steer the bench namespace's loopback receive processing to
+                  the CPUs in MASK (hex, as in rps_cpus: 1 = CPU 0, 2 = CPU 1)
+                  for every path of the run. On a real NIC the receive
+                  softirq (and so the verdict and the psock worker it
+                  queues) runs on the IRQ's CPU, not the sender's; plain
+                  loopback (the default, no RPS) runs it on the sender's CPU,
+                  the pessimistic case. Sets only the namespace's own lo.
+  --pin-sender C  run the sender and the ping client on CPU list C (taskset
+                  -c), every path; with --rps, a CPU outside the mask keeps
+                  the sending CPU apart from the receive softirq, as with a
+                  remote sender. Default: not pinned (the scheduler moves it)
   --pause-relay   diagnostic: SIGSTOP the relay once its flows run in the
                   kernel, to measure the bare sockmap path without the
                   relay process's wake-ups (status counters still read)
@@ -58,6 +69,8 @@ build=1
 pause_relay=0
 perf_file=
 relay_bin=
+rps_mask= # empty: plain loopback, receive softirq on the sender's CPU
+pin_sender= # empty: the sender and ping client are not pinned
 orig_args=("$@")
 
 while (($#)); do
@@ -72,6 +85,10 @@ while (($#)); do
     --pause-relay) pause_relay=1; shift ;;
     --relay) relay_bin=$(realpath "$2"); shift 2 ;;
     --perf-record) perf_file=$(realpath -m "$2"); shift 2 ;;
+    --pin-sender) pin_sender=$2; shift 2 ;;
+    --rps)
+      [[ -n $2 ]] || { echo "udp_bench: --rps wants a hex CPU mask" >&2; exit 2; }
+      rps_mask=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "udp_bench: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -84,6 +101,45 @@ done
 # enough to outlast the status polling.
 ((pause_relay && warmup < 20000)) && warmup=20000
 [[ $rate == auto || $rate =~ ^[0-9]+$ ]] || { echo "udp_bench: --rate wants a number or auto" >&2; exit 2; }
+
+# The CPUs of an online-CPU list such as "0-3,6", one a line.
+cpu_list_members() {
+  local range
+  for range in ${1//,/ }; do
+    if [[ $range == *-* ]]; then seq "${range%-*}" "${range#*-}"; else echo "$range"; fi
+  done
+}
+
+# --rps: a non-zero hex mask naming only online CPUs. rps_cpus_list is the
+# mask as a CPU list, for the report.
+rps_cpus_list=
+if [[ -n $rps_mask ]]; then
+  rps_mask=${rps_mask#0x}
+  [[ $rps_mask =~ ^[0-9a-fA-F]{1,15}$ ]] ||
+    { echo "udp_bench: --rps wants a hex CPU mask such as 1, 2 or 3 (got ${rps_mask@Q})" >&2; exit 2; }
+  rps_bits=$((16#$rps_mask))
+  ((rps_bits)) || { echo "udp_bench: --rps 0 would turn RPS off: leave --rps out for plain loopback" >&2; exit 2; }
+  rps_online=0
+  for cpu in $(cpu_list_members "$(</sys/devices/system/cpu/online)"); do
+    ((cpu < 60)) && rps_online=$((rps_online | 1 << cpu))
+  done
+  ((rps_bits & ~rps_online)) &&
+    { echo "udp_bench: --rps $rps_mask names CPUs that are not online (online: $(</sys/devices/system/cpu/online))" >&2; exit 2; }
+  for ((cpu = 0; cpu < 60; cpu++)); do
+    ((rps_bits >> cpu & 1)) && rps_cpus_list+=${rps_cpus_list:+,}$cpu
+  done
+fi
+rps_report=${rps_mask:-off} # for the RUN/RESULT/RATIO lines
+
+# --pin-sender: the command prefix for the sender and the ping client.
+pin=()
+if [[ -n $pin_sender ]]; then
+  if ! [[ $pin_sender =~ ^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$ ]] || ! taskset -c "$pin_sender" true 2>/dev/null; then
+    echo "udp_bench: --pin-sender wants a list of online CPUs such as 0 or 0-1 (got ${pin_sender@Q})" >&2
+    exit 2
+  fi
+  pin=(taskset -c "$pin_sender")
+fi
 
 relay_bin=${relay_bin:-$build_dir/relay/sockrelay}
 load_bin=$build_dir/tests/bench/sockrelay_udp_load
@@ -115,12 +171,59 @@ EOF
   fi
   command -v unshare >/dev/null || { echo "udp_bench: unshare (util-linux) missing" >&2; exit 1; }
   export SOCKRELAY_BENCH_IN_NETNS=1
-  exec unshare --net -- "$0" "${orig_args[@]}" --no-build --build-dir "$build_dir" --relay "$relay_bin"
+  SOCKRELAY_BENCH_OUTER_NETNS=$(readlink /proc/self/ns/net)
+  export SOCKRELAY_BENCH_OUTER_NETNS
+  # --rps writes the namespace's lo through a sysfs mounted inside it (the
+  # host's /sys shows the host's devices): a private mount namespace keeps
+  # that mount from the host.
+  netns=(--net)
+  [[ -n $rps_mask ]] && netns+=(--mount --propagation private)
+  exec unshare "${netns[@]}" -- "$0" "${orig_args[@]}" --no-build --build-dir "$build_dir" --relay "$relay_bin"
 fi
 
 # ---------------------------------------------------------------------------
 # Inside a private network namespace: only loopback exists.
 ip link set lo up
+
+# --rps: set rps_cpus of this namespace's lo, before anything is measured, so
+# every path of the run gets the same receive steering. A sysfs mounted here
+# shows this namespace's devices; it is unmounted once the mask is written
+# (the setting stays with the device, which goes with the namespace).
+set_rps() {
+  local sysfs file written
+  # Only in the namespaces this script made: the outer run records the
+  # network namespace it started in (the host's), and that must not be this
+  # one. (/proc/1/ns is not always readable, so it cannot be the reference.)
+  local here
+  here=$(readlink /proc/self/ns/net)
+  if [[ -z ${SOCKRELAY_BENCH_OUTER_NETNS:-} || -z $here || $here == "$SOCKRELAY_BENCH_OUTER_NETNS" ]]; then
+    echo "udp_bench: --rps: not in a network namespace this script made (run it without SOCKRELAY_BENCH_IN_NETNS): refusing to touch this namespace's lo" >&2
+    exit 1
+  fi
+  sysfs=$(mktemp -d /tmp/sockrelay-bench-sysfs.XXXXXX)
+  if ! mount -t sysfs sysfs "$sysfs"; then
+    rmdir "$sysfs"
+    echo "udp_bench: --rps: cannot mount a sysfs for the bench namespace, so cannot set its lo's rps_cpus" >&2
+    exit 1
+  fi
+  file=$sysfs/class/net/lo/queues/rx-0/rps_cpus
+  if ! { echo "$rps_mask" >"$file"; } 2>"$sysfs.err"; then
+    umount "$sysfs"
+    rmdir "$sysfs"
+    echo "udp_bench: --rps: the kernel refused rps_cpus=$rps_mask for lo: $(<"$sysfs.err") (a kernel without CONFIG_RPS, or CPUs it may not use)" >&2
+    rm -f "$sysfs.err"
+    exit 1
+  fi
+  written=$(<"$file")
+  umount "$sysfs"
+  rmdir "$sysfs"
+  rm -f "$sysfs.err"
+  if (($((16#${written//,/})) != rps_bits)); then
+    echo "udp_bench: --rps: wrote $rps_mask to lo's rps_cpus, it reads back $written" >&2
+    exit 1
+  fi
+}
+[[ -n $rps_mask ]] && set_rps
 
 work=$(mktemp -d /tmp/sockrelay-bench.XXXXXX)
 started=() # PIDs of the processes this script started and has not reaped
@@ -335,7 +438,7 @@ throughput() {
 
   local from=()
   [[ -n ${client_from[$path.data]:-} ]] && from=(--from "${client_from[$path.data]}")
-  "$load_bin" send --to "${front_data[$path]}" --duration "$duration" --size "$size" --rate "$offered" \
+  "${pin[@]}" "$load_bin" send --to "${front_data[$path]}" --duration "$duration" --size "$size" --rate "$offered" \
     "${from[@]}" >"$work/send.out" &
   local send_pid=$!
   started+=("$send_pid")
@@ -383,7 +486,7 @@ throughput() {
 
   local line
   line="RESULT path=$path test=throughput offered=$([[ $offered == 0 ]] && echo full || echo "$offered")"
-  line+=" size=$size duration_s=$elapsed sent=$sent delivered=$delivered"
+  line+=" rps=$rps_report pin_sender=${pin_sender:-off} size=$size duration_s=$elapsed sent=$sent delivered=$delivered"
   line+=" sent_per_s=$(calc "$sent / $elapsed" 0) delivered_per_s=$(calc "$delivered / $elapsed" 0)"
   line+=" loss_pct=$(calc "$sent > 0 && $sent > $delivered ? 100 * ($sent - $delivered) / $sent : 0" 2)"
   line+=" rcvbuf_errors=$((rb1 - rb0))"
@@ -430,7 +533,7 @@ pingpong() {
   local path=$1 out line kv
   local from=()
   [[ -n ${client_from[$path.echo]:-} ]] && from=(--from "${client_from[$path.echo]}")
-  "$load_bin" ping --to "${front_echo[$path]}" --count "$count" --warmup "$warmup" --size "$size" \
+  "${pin[@]}" "$load_bin" ping --to "${front_echo[$path]}" --count "$count" --warmup "$warmup" --size "$size" \
     "${from[@]}" >"$work/ping.out" &
   local ping_pid=$!
   started+=("$ping_pid")
@@ -439,7 +542,7 @@ pingpong() {
   stop_pids "$ping_pid"
   resume_relay
   out=$(grep '^ping ' "$work/ping.out")
-  line="RESULT path=$path test=pingpong size=$size ${out#ping }"
+  line="RESULT path=$path test=pingpong rps=$rps_report pin_sender=${pin_sender:-off} size=$size ${out#ping }"
   echo "$line"
   for kv in ${line#RESULT }; do results[$path.ping.${kv%%=*}]=${kv#*=}; done
 }
@@ -454,6 +557,12 @@ log "sockrelay $revision, kernel $(uname -r)"
 log "$(nproc) CPUs, load average $load1 before the run$(
   awk -v l="$load1" 'BEGIN { if (l > 0.5) print " (busy machine: expect noisy numbers)" }'
 )"
+if [[ -n $rps_mask ]]; then
+  log "receive: RPS, lo's receive softirq steered to CPU(s) $rps_cpus_list (rps_cpus=$rps_mask)"
+else
+  log "receive: plain loopback (no RPS): the receive softirq runs on the sending CPU"
+fi
+log "sender and ping client: $([[ -n $pin_sender ]] && echo "pinned to CPU(s) $pin_sender" || echo "not pinned"); sink, echo server and middlebox: not pinned"
 log "pass 1: full speed ${duration}s + ping-pong $count rounds per path: ${paths[*]}"
 for path in "${paths[@]}"; do
   start_middle "$path"
@@ -477,7 +586,14 @@ fi
 
 # ---------------------------------------------------------------------------
 
-echo "RUN revision=$revision kernel=$(uname -r) cpus=$(nproc) load1_before=$load1 duration_s=$duration size=$size"
+echo "RUN revision=$revision kernel=$(uname -r) cpus=$(nproc) load1_before=$load1 duration_s=$duration size=$size rps=$rps_report pin_sender=${pin_sender:-off}"
+echo
+if [[ -n $rps_mask ]]; then
+  echo -n "Receive: RPS mask $rps_mask on the bench namespace's lo (softirq on CPU(s) $rps_cpus_list), every path."
+else
+  echo -n "Receive: plain loopback, no RPS (softirq on the sender's CPU), every path."
+fi
+echo " Sender and ping client: $([[ -n $pin_sender ]] && echo "pinned to CPU(s) $pin_sender" || echo "not pinned")."
 echo
 echo "### Throughput, ${size}-byte datagrams, one sender flat out for ${duration} s"
 echo
@@ -530,11 +646,11 @@ b_ratio=$(ratio relay.full.delivered_per_s bare.full.delivered_per_s)
 bd_ratio=$(ratio bare.full.delivered_per_s direct.full.delivered_per_s)
 bp_ratio=$(ratio relay.ping.p50_us bare.ping.p50_us)
 bdp_ratio=$(ratio bare.ping.p50_us direct.ping.p50_us)
-echo "RATIO relay_vs_direct_delivered=$d_ratio relay_vs_socat_delivered=$s_ratio relay_vs_direct_p50=$p_ratio" \
+echo "RATIO rps=$rps_report pin_sender=${pin_sender:-off} relay_vs_direct_delivered=$d_ratio relay_vs_socat_delivered=$s_ratio relay_vs_direct_p50=$p_ratio" \
   "relay_vs_bare_delivered=$b_ratio bare_vs_direct_delivered=$bd_ratio relay_vs_bare_p50=$bp_ratio" \
   "bare_vs_direct_p50=$bdp_ratio"
 echo
-echo "### Targets (issue 2), relay measured against this run's direct and socat"
+echo "### Targets (issue 2), relay measured against this run's direct and socat ($([[ -n $rps_mask ]] && echo "RPS mask $rps_mask" || echo "plain loopback")$([[ -n $pin_sender ]] && echo ", sender on CPU $pin_sender"))"
 echo
 echo "| target | measured | wanted | verdict |"
 echo "|---|---:|---:|---|"
