@@ -4,8 +4,9 @@
 // Each accepted connection is a session: the client's socket plus an
 // upstream socket connected for it (non-blocking, with a connect timeout).
 // On the kernel path (tcp <-> tcp) both sockets go into the sockmaps and the
-// verdict program carries both directions; user space only sees EOF, errors
-// and the half-close bookkeeping. On the user-space path the relay moves
+// verdict program carries both directions; user space sees EOF, errors,
+// the half-close bookkeeping and the backlog bound (below), and copies
+// only what the bound held back. On the user-space path the relay moves
 // the bytes itself: splice() through a pipe for byte streams, one recv/send
 // per message when a seqpacket end keeps message boundaries.
 //

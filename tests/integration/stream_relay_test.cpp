@@ -129,9 +129,7 @@ TEST_P(StreamPairing, ConcurrentTransfersIntactWithHalfClose) {
     EXPECT_EQ(kernel, 0u) << status;
   }
   if (!kernel_path && std::string(p.datapath) == "auto") {
-    EXPECT_TRUE(status.find("psock backlog") != std::string::npos ||
-                status.find("no backpressure") != std::string::npos)
-        << status;
+    EXPECT_NE(status.find("psock backlog"), std::string::npos) << status;
   }
   EXPECT_EQ(relay.terminate(), 0) << relay.log();
 }
@@ -291,19 +289,20 @@ TEST_F(StreamRelay, StoppedReaderMemoryOnBothPaths) {
   }
 }
 
-// The kernel path's hold, many times over: both readers stop for 150 ms
-// after every 8 MiB, so each direction of each connection is held back and
-// let go again and again while its sender keeps pushing. Every byte must
-// arrive in order (a held byte overtaken by a redirected one, or written
-// before the backlog ahead of it, shows as corruption), with the FIN after.
+// The kernel path's hold and its release. The server stops reading for
+// 1 s after the first MiB: the client fills the upstream's buffers and
+// 4 MiB of backlog, and its flow is held back. Once the server reads again,
+// user space copies what was held; the client rests 1.5 s after 48 MiB, so
+// the copying catches up and the redirects resume for the second 48 MiB.
+// Every byte must arrive in order (a held byte overtaken by a redirected
+// one, or written before the backlog ahead of it, shows as corruption),
+// with the FIN after; replies flow the other way meanwhile.
 TEST_F(StreamRelay, KernelPathHoldsAndResumesInOrder) {
-  constexpr int kConnections = 3;
-  const uint64_t kBytes = 48 * kMiB;
-  const auto pause = std::chrono::milliseconds(150);
+  constexpr int kConnections = 2;
+  const uint64_t kBytes = 96 * kMiB, kReply = 16 * kMiB;
   TransferPlan server_plan;
-  server_plan.pause_reading = pause;
-  server_plan.pause_every = 8 * kMiB;
-  StreamServer server(back("tcp"), kBytes, server_plan);
+  server_plan.pause_reading = std::chrono::milliseconds(1000);
+  StreamServer server(back("tcp"), kReply, server_plan);
   ASSERT_TRUE(server.ok());
   RelayProcess relay(dir_, config("tcp", "tcp", "kernel"));
   ASSERT_TRUE(relay.wait_ready()) << relay.log();
@@ -317,8 +316,8 @@ TEST_F(StreamRelay, KernelPathHoldsAndResumesInOrder) {
       plan.out_seed = 2000 + static_cast<uint64_t>(i);
       plan.in_seed = plan.out_seed ^ 0x5555aaaa5555aaaaull;
       plan.send_seed_header = true;
-      plan.pause_reading = pause;
-      plan.pause_every = 8 * kMiB;
+      plan.pause_sending = std::chrono::milliseconds(1500);
+      plan.pause_sending_every = 48 * kMiB;
       return run_transfer(c.get(), plan);
     }));
   }
@@ -326,11 +325,12 @@ TEST_F(StreamRelay, KernelPathHoldsAndResumesInOrder) {
     TransferResult r = f.get();
     EXPECT_EQ(r.error, 0) << std::strerror(r.error);
     EXPECT_FALSE(r.timed_out) << relay.status_json();
-    EXPECT_EQ(r.received, kBytes) << relay.status_json();
+    EXPECT_EQ(r.received, kReply) << relay.status_json();
     EXPECT_TRUE(r.intact) << "the way back: bytes reordered or corrupted";
     EXPECT_TRUE(r.got_eof);
   }
-  ASSERT_TRUE(server.wait_finished(kConnections, std::chrono::seconds(10)));
+  ASSERT_TRUE(server.wait_finished(kConnections, std::chrono::seconds(10)))
+      << relay.status_json() << relay.log().substr(relay.log().size() > 6000 ? relay.log().size() - 6000 : 0);
   for (const auto& r : server.results()) {
     EXPECT_EQ(r.received, kBytes) << relay.status_json();
     EXPECT_TRUE(r.intact) << "the way out: bytes reordered or corrupted";
@@ -338,13 +338,16 @@ TEST_F(StreamRelay, KernelPathHoldsAndResumesInOrder) {
   }
   EXPECT_TRUE(wait_sessions(relay, 0)) << relay.status_json();
   std::string status = relay.status_json();
+  const uint64_t total = kConnections * (kBytes + kReply + 8);  // + seed headers
   std::cout << "backlog holds " << json_counter(status, "stream", "backlog-holds") << ", held bytes "
-            << json_counter(status, "stream", "held-bytes") / kMiB << " MiB of "
-            << 2 * kConnections * kBytes / kMiB << " MiB\n";
+            << json_counter(status, "stream", "held-bytes") / kMiB << " MiB of " << total / kMiB << " MiB\n";
   EXPECT_GE(json_counter(status, "stream", "backlog-holds"), static_cast<uint64_t>(kConnections)) << status;
   EXPECT_GT(json_counter(status, "stream", "held-bytes"), 0u) << status;
-  EXPECT_EQ(json_counter(status, "kernel", "bytes") + json_counter(status, "stream", "user-bytes"),
-            2 * kConnections * kBytes + 8 * kConnections)
+  // Before the hold at most the bound and the socket buffers (~20 MiB,
+  // StoppedReaderMemoryOnBothPaths) went through the kernel: more means
+  // the redirects resumed after it.
+  EXPECT_GE(json_counter(status, "kernel", "bytes"), kConnections * 32 * kMiB) << status;
+  EXPECT_EQ(json_counter(status, "kernel", "bytes") + json_counter(status, "stream", "user-bytes"), total)
       << status;
   EXPECT_EQ(json_counter(status, "stream", "sessions-closed"), static_cast<uint64_t>(kConnections)) << status;
   EXPECT_EQ(relay.terminate(), 0) << relay.log();
