@@ -17,10 +17,15 @@ DatapathChoice choose_datapath(Datapath requested, const MatrixCell& cell,
   else if (!kernel_unavailable.empty())
     why_not = "the kernel path is unavailable: " + kernel_unavailable;
   if (why_not.empty() && kind_is_datagram(cell.source) != kind_is_datagram(cell.target))
+    // Each session (a datagram client, or an accepted connection) ends on
+    // its own, and must not cut the replies still in the psock backlog
+    // toward its datagram socket; unlike tcp's tcpi_bytes_acked, no
+    // per-socket counter says when that backlog has emptied.
     why_not =
-        "a datagram <-> stream/seqpacket route needs framing the verdict program cannot do (the kernel "
-        "keeps skb boundaries, not message boundaries): user space sends each datagram as one "
-        "message or stream write, and each message or stream read as one datagram";
+        "a datagram <-> stream/seqpacket route ends each session (a datagram client, or a connection) on "
+        "its own, and no counter says when the psock backlog toward a datagram socket has emptied, so "
+        "ending one could cut its last replies: user space sends each datagram as one message or stream "
+        "write, and each message or stream read as one datagram";
   if (why_not.empty() && !kind_is_datagram(cell.source) &&
       (cell.source != EndpointKind::Tcp || cell.target != EndpointKind::Tcp))
     // Measured (StreamKernelFacts, stream_relay_test.cpp): a relayed stream
