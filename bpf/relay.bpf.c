@@ -72,6 +72,10 @@ struct {
 	__type(value, struct relay_stream_hold);
 } relay_stream_holds SEC(".maps");
 
+/* Redirected bytes of stream flows, by relay_flow.stream_slot; user space
+ * reads them through the skeleton's mapping of .bss. */
+__u64 relay_stream_bytes[RELAY_STREAM_SLOTS];
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, RELAY_MAX_ROUTES);
@@ -239,8 +243,14 @@ int relay_verdict(struct __sk_buff *skb)
 	/* Atomic: a flow's skbs can be verdicted on several CPUs at once, and
 	 * the stream half-close rule needs an exact total. Datagram flows
 	 * skip the locked add: nobody reads their total. */
-	if (!(flow->flags & RELAY_FLOW_NO_BYTES))
-		__sync_fetch_and_add(&flow->bytes, skb->len);
+	if (!(flow->flags & RELAY_FLOW_NO_BYTES)) {
+		__u32 slot = flow->stream_slot & (RELAY_STREAM_SLOTS - 1);
+
+		if (slot)
+			__sync_fetch_and_add(&relay_stream_bytes[slot], skb->len);
+		else
+			__sync_fetch_and_add(&flow->bytes, skb->len);
+	}
 	return SK_PASS;
 }
 

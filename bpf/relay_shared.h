@@ -22,6 +22,14 @@ typedef __u64 relay_u64;
 /* Sockets in the redirect target hash; sessions use two or three each. */
 #define RELAY_MAX_SOCKETS 65536
 
+/*
+ * Stream flows count their redirected bytes in the program's .bss, which user
+ * space maps: reading a count costs no system call (StreamRoute checks every
+ * kernel session's backlog every few ms). relay_flow.stream_slot indexes it;
+ * slot 0 means none (the flow counts in relay_flow.bytes). A power of two.
+ */
+#define RELAY_STREAM_SLOTS 16384
+
 /* Targets of one route (`to = [...]`); a power of two. */
 #define RELAY_MAX_TARGETS 8
 
@@ -50,8 +58,9 @@ struct relay_flow {
 	relay_u64 last_ns; /* bpf_ktime_get_coarse_ns() of the last skb; for idle expiry */
 	/*
 	 * Payload bytes redirected for this flow, added atomically by the
-	 * verdict program (not with RELAY_FLOW_NO_BYTES). A stream session
-	 * compares it with what the target socket has sent before it
+	 * verdict program (not with RELAY_FLOW_NO_BYTES; in
+	 * relay_stream_bytes[stream_slot] instead when that is set). A stream
+	 * session compares it with what the target socket has sent before it
 	 * propagates a FIN (see stream_route.h).
 	 */
 	relay_u64 bytes;
@@ -65,7 +74,7 @@ struct relay_flow {
 	relay_u32 n_targets;   /* targets[] in use (0: every target is down) */
 	relay_u64 next;	       /* round-robin position */
 	relay_u32 client_hash; /* hash of the client's address: RELAY_BALANCE_HASH */
-	relay_u32 _pad;
+	relay_u32 stream_slot; /* 0, or where the flow counts its bytes (RELAY_STREAM_SLOTS) */
 	/*
 	 * The targets that are up, compacted: keys into relay_targets, and
 	 * each one's index in the route's `to` (for per-target counters). User

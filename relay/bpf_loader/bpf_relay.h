@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <unordered_map>
 #include <vector>
@@ -71,6 +72,11 @@ class BpfRelay final : public MapWriter {
   RelaySkeleton skel_;
   // Private program instances by key; each owns its program and its map.
   std::unordered_map<uint64_t, RelaySkeleton> private_;
+  // Stream flows' byte counters in the mapped .bss: the slot of each flow,
+  // and the free ones, reused oldest first (a verdict still running for a
+  // removed flow may add to its old slot for a moment).
+  std::unordered_map<uint64_t, uint32_t> stream_slots_;
+  std::deque<uint32_t> free_stream_slots_;
   int ncpus_;
 };
 
