@@ -11,9 +11,8 @@
  *  - relay_targets (SOCKHASH, no program): every socket we may redirect to.
  *    Having no program, it never conflicts with a socket's verdict program.
  *
- * Datagrams are never passed up to the socket's own (psock) queue: a recv()
- * there merges datagrams and reports no sender. Stream bytes are, while
- * user space holds a flow back (relay_stream_holds).
+ * Nothing is passed up to the socket's own (psock) queue on purpose: a
+ * recv() there merges datagrams and reports no sender.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -64,17 +63,6 @@ struct {
 	__type(key, __u64);
 	__type(value, struct relay_flow);
 } relay_flows SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, RELAY_MAX_SOCKETS);
-	__type(key, __u64);
-	__type(value, struct relay_stream_hold);
-} relay_stream_holds SEC(".maps");
-
-/* Redirected bytes of stream flows, by relay_flow.stream_slot; user space
- * reads them through the skeleton's mapping of .bss. */
-__u64 relay_stream_bytes[RELAY_STREAM_SLOTS];
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -174,20 +162,6 @@ int relay_verdict(struct __sk_buff *skb)
 		stats->drop_policy += 1;
 		return SK_DROP;
 	}
-	if (flow->flags & RELAY_FLOW_STREAM) {
-		struct relay_stream_hold *hold = bpf_map_lookup_elem(&relay_stream_holds, &key);
-
-		/* The partner's psock backlog is over its bound, or user space
-		 * still copies what was held before: keep the skb on this
-		 * socket (charged to it: TCP closes the window) and keep the
-		 * order, every byte after a held one is held too. A socket's
-		 * skbs are verdicted one at a time (under its lock), so `held`
-		 * has one writer; the add is atomic for user space's reads. */
-		if (hold && (hold->hold || hold->copied != flow->held)) {
-			__sync_fetch_and_add(&flow->held, skb->len);
-			return SK_PASS;
-		}
-	}
 	if (flow->balance == RELAY_BALANCE_BROADCAST && new_client_target) {
 		/* One skb can be redirected to one socket only: user space
 		 * copies it to every target. */
@@ -243,14 +217,8 @@ int relay_verdict(struct __sk_buff *skb)
 	/* Atomic: a flow's skbs can be verdicted on several CPUs at once, and
 	 * the stream half-close rule needs an exact total. Datagram flows
 	 * skip the locked add: nobody reads their total. */
-	if (!(flow->flags & RELAY_FLOW_NO_BYTES)) {
-		__u32 slot = flow->stream_slot & (RELAY_STREAM_SLOTS - 1);
-
-		if (slot)
-			__sync_fetch_and_add(&relay_stream_bytes[slot], skb->len);
-		else
-			__sync_fetch_and_add(&flow->bytes, skb->len);
-	}
+	if (!(flow->flags & RELAY_FLOW_NO_BYTES))
+		__sync_fetch_and_add(&flow->bytes, skb->len);
 	return SK_PASS;
 }
 

@@ -22,14 +22,6 @@ typedef __u64 relay_u64;
 /* Sockets in the redirect target hash; sessions use two or three each. */
 #define RELAY_MAX_SOCKETS 65536
 
-/*
- * Stream flows count their redirected bytes in the program's .bss, which user
- * space maps: reading a count costs no system call (StreamRoute checks every
- * kernel session's backlog every few ms). relay_flow.stream_slot indexes it;
- * slot 0 means none (the flow counts in relay_flow.bytes). A power of two.
- */
-#define RELAY_STREAM_SLOTS 16384
-
 /* Targets of one route (`to = [...]`); a power of two. */
 #define RELAY_MAX_TARGETS 8
 
@@ -58,23 +50,16 @@ struct relay_flow {
 	relay_u64 last_ns; /* bpf_ktime_get_coarse_ns() of the last skb; for idle expiry */
 	/*
 	 * Payload bytes redirected for this flow, added atomically by the
-	 * verdict program (not with RELAY_FLOW_NO_BYTES; in
-	 * relay_stream_bytes[stream_slot] instead when that is set). A stream
-	 * session compares it with what the target socket has sent before it
+	 * verdict program (not with RELAY_FLOW_NO_BYTES). A stream session
+	 * compares it with what the target socket has sent before it
 	 * propagates a FIN (see stream_route.h).
 	 */
 	relay_u64 bytes;
-	/*
-	 * Stream flows: payload bytes the verdict program held back (SK_PASS
-	 * to the socket's own queue) while relay_stream_holds said so; user
-	 * space copies them to the partner (see struct relay_stream_hold).
-	 */
-	relay_u64 held;
 	relay_u32 balance;     /* RELAY_BALANCE_* */
 	relay_u32 n_targets;   /* targets[] in use (0: every target is down) */
 	relay_u64 next;	       /* round-robin position */
 	relay_u32 client_hash; /* hash of the client's address: RELAY_BALANCE_HASH */
-	relay_u32 stream_slot; /* 0, or where the flow counts its bytes (RELAY_STREAM_SLOTS) */
+	relay_u32 _pad;
 	/*
 	 * The targets that are up, compacted: keys into relay_targets, and
 	 * each one's index in the route's `to` (for per-target counters). User
@@ -83,24 +68,6 @@ struct relay_flow {
 	 */
 	relay_u64 targets[RELAY_MAX_TARGETS];
 	relay_u8 target_index[RELAY_MAX_TARGETS];
-};
-
-/*
- * relay_stream_holds: key = a stream flow's key, written by user space only
- * (the verdict program writes relay_flow, so neither side overwrites the
- * other's words). It bounds the partner's psock backlog without taking the
- * socket out of the map: while `hold` is set, or while user space has not
- * yet copied every byte held so far (`copied` != relay_flow.held), each skb
- * is passed to the socket's own queue instead of redirected. There it is
- * charged to the socket's receive memory, so TCP closes its window and the
- * sender stops; user space reads it and writes it to the partner once the
- * backlog has emptied, and the redirects resume, in order, when `copied`
- * catches up with `held`. No entry: always redirect.
- */
-struct relay_stream_hold {
-	relay_u32 hold;
-	relay_u32 _pad;
-	relay_u64 copied;
 };
 
 /*

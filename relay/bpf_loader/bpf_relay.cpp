@@ -39,9 +39,7 @@ Status update_sock(int map_fd, const void* key, int sock_fd, const char* map_nam
 
 void SkeletonDeleter::operator()(struct relay* skel) const { relay__destroy(skel); }
 
-BpfRelay::BpfRelay(RelaySkeleton skel) : skel_(std::move(skel)), ncpus_(libbpf_num_possible_cpus()) {
-  for (uint32_t slot = 1; slot < RELAY_STREAM_SLOTS; ++slot) free_stream_slots_.push_back(slot);
-}
+BpfRelay::BpfRelay(RelaySkeleton skel) : skel_(std::move(skel)), ncpus_(libbpf_num_possible_cpus()) {}
 
 BpfRelay::~BpfRelay() {
   // Private instances first: their programs reference the shared maps.
@@ -122,18 +120,6 @@ Status BpfRelay::set_flow(uint64_t key, const FlowEntry& entry) {
   value.balance = entry.balance;
   value.client_hash = entry.client_hash;
   value.n_targets = std::min<uint32_t>(entry.n_targets, RELAY_MAX_TARGETS);
-  if (entry.flags & RELAY_FLOW_STREAM) {
-    // A counter user space reads without a system call; none left: the
-    // flow counts in its map value (flow_bytes() looks it up).
-    auto it = stream_slots_.find(key);
-    if (it == stream_slots_.end() && !free_stream_slots_.empty()) {
-      uint32_t slot = free_stream_slots_.front();
-      free_stream_slots_.pop_front();
-      __atomic_store_n(&skel_->bss->relay_stream_bytes[slot], 0, __ATOMIC_RELAXED);
-      it = stream_slots_.emplace(key, slot).first;
-    }
-    if (it != stream_slots_.end()) value.stream_slot = it->second;
-  }
   for (uint32_t i = 0; i < value.n_targets; ++i) {
     value.targets[i] = entry.targets[i];
     value.target_index[i] = entry.target_index[i];
@@ -143,13 +129,7 @@ Status BpfRelay::set_flow(uint64_t key, const FlowEntry& entry) {
   return {};
 }
 
-void BpfRelay::remove_flow(uint64_t key) {
-  bpf_map_delete_elem(bpf_map__fd(skel_->maps.relay_flows), &key);
-  if (auto it = stream_slots_.find(key); it != stream_slots_.end()) {
-    free_stream_slots_.push_back(it->second);
-    stream_slots_.erase(it);
-  }
-}
+void BpfRelay::remove_flow(uint64_t key) { bpf_map_delete_elem(bpf_map__fd(skel_->maps.relay_flows), &key); }
 
 uint64_t BpfRelay::flow_last_ns(uint64_t key) {
   struct relay_flow value = {};
@@ -158,30 +138,9 @@ uint64_t BpfRelay::flow_last_ns(uint64_t key) {
 }
 
 uint64_t BpfRelay::flow_bytes(uint64_t key) {
-  if (auto it = stream_slots_.find(key); it != stream_slots_.end())
-    return __atomic_load_n(&skel_->bss->relay_stream_bytes[it->second], __ATOMIC_ACQUIRE);
   struct relay_flow value = {};
   if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.relay_flows), &key, &value) != 0) return 0;
   return value.bytes;
-}
-
-uint64_t BpfRelay::flow_held(uint64_t key) {
-  struct relay_flow value = {};
-  if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.relay_flows), &key, &value) != 0) return 0;
-  return value.held;
-}
-
-Status BpfRelay::set_stream_hold(uint64_t key, bool hold, uint64_t copied) {
-  struct relay_stream_hold value = {};
-  value.hold = hold ? 1 : 0;
-  value.copied = copied;
-  if (bpf_map_update_elem(bpf_map__fd(skel_->maps.relay_stream_holds), &key, &value, BPF_ANY) != 0)
-    return errno_error("update relay_stream_holds");
-  return {};
-}
-
-void BpfRelay::remove_stream_hold(uint64_t key) {
-  bpf_map_delete_elem(bpf_map__fd(skel_->maps.relay_stream_holds), &key);
 }
 
 RouteCounters BpfRelay::route_counters(uint32_t route_id) const {

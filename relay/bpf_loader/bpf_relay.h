@@ -4,7 +4,6 @@
 #pragma once
 
 #include <cstdint>
-#include <deque>
 #include <memory>
 #include <unordered_map>
 #include <vector>
@@ -54,9 +53,6 @@ class BpfRelay final : public MapWriter {
   void remove_flow(uint64_t key) override;
   uint64_t flow_last_ns(uint64_t key) override;
   uint64_t flow_bytes(uint64_t key) override;
-  uint64_t flow_held(uint64_t key) override;
-  Status set_stream_hold(uint64_t key, bool hold, uint64_t copied) override;
-  void remove_stream_hold(uint64_t key) override;
 
   RouteCounters route_counters(uint32_t route_id) const;
   // Zeroes a route id's counters (route and per-target) before it is reused.
@@ -72,11 +68,6 @@ class BpfRelay final : public MapWriter {
   RelaySkeleton skel_;
   // Private program instances by key; each owns its program and its map.
   std::unordered_map<uint64_t, RelaySkeleton> private_;
-  // Stream flows' byte counters in the mapped .bss: the slot of each flow,
-  // and the free ones, reused oldest first (a verdict still running for a
-  // removed flow may add to its old slot for a moment).
-  std::unordered_map<uint64_t, uint32_t> stream_slots_;
-  std::deque<uint32_t> free_stream_slots_;
   int ncpus_;
 };
 

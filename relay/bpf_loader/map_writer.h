@@ -53,16 +53,6 @@ class MapWriter {
   // Payload bytes the verdict program redirected for this flow so far.
   // Not pure: fakes that never redirect need not implement it.
   virtual uint64_t flow_bytes(uint64_t /*key*/) { return 0; }
-  // Stream flows: bytes the verdict program held back on the socket's own
-  // queue instead of redirecting (relay_stream_holds), so far.
-  virtual uint64_t flow_held(uint64_t /*key*/) { return 0; }
-  // Holds a stream flow back (`hold`), or lets it go once `copied` (the
-  // held bytes user space has written to the partner) equals the flow's
-  // held total. Fakes that never hold need not implement it.
-  virtual Status set_stream_hold(uint64_t /*key*/, bool /*hold*/, uint64_t /*copied*/) {
-    return plain_error("stream holds need the BPF maps");
-  }
-  virtual void remove_stream_hold(uint64_t /*key*/) {}
   // Zeroes the per-target counters of `to[target_index]` of a route, for a
   // slot a new subscriber takes over. Fakes need not implement it.
   virtual void reset_target_counters(uint32_t /*route_id*/, uint32_t /*target_index*/) {}

@@ -56,8 +56,7 @@ std::string format_status_text(const StatusSnapshot& s) {
           << ", refused " << r.stream.refused_max_sessions << " (max-sessions) " << r.stream.refused_policy
           << " (policy)"
           << ", user bytes " << r.stream.user_bytes << ", user messages " << r.stream.user_messages
-          << ", dropped messages " << r.stream.dropped_messages << ", backlog holds "
-          << r.stream.backlog_holds << ", held bytes " << r.stream.held_bytes << "\n";
+          << ", dropped messages " << r.stream.dropped_messages << "\n";
   }
   out << "global    unknown-source " << s.global.unknown_source << ", bad-route " << s.global.bad_route
       << ", new-client-tag-failed " << s.global.tag_failed << ", new-client-lost " << s.global.new_client_lost
@@ -171,9 +170,7 @@ std::string format_status_json(const StatusSnapshot& s) {
           .field("refused-policy", r.stream.refused_policy)
           .field("user-bytes", r.stream.user_bytes)
           .field("user-messages", r.stream.user_messages)
-          .field("dropped-messages", r.stream.dropped_messages)
-          .field("backlog-holds", r.stream.backlog_holds)
-          .field("held-bytes", r.stream.held_bytes);
+          .field("dropped-messages", r.stream.dropped_messages);
       j.end_object();
     }
     j.end_object();

@@ -38,17 +38,14 @@ DatapathChoice choose_datapath(Datapath requested, const MatrixCell& cell,
               "verdict program at once, nor tells when its psock backlog has emptied (needed to "
               "propagate a half-close without cutting the stream)";
   if (why_not.empty() && requested == Datapath::Auto && !kind_is_datagram(cell.source)) {
-    // tcp <-> tcp: exact in the kernel, and bounded (StreamRoute holds a
-    // flow back once 4 MiB wait in its target's psock backlog), but a bulk
-    // transfer into a slower reader is then copied by user space until its
-    // sender pauses, so splice() does as well (tests/bench/stream_bench.sh),
-    // and a stop delivers everything the user path took in, where the
-    // kernel path cuts off what was not yet steered. Used when asked for.
+    // tcp <-> tcp: exact in the kernel, but with no backpressure (the psock
+    // backlog behind a slow reader is unbounded, and taking a socket out of
+    // the map under traffic drops skbs: measured), and slower than splice()
+    // in tests/bench/stream_bench.sh. Used when asked for by name.
     c.fell_back = true;
     c.reason =
-        "user space: splice() carries a bulk tcp stream as fast as the kernel path, which holds a flow "
-        "back once 4 MiB wait in its psock backlog and then copies it in user space until the sender "
-        "pauses; set datapath = \"kernel\" for its lower latency";
+        "user space: the tcp kernel path has no backpressure (its psock backlog grows without bound behind "
+        "a slow reader) and measured slower than splice(); set datapath = \"kernel\" for its lower latency";
     return c;
   }
   if (why_not.empty()) {

@@ -27,14 +27,7 @@ namespace sockrelay {
 
 namespace {
 
-// Kernel sessions: how often the backlog bound and a pending half-close are
-// checked (a map lookup per direction and tick).
-constexpr auto kKernelCheck = std::chrono::milliseconds(5);
-// Kernel path: a direction is held back once more than this waits in its
-// target's psock backlog (see stream_route.h). Above the socket buffers a
-// fast sink works with (4 MiB send buffer), so a reader that keeps up is
-// never held; at loopback speed (~1.5 GB/s) a tick adds ~8 MB on top.
-constexpr uint64_t kBacklogBound = 4 * 1024 * 1024;
+constexpr auto kHalfCloseCheck = std::chrono::milliseconds(5);
 // Stop (SIGTERM, or the route removed by a reload): how long bytes already
 // taken in may still be delivered before the sockets close.
 constexpr auto kStopDrain = std::chrono::seconds(2);
@@ -130,18 +123,6 @@ struct StreamRoute::Side {
   bool warned_mismatch = false;  // kernel path: the byte counts disagreed (logged once)
   uint64_t user_in = 0;          // bytes user space read from it
   uint64_t user_out = 0;         // bytes user space wrote to it
-
-  // Kernel path, this socket as the source of a direction: its hold (see
-  // stream_route.h). Holding: the verdict program keeps its skbs, user
-  // space waits for the target's backlog to empty. Copying: user space
-  // writes the held bytes to the target until it has caught up.
-  enum class Hold { None, Holding, Copying } hold = Hold::None;
-  bool hold_entry = false;  // relay_stream_holds has an entry for it
-  uint64_t copied = 0;      // held bytes written to the target (the entry's `copied`)
-  // As a target: held bytes read from the source, not yet taken here, and
-  // what its backlog had sent when last asked (it only grows).
-  std::string carry;
-  uint64_t sent_seen = 0;
 
   bool registered = false;
   uint32_t events = 0;
@@ -380,7 +361,6 @@ void StreamRoute::on_connected(Session& s) {
       close_session(s.id, nullptr);
       return;
     }
-    arm_timer(true);  // the backlog bound
   } else {
     for (Side* side : {&s.client, &s.upstream}) {
       if (s.client.messages || s.upstream.messages) continue;  // message copies: no pipe
@@ -468,13 +448,10 @@ void StreamRoute::update_events(Session& s) {
     if (!s.kernel) {
       bool room = side->messages || other.messages ? other.messages_q.empty() : other.pipe_room();
       if (!side->eof && room) want |= EPOLLIN | EPOLLRDHUP;
-    } else {
-      // No EPOLLIN while the verdict program takes the bytes: a user-space
-      // read could race it. EOF and errors are all we need, and the held
-      // bytes while they are copied.
-      if (!side->eof) want |= EPOLLRDHUP;
-      if (side->hold == Side::Hold::Copying && other.carry.empty()) want |= EPOLLIN;
-      if (!side->carry.empty()) want |= EPOLLOUT;
+    } else if (!side->eof) {
+      // No EPOLLIN: a user-space read could race the verdict program for
+      // the same bytes. EOF and errors are all we need.
+      want |= EPOLLRDHUP;
     }
     if (!s.kernel) {
       if (side->in_pipe > 0 || !side->messages_q.empty()) want |= EPOLLOUT;
@@ -513,14 +490,6 @@ void StreamRoute::on_side_event(Session& s, Side& side, uint32_t events) {
   }
   Side& other = s.other(side);
   if (s.kernel) {
-    if ((events & EPOLLOUT) && !side.carry.empty()) {
-      copy_held(s, other, side);
-      if (!sessions_.count(id)) return;
-    }
-    if ((events & EPOLLIN) && side.hold == Side::Hold::Copying) {
-      copy_held(s, side, other);
-      if (!sessions_.count(id)) return;
-    }
     if (events & (EPOLLRDHUP | EPOLLHUP)) side.eof = true;
   } else {
     if (events & EPOLLOUT) {
@@ -709,7 +678,7 @@ bool StreamRoute::direction_flushed(Session& s, Side& from, Side& to) {
   uint64_t redirected = maps_->flow_bytes(from.cookie);
   // tcpi_bytes_received counts the FIN as one byte (measured), and `from`
   // has seen the FIN when this is asked.
-  if (to.in_pipe > 0 || !to.carry.empty()) return false;
+  if (to.in_pipe > 0) return false;
   uint64_t received = tcp_bytes_received(from.fd.get());
   if (received == 0 || received - 1 != redirected + from.user_in) {
     if (received != 0 && received - 1 < redirected + from.user_in && !to.warned_mismatch) {
@@ -758,7 +727,7 @@ void StreamRoute::arm_timer(bool on) {
   if (on == timer_armed_) return;
   itimerspec spec{};
   if (on) {
-    auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(kKernelCheck).count();
+    auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(kHalfCloseCheck).count();
     spec.it_interval.tv_nsec = ns;
     spec.it_value.tv_nsec = ns;
   }
@@ -773,129 +742,24 @@ void StreamRoute::on_timer() {
   bool any = false;
   std::vector<uint64_t> ids;
   for (auto& [id, s] : sessions_)
-    if (s->kernel) ids.push_back(id);
+    if (s->kernel && ((s->client.eof && !s->upstream.shut_wr) || (s->upstream.eof && !s->client.shut_wr)))
+      ids.push_back(id);
   for (uint64_t id : ids) {
     auto it = sessions_.find(id);
     if (it == sessions_.end()) continue;
     Session& s = *it->second;
-    for (Side* from : {&s.client, &s.upstream}) {
-      pace(s, *from, s.other(*from));
-      if (!sessions_.count(id)) break;
-    }
-    if (!sessions_.count(id)) continue;
-    if ((s.client.eof && !s.upstream.shut_wr) || (s.upstream.eof && !s.client.shut_wr)) check_half_close(s);
-    if (sessions_.count(id)) {
-      update_events(s);
-      any = true;
-    }
+    check_half_close(s);
+    auto again = sessions_.find(id);
+    if (again != sessions_.end() && !again->second->done()) any = true;
   }
   arm_timer(any);
-}
-
-// Bytes `to`'s psock backlog has handed to its send path (kernel path):
-// what tcp took in, less what user space wrote to it.
-uint64_t StreamRoute::kernel_sent(const Side& to) const {
-  return tcp_bytes_written(to.fd.get()) - to.baseline - to.user_out;
-}
-
-// Kernel path, direction from -> to: holds it back when to's backlog is
-// over the bound, lets it go once the backlog has emptied (the rule in
-// stream_route.h).
-void StreamRoute::pace(Session& s, Side& from, Side& to) {
-  if (!s.attached || to.shut_wr || to.hup) return;
-  switch (from.hold) {
-    case Side::Hold::None: {
-      uint64_t redirected = maps_->flow_bytes(from.cookie);
-      // What `to` sent only grows: the old figure settles most ticks
-      // without asking tcp.
-      if (redirected <= to.sent_seen + kBacklogBound) return;
-      to.sent_seen = kernel_sent(to);
-      if (redirected <= to.sent_seen + kBacklogBound) return;
-      if (auto st = maps_->set_stream_hold(from.cookie, true, from.copied); !st) {
-        spdlog::warn("route {}: session {}: cannot hold {} back ({}): its target's backlog stays unbounded",
-                     spec_.route_id, s.id, from.name, st.error().describe());
-        return;
-      }
-      from.hold_entry = true;
-      from.hold = Side::Hold::Holding;
-      ++counters_.backlog_holds;
-      spdlog::debug("route {}: session {}: {} held back, {} bytes waiting in the {}'s backlog",
-                    spec_.route_id, s.id, from.name, redirected - to.sent_seen, to.name);
-      return;
-    }
-    case Side::Hold::Holding: {
-      // `held` first: once anything has been held, every redirect the
-      // program decided before it (one socket's skbs are verdicted in
-      // order) is in `redirected` as read after it.
-      uint64_t held = maps_->flow_held(from.cookie);
-      uint64_t redirected = maps_->flow_bytes(from.cookie);
-      to.sent_seen = kernel_sent(to);
-      if (to.sent_seen < redirected) return;  // the backlog is still emptying
-      // Empty: let go. The program holds on until `copied` reaches `held`.
-      if (auto st = maps_->set_stream_hold(from.cookie, false, from.copied); !st) return;  // next tick
-      from.hold = held == from.copied ? Side::Hold::None : Side::Hold::Copying;
-      if (from.hold == Side::Hold::Copying) copy_held(s, from, to);
-      return;
-    }
-    case Side::Hold::Copying:
-      copy_held(s, from, to);
-      return;
-  }
-}
-
-// Kernel path: writes what the verdict program held on `from`'s own queue
-// to `to`, then tells the program how far it got; it redirects again once
-// that covers everything it held.
-void StreamRoute::copy_held(Session& s, Side& from, Side& to) {
-  uint64_t id = s.id;
-  uint64_t before = from.copied;
-  for (int round = 0; round < 16; ++round) {
-    if (!to.carry.empty()) {
-      ssize_t n = send(to.fd.get(), to.carry.data(), to.carry.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
-      if (n < 0) {
-        if (would_block(errno)) break;  // EPOLLOUT on `to` resumes
-        fail_session(id, to, errno);
-        return;
-      }
-      to.carry.erase(0, static_cast<size_t>(n));
-      to.user_out += static_cast<uint64_t>(n);
-      from.copied += static_cast<uint64_t>(n);
-      if (!to.carry.empty()) break;
-      continue;
-    }
-    // A recv() on a socket in a sockmap reads its own psock queue: the
-    // held bytes, in order.
-    if (!recv_buffer_) recv_buffer_ = std::make_unique_for_overwrite<char[]>(kMessageBuffer);
-    ssize_t n = recv(from.fd.get(), recv_buffer_.get(), kMessageBuffer, MSG_DONTWAIT);
-    if (n < 0 && !would_block(errno)) {
-      fail_session(id, from, errno);
-      return;
-    }
-    if (n <= 0) break;  // nothing more held now (or EOF after it)
-    from.user_in += static_cast<uint64_t>(n);
-    to.carry.assign(recv_buffer_.get(), static_cast<size_t>(n));
-  }
-  if (from.copied != before) {
-    counters_.user_bytes += from.copied - before;
-    counters_.held_bytes += from.copied - before;
-    s.last_user_ns = now_ns();
-    if (auto st = maps_->set_stream_hold(from.cookie, false, from.copied); !st)
-      spdlog::debug("route {}: session {}: {}", spec_.route_id, s.id, st.error().describe());
-  }
-  // Caught up: the program saw `copied` (written above) equal its total,
-  // so it redirects again and holds nothing more until the next hold.
-  if (to.carry.empty() && maps_->flow_held(from.cookie) == from.copied) {
-    from.hold = Side::Hold::None;
-    spdlog::debug("route {}: session {}: {} redirected again, {} held bytes copied so far", spec_.route_id,
-                  s.id, from.name, from.copied);
-  }
 }
 
 // Bytes in the psock backlog from `from` toward `to` (kernel path).
 uint64_t StreamRoute::backlog(const Side& from, const Side& to) const {
   uint64_t redirected = maps_->flow_bytes(from.cookie);
-  uint64_t sent = kernel_sent(to);
-  return redirected > sent ? redirected - sent : 0;
+  uint64_t written = tcp_bytes_written(to.fd.get()) - to.baseline - to.user_out;
+  return redirected > written ? redirected - written : 0;
 }
 
 // Before the sockets close: bytes already taken in are delivered, for up
@@ -925,12 +789,7 @@ void StreamRoute::deliver_before_stop() {
         Side& to = s.other(*from);
         if (to.shut_wr || to.hup) continue;
         if (s.kernel) {
-          if (!s.attached) continue;
-          if (from->hold != Side::Hold::None) {
-            pace(s, *from, to);  // what was held is delivered too
-            if (!sessions_.count(id)) break;
-          }
-          if (backlog(*from, to) > 0 || from->hold != Side::Hold::None) busy = true;
+          if (s.attached && backlog(*from, to) > 0) busy = true;
           continue;
         }
         user_copy(s, *from, to);
@@ -971,8 +830,6 @@ void StreamRoute::close_session(uint64_t id, const char* why) {
       if (side->source_added) maps_->remove_source(side->cookie);
     for (Side* side : {&s.client, &s.upstream})
       if (side->flow_set) maps_->remove_flow(side->cookie);
-    for (Side* side : {&s.client, &s.upstream})
-      if (side->hold_entry) maps_->remove_stream_hold(side->cookie);
     for (Side* side : {&s.client, &s.upstream})
       if (side->target_added) maps_->remove_target(side->cookie);
   }

@@ -4,9 +4,8 @@
 // Each accepted connection is a session: the client's socket plus an
 // upstream socket connected for it (non-blocking, with a connect timeout).
 // On the kernel path (tcp <-> tcp) both sockets go into the sockmaps and the
-// verdict program carries both directions; user space sees EOF, errors,
-// the half-close bookkeeping and the backlog bound (below), and copies
-// only what the bound held back. On the user-space path the relay moves
+// verdict program carries both directions; user space only sees EOF, errors
+// and the half-close bookkeeping. On the user-space path the relay moves
 // the bytes itself: splice() through a pipe for byte streams, one recv/send
 // per message when a seqpacket end keeps message boundaries.
 //
@@ -32,21 +31,6 @@
 // A shutdown issued earlier would cut the stream: the redirected bytes
 // still in Y's psock backlog would then fail with EPIPE and be lost. On the
 // user path the rule is simply: the pipe toward Y is empty.
-//
-// The bound on the kernel path (X -> Y; Y's reader is slow or stopped).
-// The psock backlog of Y takes whatever the verdict redirects, without
-// limit (measured: 1.4 GB behind a reader stopped for 3 s), and taking X
-// out of the map to stop it can lose an skb. Instead, every tick
-// (kKernelCheck) the backlog redirected(X) - sent(Y) is compared with
-// kBacklogBound; above it, X's flow is *held*: the verdict program passes
-// X's skbs to X's own queue, where they count against X's receive memory,
-// so TCP closes X's window and the sender stops. Once Y's backlog has
-// emptied into Y's send path, user space reads the held bytes from X and
-// writes them to Y, and the verdict program redirects again as soon as
-// user space has copied every byte it held: nothing overtakes a held byte,
-// and nothing held is written before the bytes redirected ahead of it.
-// What the relay keeps per direction is then at most kBacklogBound plus
-// what arrives in one tick, plus X's receive buffer.
 #pragma once
 
 #include <chrono>
@@ -80,8 +64,6 @@ struct StreamCounters {
   uint64_t user_bytes = 0;            // bytes user space moved (user path)
   uint64_t user_messages = 0;         // seqpacket messages user space moved
   uint64_t dropped_messages = 0;      // datagram <-> stream bridges: a datagram not queued or not sent
-  uint64_t backlog_holds = 0;  // kernel path: a direction held back, its target's backlog over the bound
-  uint64_t held_bytes = 0;     // kernel path: held bytes user space copied (also in user_bytes)
 };
 
 struct StreamRouteSpec {
@@ -146,9 +128,6 @@ class StreamRoute {
     bool closed = false;   // a send error closed the session
   };
   Sent send_message(Session& s, Side& to, const char* data, size_t size);
-  uint64_t kernel_sent(const Side& to) const;
-  void pace(Session& s, Side& from, Side& to);
-  void copy_held(Session& s, Side& from, Side& to);
   void check_half_close(Session& s);
   bool direction_flushed(Session& s, Side& from, Side& to);
   void update_events(Session& s);
@@ -163,7 +142,7 @@ class StreamRoute {
   MapWriter* maps_;
   EventLoop& loop_;
   SessionBudget& budget_;
-  Fd timer_;  // kernel sessions: backlog bounds and half-close checks, every kKernelCheck
+  Fd timer_;  // fast half-close checks while a session waits to propagate a FIN
   bool timer_armed_ = false;
   std::unordered_map<uint64_t, std::unique_ptr<Session>> sessions_;
   uint64_t next_id_ = 1;

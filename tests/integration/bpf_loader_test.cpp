@@ -64,61 +64,6 @@ TEST(BpfRelay, RedirectsUdpDatagramAndCounts) {
   bpf.remove_target(out_cookie);
 }
 
-// A stream flow's redirected bytes are counted where flow_bytes() reads
-// them: in its slot of the mapped .bss, or, once every slot is taken, in
-// its map value. (Datagrams stand in for stream skbs here: the count is
-// the same code.)
-TEST(BpfRelay, StreamFlowBytesWithAndWithoutASlot) {
-  SOCKRELAY_REQUIRE_ROOT();
-  SOCKRELAY_PRIVATE_NETNS();
-  auto loaded = BpfRelay::load();
-  ASSERT_TRUE(loaded.ok()) << loaded.error().describe();
-  BpfRelay& bpf = **loaded;
-  sockaddr_in sink_addr{}, out_addr{};
-  Fd sink = udp_bound(&sink_addr);
-  Fd out = udp_bound(&out_addr);
-  ASSERT_EQ(connect(out.get(), reinterpret_cast<sockaddr*>(&sink_addr), sizeof(sink_addr)), 0);
-  uint64_t out_cookie = *socket_cookie(out.get());
-  ASSERT_TRUE(bpf.add_target(out_cookie, out.get()).ok());
-  Fd client(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
-  char buf[256] = {};
-  struct timeval tv = {2, 0};
-  setsockopt(sink.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-
-  auto send_through = [&](const sockaddr_in& src_addr, size_t size, int count) {
-    for (int i = 0; i < count; ++i) {
-      ASSERT_EQ(
-          sendto(client.get(), buf, size, 0, reinterpret_cast<const sockaddr*>(&src_addr), sizeof(src_addr)),
-          static_cast<ssize_t>(size));
-      ASSERT_EQ(recv(sink.get(), buf, sizeof(buf), 0), static_cast<ssize_t>(size));
-    }
-  };
-
-  sockaddr_in a_addr{};
-  Fd a = udp_bound(&a_addr);
-  uint64_t a_cookie = *socket_cookie(a.get());
-  ASSERT_TRUE(bpf.set_flow(a_cookie, FlowEntry{out_cookie, 1, RELAY_FLOW_STREAM}).ok());
-  ASSERT_TRUE(bpf.add_source(a_cookie, a.get()).ok());
-  send_through(a_addr, 100, 3);
-  EXPECT_EQ(bpf.flow_bytes(a_cookie), 300u);
-
-  // Every other slot taken (slot 0 means none): the next flow has none.
-  for (uint64_t k = 1; k < RELAY_STREAM_SLOTS - 1; ++k)
-    ASSERT_TRUE(bpf.set_flow(k, FlowEntry{out_cookie, 1, RELAY_FLOW_STREAM}).ok());
-  sockaddr_in b_addr{};
-  Fd b = udp_bound(&b_addr);
-  uint64_t b_cookie = *socket_cookie(b.get());
-  ASSERT_TRUE(bpf.set_flow(b_cookie, FlowEntry{out_cookie, 1, RELAY_FLOW_STREAM}).ok());
-  ASSERT_TRUE(bpf.add_source(b_cookie, b.get()).ok());
-  send_through(b_addr, 50, 4);
-  EXPECT_EQ(bpf.flow_bytes(b_cookie), 200u);
-  EXPECT_EQ(bpf.flow_bytes(a_cookie), 300u);
-  for (uint64_t k = 1; k < RELAY_STREAM_SLOTS - 1; ++k) bpf.remove_flow(k);
-  bpf.remove_source(a_cookie);
-  bpf.remove_source(b_cookie);
-  bpf.remove_target(out_cookie);
-}
-
 // Private instances (per-socket constants in rodata) are loaded while the
 // relay runs, after it dropped to its runtime capabilities (no
 // CAP_PERFMON, so the verifier also checks speculative paths): they must

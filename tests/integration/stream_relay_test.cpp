@@ -119,17 +119,12 @@ TEST_P(StreamPairing, ConcurrentTransfersIntactWithHalfClose) {
   // tcp <-> tcp rides the kernel path when asked for by name; every other
   // stream pairing, and tcp under auto, uses user space and says why.
   bool kernel_path = std::string(p.datapath) == "kernel";
-  // The kernel path copies in user space only what it held back behind a
-  // reader that fell behind (a busy machine can make one).
-  EXPECT_EQ(kernel + user, total) << status;
-  if (kernel_path) {
-    EXPECT_GT(kernel, total / 2) << status;
-    EXPECT_EQ(user, json_counter(status, "stream", "held-bytes")) << status;
-  } else {
-    EXPECT_EQ(kernel, 0u) << status;
-  }
+  EXPECT_EQ(kernel, kernel_path ? total : 0) << status;
+  EXPECT_EQ(user, kernel_path ? 0 : total) << status;
   if (!kernel_path && std::string(p.datapath) == "auto") {
-    EXPECT_NE(status.find("psock backlog"), std::string::npos) << status;
+    EXPECT_TRUE(status.find("psock backlog") != std::string::npos ||
+                status.find("no backpressure") != std::string::npos)
+        << status;
   }
   EXPECT_EQ(relay.terminate(), 0) << relay.log();
 }
@@ -241,14 +236,12 @@ TEST_F(StreamRelay, StoppedReaderResumesNothingLost) {
 }
 
 // A reader that stops for 3 s while the client pushes 96 MiB. The user
-// path reads only what fits its 256 KiB pipe, so the relay holds at most
-// that and tcp flow control stops the client. The kernel path holds the
-// client's flow back once 4 MiB wait in the upstream's psock backlog (it
-// took all 96 MiB before the bound); its held bytes wait on the client
-// socket, whose window closes. On both, every byte arrives, in order, with
-// the FIN.
+// path (auto) reads only what fits its 256 KiB pipe, so the relay holds at
+// most that and tcp flow control stops the client. The kernel path has no
+// such bound: its psock backlog takes what the client sends (measured and
+// printed). On both, every byte arrives, in order, with the FIN.
 TEST_F(StreamRelay, StoppedReaderMemoryOnBothPaths) {
-  for (const char* datapath : {"userspace", "kernel"}) {
+  for (const char* datapath : {"auto", "kernel"}) {
     SCOPED_TRACE(datapath);
     const uint64_t offered = 96 * kMiB;
     TempDir dir;
@@ -269,13 +262,8 @@ TEST_F(StreamRelay, StoppedReaderMemoryOnBothPaths) {
     uint64_t passed = json_counter(mid, "kernel", "bytes") + json_counter(mid, "stream", "user-bytes");
     std::cout << datapath << " path, reader stopped: " << passed / kMiB << " MiB passed on of "
               << offered / kMiB << " MiB offered\n";
-    if (std::string(datapath) == "userspace") {
+    if (std::string(datapath) == "auto") {
       EXPECT_LT(passed, 24 * kMiB) << mid;
-    } else {
-      // The bound (4 MiB) plus what arrives in one 5 ms check plus the
-      // upstream's socket buffers (a few MiB each way).
-      EXPECT_LT(passed, 48 * kMiB) << mid;
-      EXPECT_GE(json_counter(mid, "stream", "backlog-holds"), 1u) << mid;
     }
     TransferResult r = client.get();
     EXPECT_EQ(r.sent, offered) << relay.status_json();
@@ -287,70 +275,6 @@ TEST_F(StreamRelay, StoppedReaderMemoryOnBothPaths) {
     EXPECT_TRUE(got.got_eof);
     EXPECT_TRUE(wait_sessions(relay, 0)) << relay.status_json();
   }
-}
-
-// The kernel path's hold and its release. The server stops reading for
-// 1 s after the first MiB: the client fills the upstream's buffers and
-// 4 MiB of backlog, and its flow is held back. Once the server reads again,
-// user space copies what was held; the client rests 1.5 s after 48 MiB, so
-// the copying catches up and the redirects resume for the second 48 MiB.
-// Every byte must arrive in order (a held byte overtaken by a redirected
-// one, or written before the backlog ahead of it, shows as corruption),
-// with the FIN after; replies flow the other way meanwhile.
-TEST_F(StreamRelay, KernelPathHoldsAndResumesInOrder) {
-  constexpr int kConnections = 2;
-  const uint64_t kBytes = 96 * kMiB, kReply = 16 * kMiB;
-  TransferPlan server_plan;
-  server_plan.pause_reading = std::chrono::milliseconds(1000);
-  StreamServer server(back("tcp"), kReply, server_plan);
-  ASSERT_TRUE(server.ok());
-  RelayProcess relay(dir_, config("tcp", "tcp", "kernel"));
-  ASSERT_TRUE(relay.wait_ready()) << relay.log();
-  std::vector<std::future<TransferResult>> clients;
-  for (int i = 0; i < kConnections; ++i) {
-    clients.push_back(std::async(std::launch::async, [&, i] {
-      Fd c = stream_connect(front("tcp"));
-      if (!c) return TransferResult{0, 0, false, false, errno, false};
-      TransferPlan plan;
-      plan.send_bytes = kBytes;
-      plan.out_seed = 2000 + static_cast<uint64_t>(i);
-      plan.in_seed = plan.out_seed ^ 0x5555aaaa5555aaaaull;
-      plan.send_seed_header = true;
-      plan.pause_sending = std::chrono::milliseconds(1500);
-      plan.pause_sending_every = 48 * kMiB;
-      return run_transfer(c.get(), plan);
-    }));
-  }
-  for (auto& f : clients) {
-    TransferResult r = f.get();
-    EXPECT_EQ(r.error, 0) << std::strerror(r.error);
-    EXPECT_FALSE(r.timed_out) << relay.status_json();
-    EXPECT_EQ(r.received, kReply) << relay.status_json();
-    EXPECT_TRUE(r.intact) << "the way back: bytes reordered or corrupted";
-    EXPECT_TRUE(r.got_eof);
-  }
-  ASSERT_TRUE(server.wait_finished(kConnections, std::chrono::seconds(10)))
-      << relay.status_json() << relay.log().substr(relay.log().size() > 6000 ? relay.log().size() - 6000 : 0);
-  for (const auto& r : server.results()) {
-    EXPECT_EQ(r.received, kBytes) << relay.status_json();
-    EXPECT_TRUE(r.intact) << "the way out: bytes reordered or corrupted";
-    EXPECT_TRUE(r.got_eof);
-  }
-  EXPECT_TRUE(wait_sessions(relay, 0)) << relay.status_json();
-  std::string status = relay.status_json();
-  const uint64_t total = kConnections * (kBytes + kReply + 8);  // + seed headers
-  std::cout << "backlog holds " << json_counter(status, "stream", "backlog-holds") << ", held bytes "
-            << json_counter(status, "stream", "held-bytes") / kMiB << " MiB of " << total / kMiB << " MiB\n";
-  EXPECT_GE(json_counter(status, "stream", "backlog-holds"), static_cast<uint64_t>(kConnections)) << status;
-  EXPECT_GT(json_counter(status, "stream", "held-bytes"), 0u) << status;
-  // Before the hold at most the bound and the socket buffers (~20 MiB,
-  // StoppedReaderMemoryOnBothPaths) went through the kernel: more means
-  // the redirects resumed after it.
-  EXPECT_GE(json_counter(status, "kernel", "bytes"), kConnections * 32 * kMiB) << status;
-  EXPECT_EQ(json_counter(status, "kernel", "bytes") + json_counter(status, "stream", "user-bytes"), total)
-      << status;
-  EXPECT_EQ(json_counter(status, "stream", "sessions-closed"), static_cast<uint64_t>(kConnections)) << status;
-  EXPECT_EQ(relay.terminate(), 0) << relay.log();
 }
 
 // SIGTERM while bytes are on their way (the server is not reading): what the
