@@ -7,7 +7,7 @@
 
 #include "common/fd.h"
 #include "common/result.h"
-#include "sessions/event_loop.h"
+#include "loop/event_loop.h"
 
 namespace sockrelay {
 

@@ -20,7 +20,7 @@
 #include "endpoints/activation.h"
 #include "sessions/bridge_route.h"
 #include "sessions/datagram_route.h"
-#include "sessions/event_loop.h"
+#include "loop/event_loop.h"
 #include "sessions/stream_route.h"
 #include "sessions/subscriber_route.h"
 

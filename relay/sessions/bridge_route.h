@@ -26,7 +26,7 @@
 
 #include "common/fd.h"
 #include "config/model.h"
-#include "sessions/event_loop.h"
+#include "loop/event_loop.h"
 #include "sessions/peer_policy.h"
 #include "sessions/session_budget.h"
 #include "sessions/stream_route.h"

@@ -26,7 +26,7 @@
 #include "bpf_loader/map_writer.h"
 #include "common/fd.h"
 #include "config/model.h"
-#include "sessions/event_loop.h"
+#include "loop/event_loop.h"
 #include "sessions/session_budget.h"
 
 namespace sockrelay {

@@ -44,7 +44,7 @@
 #include "common/fd.h"
 #include "config/model.h"
 #include "sessions/datagram_route.h"
-#include "sessions/event_loop.h"
+#include "loop/event_loop.h"
 #include "sessions/peer_policy.h"
 #include "sessions/session_budget.h"
 

@@ -1,0 +1,78 @@
+// What one running route says about itself for `sockrelay status`: the
+// fields every route has, plus the counters only its kind keeps, each under
+// its own name. The status renderers print these without knowing which
+// kind of route wrote them.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace sockrelay {
+
+// A counter under the name `status` prints for it (kebab-case, stable:
+// scripts and the JSON output read it).
+struct NamedCount {
+  std::string name;
+  uint64_t value = 0;
+};
+
+// Packets the verdict program carried for a route or one of its targets.
+struct KernelCounts {
+  uint64_t packets = 0;
+  uint64_t bytes = 0;
+  uint64_t drop_no_target = 0;
+  uint64_t drop_policy = 0;  // senders the policy refused, dropped in the kernel
+};
+
+// One target of a route with several.
+struct TargetReport {
+  std::string name;
+  bool up = true;
+  uint64_t failures = 0;      // times it failed (refused, socket error, connect failed)
+  uint64_t user_packets = 0;  // datagrams user space sent to it
+  uint64_t user_bytes = 0;
+  int64_t retry_in_ms = 0;  // when down: until the next retry
+  bool has_sessions = false;
+  uint64_t sessions = 0;  // connection routes: connections made to it
+  KernelCounts kernel;
+};
+
+// One subscriber of a route to a subscribe endpoint.
+struct SubscriberReport {
+  std::string name;  // "subscriber #3 (pid 4711, uid 1000)"
+  bool receiving = false;
+  bool stalled = false;
+  int slot = -1;  // kernel path: its index in the route's per-target counters
+  uint64_t user_packets = 0;
+  uint64_t user_bytes = 0;
+  uint64_t dropped = 0;
+  uint64_t stalls = 0;
+  KernelCounts kernel;
+};
+
+struct RouteReport {
+  uint32_t id = 0;
+  std::string from;  // "dns-in (udp 127.0.0.1:5300)"
+  std::string to;
+  std::string datapath;         // "kernel" or "userspace"
+  std::string datapath_reason;  // why this path
+  uint64_t sessions = 0;        // open now
+  uint64_t sessions_created = 0;
+  uint64_t sessions_expired = 0;
+  uint64_t sessions_failed = 0;
+  uint64_t user_packets = 0;  // what user space carried
+  uint64_t user_bytes = 0;
+  KernelCounts kernel;
+  // Every reason this route drops or refuses, in the order `status` prints
+  // them; each route names its own.
+  std::vector<NamedCount> drops;
+  // Counters only this kind keeps, printed as a section of their own
+  // ("stream", "subscribers"); empty name: none.
+  std::string detail_name;
+  std::vector<NamedCount> detail;
+  std::vector<TargetReport> targets;  // routes with several targets only
+  std::vector<SubscriberReport> subscribers;
+};
+
+}  // namespace sockrelay

@@ -1,0 +1,28 @@
+// The one shape of every running route (datagram, stream, bridge,
+// subscribers): the daemon holds a list of these and never asks which kind
+// it holds.
+#pragma once
+
+#include "common/result.h"
+#include "report/route_report.h"
+
+namespace sockrelay {
+
+class LiveRoute {
+ public:
+  virtual ~LiveRoute() = default;
+
+  // Listener watched, BPF state written: the route serves from here on.
+  virtual Status start() = 0;
+  // The relay's periodic tick: idle expiry, target retries, health checks.
+  virtual void tick() = 0;
+  // Map entries removed, what was taken in delivered (bounded by
+  // kStopDrain), every session socket closed. Called once, before the
+  // route is destroyed (shutdown, or a reload that removed it).
+  virtual void stop() = 0;
+  // Everything `status` shows about this route, its own counters under
+  // their own names.
+  virtual RouteReport report() const = 0;
+};
+
+}  // namespace sockrelay
