@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "common/result.h"
+#include "relay_shared.h"
 
 namespace sockrelay {
 
@@ -20,8 +21,8 @@ struct FlowEntry {
   uint32_t balance = 0;
   uint32_t n_targets = 0;
   uint32_t client_hash = 0;  // for RELAY_BALANCE_HASH: a stable hash of the client's address
-  std::array<uint64_t, 8> targets{};
-  std::array<uint8_t, 8> target_index{};
+  std::array<uint64_t, RELAY_MAX_TARGETS> targets{};
+  std::array<uint8_t, RELAY_MAX_TARGETS> target_index{};
 };
 
 class MapWriter {
@@ -48,7 +49,9 @@ class MapWriter {
 
   virtual Status set_flow(uint64_t key, const FlowEntry& entry) = 0;
   virtual void remove_flow(uint64_t key) = 0;
-  // bpf_ktime_get_ns() (CLOCK_MONOTONIC) of the flow's last skb, 0 if none.
+  // When the flow's last skb passed the verdict program, 0 if none:
+  // bpf_ktime_get_coarse_ns(), CLOCK_MONOTONIC at tick resolution, so it
+  // compares with monotonic_ns() (common/clock.h) to within a tick.
   virtual uint64_t flow_last_ns(uint64_t key) = 0;
   // Payload bytes the verdict program redirected for this flow so far.
   // Not pure: fakes that never redirect need not implement it.

@@ -27,7 +27,10 @@
 #include "common/fd.h"
 #include "config/model.h"
 #include "loop/event_loop.h"
+#include "report/route_report.h"
 #include "sessions/session_budget.h"
+#include "sessions/target_health.h"
+#include "sessions/unix_listener_steering.h"
 
 namespace sockrelay {
 
@@ -47,17 +50,6 @@ struct DatagramCounters {
   uint64_t refused_policy = 0;         // datagrams dropped: client not in allow-sources/uids/gids
 };
 
-// One target of a route, as status shows it.
-struct TargetReport {
-  std::string name;
-  bool up = true;
-  uint64_t failures = 0;      // times it failed (refused, socket error, connect failed)
-  uint64_t user_packets = 0;  // datagrams user space sent to it
-  uint64_t user_bytes = 0;
-  int64_t retry_in_ms = 0;  // when down: until the next retry
-  uint64_t sessions = 0;    // stream routes: connections made to it
-};
-
 struct DatagramRouteSpec {
   uint32_t route_id = 0;
   const Endpoint* from = nullptr;
@@ -66,8 +58,8 @@ struct DatagramRouteSpec {
   std::vector<SourceNetwork> allow_sources;  // empty: every client
   // unix-dgram sources; empty: every sender. User-space path: each
   // datagram's SCM_CREDENTIALS. Kernel path: the sender socket's owner
-  // (sock_diag) when its flow is set up; no gid there, so start() refuses
-  // allow_gids on it.
+  // (the verdict program's tag, else sock_diag) when its flow is set up;
+  // no gid there, so start() refuses allow_gids on it.
   std::vector<uint32_t> allow_uids, allow_gids;
   bool kernel = true;  // kernel data path; false: user space carries it all
   std::chrono::milliseconds idle_timeout{120'000};
@@ -97,61 +89,91 @@ class DatagramRoute {
  private:
   struct Flow;
   struct Upstream;
-  // A target's health, route-wide: a failed target leaves the rotation of
-  // every flow until a retry finds it answering.
+  struct Stranger;
+  // A target of the route: its health, route-wide (a failed target leaves
+  // the rotation of every flow until a retry finds it answering), and what
+  // user space sent to it.
   struct TargetState {
-    bool down = false;
-    std::chrono::steady_clock::time_point retry_at{};
-    std::chrono::steady_clock::time_point last_failure{};
-    std::chrono::milliseconds backoff{kFirstBackoff};
-    uint64_t failures = 0;
+    TargetHealth health;
     uint64_t user_packets = 0;
     uint64_t user_bytes = 0;
   };
-  static constexpr std::chrono::milliseconds kFirstBackoff{500};
-  static constexpr std::chrono::milliseconds kMaxBackoff{30'000};
 
-  void expire_idle();
-  void retry_targets();
-  bool on_listener_readable();  // true once the listener's queue is empty
-  void on_client_socket_readable(Flow& flow, uint32_t events);
-  void on_upstream_readable(Flow& flow, size_t target, uint32_t events);
-  Status open_upstream(Flow& flow, size_t target);
-  Status wire_upstream(Flow& flow, size_t target);
-  void close_upstream(Flow& flow, size_t target);
-  Status write_forward_flow(Flow& flow);
-  void target_failed(size_t target, const std::string& why);
-  void rewrite_forward_flows();
+  bool unix_listener() const;
   bool broadcast() const { return spec_.balance == Balance::Broadcast; }
-  void on_new_client_readable();
+  bool unix_ids_policy() const { return !spec_.allow_uids.empty() || !spec_.allow_gids.empty(); }
+
+  // datagram_route.cpp: the listener, and finding each datagram's flow.
   Status steer_unix_listener();
+  bool on_listener_readable();  // true once the listener's queue is empty
   // `tagged_cookie`: the sender's cookie when the verdict program tagged it.
-  // `cred`: the datagram's SCM_CREDENTIALS, if the listener asked for them.
   // `tagged_uid`: the sender socket's owner, when the verdict program tagged it.
+  // `cred`: the datagram's SCM_CREDENTIALS, if the listener asked for them.
   void handle_client_datagram(const sockaddr_storage& peer, socklen_t peer_len, uint64_t tagged_cookie,
                               std::optional<uint32_t> tagged_uid, const ucred* cred, const char* data,
                               size_t len);
-  bool unix_ids_policy() const { return !spec_.allow_uids.empty() || !spec_.allow_gids.empty(); }
+  void handle_strangers(const std::vector<Stranger>& strangers);
+  // allow-uids/allow-gids of a unix listener, before a flow is looked up:
+  // true when the datagram is dropped (and counted).
+  bool sender_refused(const sockaddr_storage& peer, socklen_t peer_len, uint64_t tagged_cookie,
+                      const ucred* cred);
   // Empty when the sender may in, else why not (allow-uids/allow-gids).
   std::string credential_refusal(const ucred* cred) const;
   void count_refusal(const std::string& who, const std::string& why);
+  std::string flow_key(const sockaddr_storage& peer, socklen_t peer_len, uint64_t tagged_cookie) const;
+  Flow* find_flow(const std::string& key, uint64_t tagged_cookie);
+  // `failure` empty: an orderly close (idle, stop); else why it failed.
+  void destroy_flow(const std::string& key, const std::string& failure);
+  void expire_idle();
+  uint64_t last_activity_ns(const Flow& flow) const;
+
+  // datagram_flow_setup.cpp: a new client's flow, one named step each.
   Flow* create_flow(const std::string& key, const sockaddr_storage& peer, socklen_t peer_len,
-                    uint64_t unix_cookie, std::optional<uint32_t> owner_uid);
-  bool unix_listener() const;
+                    uint64_t tagged_cookie, std::optional<uint32_t> owner_uid);
+  std::unique_ptr<Flow> identify_client(const std::string& key, const sockaddr_storage& peer,
+                                        socklen_t peer_len, uint64_t tagged_cookie,
+                                        std::optional<uint32_t>& owner_uid) const;
+  bool owner_allowed(const Flow& flow, uint64_t tagged_cookie, std::optional<uint32_t> owner_uid);
+  bool source_allowed(const Flow& flow, const sockaddr_storage& peer);
+  bool take_session(const Flow& flow);
+  bool open_upstreams(Flow& flow);
+  Status open_upstream(Flow& flow, size_t target);
+  void open_reply_socket(Flow& flow);
+  std::string connect_reply_socket(Flow& flow, std::vector<Stranger>& strangers);
+  void try_kernel_path(Flow& flow);
   Status wire_kernel(Flow& flow);
+  Status wire_upstream(Flow& flow, size_t target);
+  void unwire_client(Flow& flow);
+  void unwire_upstream(Upstream& up);
+  Flow* add_flow(std::unique_ptr<Flow> flow, std::string& setup_error);
+  void start_flow(const std::string& key, const std::string& setup_error);
+  void settle(const std::string& key);
+  void settle_upstream(const std::string& key, size_t target);
+
+  // datagram_forwarding.cpp: datagrams user space moves, and the sockets
+  // it watches for them.
   void send_to_upstream(Flow& flow, const char* data, size_t len);
+  void send_or_queue(Flow& flow, size_t target, const char* data, size_t len);
   void send_to_client(Flow& flow, const char* data, size_t len);
   void flush_pending(Flow& flow, size_t target);
+  void count_sent(size_t target, size_t len);
+  void on_client_socket_readable(Flow& flow, uint32_t events);
+  void on_upstream_readable(Flow& flow, size_t target, uint32_t events);
   static uint32_t upstream_events(const Flow& flow, const Upstream& up);
   void watch_upstream(Flow& flow, size_t target);
   void poll_errors();
+
+  // datagram_targets.cpp: target health and the flow entries that follow it.
+  bool target_usable(const Flow& flow, size_t target) const;
   void upstream_failed(Flow& flow, size_t target, const std::string& why);
-  void settle(const std::string& key);
-  void settle_upstream(const std::string& key, size_t target);
-  void count_sent(size_t target, size_t len);
-  // `failure` empty: an orderly close (idle, stop); else why it failed.
-  void destroy_flow(const std::string& key, const std::string& failure);
-  uint64_t last_activity_ns(const Flow& flow) const;
+  void target_failed(size_t target, const std::string& why);
+  void retry_targets();
+  Status reopen_target(size_t target);
+  Status reopen_upstream(const std::string& key, size_t target);
+  void close_upstream(Flow& flow, size_t target);
+  Status write_forward_flow(Flow& flow);
+  void update_forward_flow(Flow& flow);
+  void rewrite_forward_flows();
 
   DatagramRouteSpec spec_;
   Fd listener_;
@@ -165,21 +187,8 @@ class DatagramRoute {
   // "addr:BYTES" on the user-space path.
   std::unordered_map<std::string, std::unique_ptr<Flow>> flows_;
   std::unordered_map<std::string, std::string> unix_address_alias_;  // "addr:..." -> "cookie:..." key
-  // Kernel path: senders refused by allow-uids, by cookie (never reused).
-  // The first kMaxRefusedInKernel get a flow entry marked RELAY_FLOW_REFUSED,
-  // so the verdict program drops (and counts) their next datagrams; the rest
-  // are dropped here without another sock_diag dump. Forgotten after
-  // idle-timeout without a datagram.
-  struct RefusedSender {
-    uint64_t last_ns = 0;  // user space's last sight of it
-    bool in_map = false;
-  };
-  std::unordered_map<uint64_t, RefusedSender> refused_senders_;
-  size_t refused_in_map_ = 0;
-  void forget_refused(uint64_t cookie);
-  bool in_map_ = false;               // a unix listener steered by its own verdict instance
-  Fd new_client_tx_, new_client_rx_;  // where that instance sends unknown senders
-  uint64_t new_client_tx_cookie_ = 0;
+  // A unix listener on the kernel path: steered by its own program instance.
+  std::unique_ptr<UnixListenerSteering> unix_steering_;
   DatagramCounters counters_;
   std::vector<TargetState> targets_;  // by index in spec_.to
   // User-space receive batches (uninitialised: pages are touched only as

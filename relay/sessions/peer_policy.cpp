@@ -23,13 +23,16 @@ PeerPolicy PeerPolicy::of(const Route& route) {
   return PeerPolicy{route.allow_sources, route.allow_cids, route.allow_uids, route.allow_gids};
 }
 
+bool PeerPolicy::source_allowed(const std::vector<SourceNetwork>& allow_sources,
+                                const sockaddr_storage& peer) {
+  if (allow_sources.empty() || (peer.ss_family != AF_INET && peer.ss_family != AF_INET6)) return true;
+  const auto* sa = reinterpret_cast<const sockaddr*>(&peer);
+  return std::any_of(allow_sources.begin(), allow_sources.end(),
+                     [&](const SourceNetwork& net) { return net.contains(sa); });
+}
+
 std::string PeerPolicy::refusal(int fd, const sockaddr_storage& peer) const {
-  if ((peer.ss_family == AF_INET || peer.ss_family == AF_INET6) && !allow_sources.empty()) {
-    const auto* sa = reinterpret_cast<const sockaddr*>(&peer);
-    if (std::none_of(allow_sources.begin(), allow_sources.end(),
-                     [&](const SourceNetwork& net) { return net.contains(sa); }))
-      return "not in allow-sources";
-  }
+  if (!source_allowed(allow_sources, peer)) return "not in allow-sources";
   if (peer.ss_family == AF_VSOCK) {
     uint32_t cid = reinterpret_cast<const sockaddr_vm*>(&peer)->svm_cid;
     if (!listed(allow_cids, cid)) return "CID " + std::to_string(cid) + " is not in allow-cids";

@@ -19,6 +19,10 @@ struct PeerPolicy {
   std::vector<uint32_t> allow_uids, allow_gids;  // unix peers (SO_PEERCRED of `fd`)
 
   static PeerPolicy of(const Route& route);
+  // Whether `peer` may in by allow-sources: an inet peer inside one of the
+  // networks, or any peer when the list is empty. The one place that
+  // decides it, for connections and datagram clients alike.
+  static bool source_allowed(const std::vector<SourceNetwork>& allow_sources, const sockaddr_storage& peer);
   // Empty when the peer may in, else why not. `fd` is the accepted
   // connection (-1 for a datagram client: no credentials to ask).
   std::string refusal(int fd, const sockaddr_storage& peer) const;

@@ -1,0 +1,84 @@
+// One client of a datagram route (a flow) and its sockets: private to the
+// datagram route's source files (datagram_route.cpp, datagram_flow_setup.cpp,
+// datagram_forwarding.cpp, datagram_targets.cpp).
+#pragma once
+
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <string>
+#include <vector>
+
+#include "config/address.h"
+#include "sessions/datagram_route.h"
+
+namespace sockrelay {
+
+// A UNIX client that never bound has no address: nothing can reply to it.
+inline bool has_reply_address(const sockaddr_storage& peer, socklen_t len) {
+  return peer.ss_family != AF_UNIX || len > offsetof(sockaddr_un, sun_path);
+}
+
+// Counts one more refusal or drop; true for the first and every 1000th
+// after it, the ones worth a log line (a flood must not flood the log).
+inline bool count_and_log_now(uint64_t& counter) { return counter++ % 1000 == 0; }
+
+inline std::string address_bytes(const sockaddr_storage& peer, socklen_t len) {
+  return std::string(reinterpret_cast<const char*>(&peer), len);
+}
+
+struct DatagramRoute::Upstream {
+  Fd fd;  // connected to the target; closed while the target is down
+  uint64_t cookie = 0;
+  bool is_source = false;   // replies steered by the verdict program
+  bool is_private = false;  // ...by its own instance (unix-dgram)
+  // Datagrams user space could not send yet (the target's queue was full:
+  // a UNIX receiver takes only net.unix.max_dgram_qlen). Sent on EPOLLOUT,
+  // in order; bounded, and what does not fit is dropped and counted.
+  std::deque<std::string> pending;
+  bool watched = false;  // in the event loop (see watch_upstream())
+};
+
+struct DatagramRoute::Flow {
+  std::string key;           // in flows_: see flow_key()
+  sockaddr_storage peer{};   // where replies go...
+  socklen_t peer_len = 0;    // ...0 when the client has no address
+  uint64_t unix_cookie = 0;  // an AF_UNIX client's own socket (what the verdict sees)
+  bool connected_to_listener = false;
+  uint32_t client_hash = 0;
+
+  std::vector<Upstream> upstreams;  // by target index
+  uint64_t next_target = 0;         // user space's round-robin position
+
+  Fd client_socket;  // connected to the client (the reply path); may stay closed
+  uint64_t client_socket_cookie = 0;
+  bool client_socket_is_udp = false;     // UDP flow socket: the client's datagrams arrive on it
+  bool client_socket_is_source = false;  // ...and the verdict program steers them
+
+  // What the verdict program sees for this client's datagrams: the UDP flow
+  // socket's cookie, or the UNIX client's own cookie. 0 = user space.
+  uint64_t client_key = 0;
+  bool kernel = false;
+  bool settled = false;  // see settle()
+  uint64_t last_user_ns = 0;
+
+  bool replyable() const { return peer_len > 0; }
+  std::string peer_text() const {
+    if (!replyable())
+      return unix_cookie ? "unnamed unix socket (cookie " + std::to_string(unix_cookie) + ")" : "unnamed";
+    return format_address(reinterpret_cast<const sockaddr*>(&peer), peer_len);
+  }
+};
+
+// A datagram another client's flow socket caught (see
+// connect_reply_socket()): handled as if the listener had received it.
+struct DatagramRoute::Stranger {
+  sockaddr_storage peer;
+  socklen_t peer_len;
+  std::string data;
+};
+
+}  // namespace sockrelay

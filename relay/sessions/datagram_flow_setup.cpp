@@ -1,0 +1,377 @@
+// A new client's flow, set up in named steps: who the client is, whether it
+// may in, its upstream sockets, its reply socket, its kernel wiring, and its
+// first reads.
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <cstring>
+
+#include "common/clock.h"
+#include "common/hash.h"
+#include "common/socket_cookie.h"
+#include "endpoints/endpoint.h"
+#include "endpoints/unix_diag.h"
+#include "relay_shared.h"
+#include "sessions/datagram_batch.h"
+#include "sessions/datagram_flow.h"
+#include "sessions/datagram_route.h"
+#include "sessions/peer_policy.h"
+
+namespace sockrelay {
+
+DatagramRoute::Flow* DatagramRoute::create_flow(const std::string& key, const sockaddr_storage& peer,
+                                                socklen_t peer_len, uint64_t tagged_cookie,
+                                                std::optional<uint32_t> owner_uid) {
+  std::unique_ptr<Flow> flow = identify_client(key, peer, peer_len, tagged_cookie, owner_uid);
+  if (!owner_allowed(*flow, tagged_cookie, owner_uid) || !source_allowed(*flow, peer) || !take_session(*flow))
+    return nullptr;
+  if (!open_upstreams(*flow)) return nullptr;  // counted, and the session given back
+  open_reply_socket(*flow);
+  std::vector<Stranger> strangers;
+  std::string setup_error = connect_reply_socket(*flow, strangers);
+  if (spec_.kernel && setup_error.empty()) try_kernel_path(*flow);
+  Flow* raw = add_flow(std::move(flow), setup_error);
+  start_flow(key, setup_error);
+  handle_strangers(strangers);
+  // Gone if its first reads failed it (counted there).
+  auto it = flows_.find(key);
+  return it != flows_.end() && it->second.get() == raw ? raw : nullptr;
+}
+
+// Who the client is: its address, if it has one to reply to, and for
+// AF_UNIX the other half of its identity from sock_diag (its address from
+// its cookie, or its cookie from its address) and its socket's owner, when
+// the verdict program's tag did not say.
+std::unique_ptr<DatagramRoute::Flow> DatagramRoute::identify_client(
+    const std::string& key, const sockaddr_storage& peer, socklen_t peer_len, uint64_t tagged_cookie,
+    std::optional<uint32_t>& owner_uid) const {
+  auto flow = std::make_unique<Flow>();
+  flow->key = key;
+  flow->unix_cookie = tagged_cookie;
+  if (has_reply_address(peer, peer_len)) {
+    flow->peer = peer;
+    flow->peer_len = peer_len;
+  }
+  if (unix_listener()) {
+    auto info = tagged_cookie
+                    ? find_unix_dgram_by_cookie(tagged_cookie)
+                    : find_unix_dgram_by_address(reinterpret_cast<const sockaddr*>(&peer), peer_len);
+    if (!info) {
+      spdlog::debug("route {}: {}", spec_.route_id, info.error().describe());
+    } else if (info->has_value()) {
+      const UnixSocketInfo& u = **info;
+      flow->unix_cookie = u.cookie;
+      if (!owner_uid) owner_uid = u.uid;  // the verdict program's tag, read at send time, wins
+      flow->connected_to_listener = u.peer_inode == listener_inode_;
+      if (u.address_length > offsetof(sockaddr_un, sun_path)) {
+        std::memcpy(&flow->peer, &u.address, u.address_length);
+        flow->peer_len = u.address_length;
+      }
+    }
+  }
+  flow->client_hash = stable_hash(flow->replyable() ? address_bytes(flow->peer, flow->peer_len) : key);
+  return flow;
+}
+
+// allow-uids on the kernel path: a datagram the verdict program tagged
+// carries no credentials of its sender (the redirect re-sent it from kernel
+// context), so the owner of the sender's socket decides, once per flow: from
+// the tag (bpf_get_socket_uid), else from sock_diag. (Untagged datagrams
+// were checked by their own credentials: sender_refused().)
+bool DatagramRoute::owner_allowed(const Flow& flow, uint64_t tagged_cookie,
+                                  std::optional<uint32_t> owner_uid) {
+  if (!tagged_cookie || !unix_ids_policy()) return true;
+  std::string why = owner_uid ? PeerPolicy::id_refusal(spec_.allow_uids, {}, *owner_uid, std::nullopt)
+                              : "socket owner unknown (gone before sock_diag saw it)";
+  if (why.empty()) return true;
+  unix_steering_->refuse(tagged_cookie, monotonic_ns());
+  count_refusal(flow.peer_text(), why);
+  return false;
+}
+
+// allow-sources: a client outside them never gets a flow, so none of its
+// datagrams reaches a target (the listener is not in the verdict program,
+// and a flow socket only ever receives from its one client).
+bool DatagramRoute::source_allowed(const Flow& flow, const sockaddr_storage& peer) {
+  if (PeerPolicy::source_allowed(spec_.allow_sources, peer)) return true;
+  count_refusal(flow.peer_text(), "not in allow-sources");
+  return false;
+}
+
+bool DatagramRoute::take_session(const Flow& flow) {
+  if (budget_.try_take()) return true;
+  if (count_and_log_now(counters_.refused_max_sessions))
+    spdlog::warn("route {}: max-sessions ({}) reached, dropping datagrams from new client {} (counted)",
+                 spec_.route_id, budget_.max(), flow.peer_text());
+  return false;
+}
+
+// One upstream socket per target that is up; a target that cannot be
+// reached now leaves the rotation until its retry. None opened: the flow
+// is not set up and its session goes back to the budget.
+bool DatagramRoute::open_upstreams(Flow& flow) {
+  flow.last_user_ns = monotonic_ns();
+  flow.upstreams.resize(spec_.to.size());
+  size_t opened = 0;
+  std::string why;
+  for (size_t t = 0; t < spec_.to.size(); ++t) {
+    if (!targets_[t].health.up()) continue;
+    if (auto st = open_upstream(flow, t); !st) {
+      why = st.error().describe();
+      target_failed(t, why);
+    } else {
+      ++opened;
+    }
+  }
+  if (opened > 0) return true;
+  budget_.give_back();
+  if (count_and_log_now(counters_.drop_setup_failed))
+    spdlog::warn("route {}: new client {}: no target reachable{}{} (datagram dropped, counted)",
+                 spec_.route_id, flow.peer_text(), why.empty() ? "" : ": ", why);
+  return false;
+}
+
+Status DatagramRoute::open_upstream(Flow& flow, size_t target) {
+  auto fd = open_datagram_upstream(*spec_.to[target]);
+  if (!fd) return fd.error();
+  Upstream& up = flow.upstreams[target];
+  up.fd = std::move(*fd);
+  up.cookie = socket_cookie(up.fd.get()).value();
+  Flow* raw = &flow;
+  auto on_readable = [this, raw, target](uint32_t events) { on_upstream_readable(*raw, target, events); };
+  if (auto st = loop_.add(up.fd.get(), EPOLLIN, on_readable); !st) {
+    up = Upstream{};  // unwatched, its replies would never be read
+    return st;
+  }
+  up.watched = true;
+  return {};
+}
+
+// The reply path: a socket connected to the client, which the kernel can
+// send through. Without one, user space replies from the listener.
+void DatagramRoute::open_reply_socket(Flow& flow) {
+  if (flow.replyable() && !unix_listener()) {
+    // Bound now, connected (connect_reply_socket()) before the verdict
+    // program steers it.
+    auto local = spec_.from->address;
+    auto s = bind_udp_flow_socket(local.sa(), local.length);
+    if (s) {
+      flow.client_socket = std::move(*s);
+      flow.client_socket_is_udp = true;
+    } else {
+      spdlog::debug("route {}: {}; replies to {} go through user space", spec_.route_id, s.error().describe(),
+                    flow.peer_text());
+    }
+  } else if (flow.replyable() && !flow.connected_to_listener) {
+    // A client that connect()ed to our listener accepts datagrams from the
+    // listener only, so a socket of ours connected to it could not reply.
+    auto s = open_unix_flow_socket(reinterpret_cast<const sockaddr*>(&flow.peer), flow.peer_len);
+    if (s) flow.client_socket = std::move(*s);
+  }
+  if (flow.client_socket) flow.client_socket_cookie = socket_cookie(flow.client_socket.get()).value();
+}
+
+// A UDP flow socket is connected to its client before the verdict program
+// steers it. Until connect() it is one more unconnected socket on the
+// listener's address, the newest, so it catches every client's datagrams
+// (measured): those are read back into `strangers`, to be handled as if the
+// listener had received them. Steered while still unconnected, the program
+// would send them up this client's flow (cc0d325 did). Returns why the
+// flow cannot go on, empty when it can.
+std::string DatagramRoute::connect_reply_socket(Flow& flow, std::vector<Stranger>& strangers) {
+  if (!flow.client_socket_is_udp) return "";
+  // Nothing to learn from its result: an unconnected UDP socket has no
+  // pending error to report (ICMP errors go to connected sockets only).
+  read_batch(flow.client_socket.get(), buffer_.get(),
+             [&](const sockaddr_storage& peer, socklen_t len, const char* d, size_t size) {
+               strangers.push_back({peer, len, std::string(d, size)});
+             });
+  if (connect(flow.client_socket.get(), reinterpret_cast<const sockaddr*>(&flow.peer), flow.peer_len) != 0)
+    return std::string("UDP flow socket: connect: ") + std::strerror(errno);
+  return "";
+}
+
+// The verdict program carries the flow from here on; or, when its map
+// entries cannot be written, user space does, and none of them stays
+// behind.
+void DatagramRoute::try_kernel_path(Flow& flow) {
+  Status st = wire_kernel(flow);
+  if (st) return;
+  unwire_client(flow);
+  for (Upstream& up : flow.upstreams)
+    if (up.fd) unwire_upstream(up);
+  spdlog::warn("route {}: client {}: kernel path not set up ({}); user space carries this flow",
+               spec_.route_id, flow.peer_text(), st.error().describe());
+}
+
+Status DatagramRoute::wire_kernel(Flow& flow) {
+  // Where the client's datagrams show up in the verdict program. A UDP
+  // flow socket of a broadcast route stays out of it: user space reads it
+  // and copies each datagram to every target.
+  flow.client_socket_is_source = flow.client_socket_is_udp && !broadcast();
+  if (flow.client_socket_is_source)
+    flow.client_key = flow.client_socket_cookie;
+  else if (!flow.client_socket_is_udp)
+    flow.client_key = flow.unix_cookie;  // 0 if unknown: user space forwards
+  for (size_t t = 0; t < flow.upstreams.size(); ++t)
+    if (flow.upstreams[t].fd)
+      if (auto st = wire_upstream(flow, t); !st) return st;
+  if (flow.client_socket)
+    if (auto st = maps_->add_target(flow.client_socket_cookie, flow.client_socket.get()); !st) return st;
+  // Order: flows and targets first, then sources (which starts the verdict
+  // program on the socket).
+  if (flow.client_key)
+    if (auto st = write_forward_flow(flow); !st) return st;
+  if (flow.client_socket_is_source)
+    if (auto st = maps_->add_source(flow.client_socket_cookie, flow.client_socket.get()); !st) return st;
+  flow.kernel = true;
+  return {};
+}
+
+Status DatagramRoute::wire_upstream(Flow& flow, size_t target) {
+  Upstream& up = flow.upstreams[target];
+  // Replies go through the kernel when we hold a socket connected to the
+  // client; otherwise the upstream socket stays out of the verdict program
+  // and user space reads its replies with their boundaries intact.
+  if (flow.client_socket)
+    if (auto st = maps_->set_flow(up.cookie,
+                                  FlowEntry{flow.client_socket_cookie, spec_.route_id, RELAY_FLOW_NO_BYTES});
+        !st)
+      return st;
+  if (auto st = maps_->add_target(up.cookie, up.fd.get()); !st) return st;
+  if (!flow.client_socket) return {};
+  if (spec_.to[target]->address.family() == AF_UNIX) {
+    // AF_UNIX shows the verdict program the sender: the one upstream
+    // server, shared by every flow. This socket needs its own instance.
+    MapWriter::PrivateProgram program;
+    program.fixed_source = up.cookie;
+    if (auto st = maps_->add_private_source(up.cookie, up.fd.get(), program); !st) return st;
+    up.is_private = true;
+  } else {
+    if (auto st = maps_->add_source(up.cookie, up.fd.get()); !st) return st;
+    up.is_source = true;
+  }
+  return {};
+}
+
+// What wire_kernel() wrote for the client's side (removing an entry that
+// is not there is harmless).
+void DatagramRoute::unwire_client(Flow& flow) {
+  if (flow.client_socket_is_source) maps_->remove_source(flow.client_socket_cookie);
+  if (flow.client_key) maps_->remove_flow(flow.client_key);
+  if (flow.client_socket) maps_->remove_target(flow.client_socket_cookie);
+  flow.client_socket_is_source = false;
+  flow.client_key = 0;
+}
+
+void DatagramRoute::unwire_upstream(Upstream& up) {
+  // Stop steering first, then forget the route, then the target.
+  if (up.is_private) maps_->remove_private_source(up.cookie);
+  if (up.is_source) maps_->remove_source(up.cookie);
+  maps_->remove_flow(up.cookie);
+  maps_->remove_target(up.cookie);
+  up.is_private = up.is_source = false;
+}
+
+// The flow joins the route: its UDP flow socket watched unless the verdict
+// program steers it, its address known as an alias of its cookie key.
+// `setup_error` says why the flow cannot go on, if its socket cannot be
+// watched (its client's datagrams would wait there unread).
+DatagramRoute::Flow* DatagramRoute::add_flow(std::unique_ptr<Flow> flow, std::string& setup_error) {
+  Flow* raw = flow.get();
+  if (raw->client_socket_is_udp) {
+    // A flow socket the verdict program steers is not watched: its errors
+    // are polled (poll_errors()). User space reads it only on the
+    // user-space path.
+    raw->settled = raw->kernel && raw->client_socket_is_source;
+    auto on_client = [this, raw](uint32_t ev) { on_client_socket_readable(*raw, ev); };
+    if (!raw->settled && setup_error.empty())
+      if (auto st = loop_.add(raw->client_socket.get(), EPOLLIN, on_client); !st)
+        setup_error = "UDP flow socket: " + st.error().describe();
+  }
+  if (unix_listener() && raw->replyable() && raw->unix_cookie) {
+    std::string alias = "addr:" + address_bytes(raw->peer, raw->peer_len);
+    if (alias != raw->key) unix_address_alias_[alias] = raw->key;
+  }
+  flows_[raw->key] = std::move(flow);
+  ++counters_.flows_created;
+  spdlog::debug("route {}: new flow from {} ({} path)", spec_.route_id, raw->peer_text(),
+                raw->kernel ? "kernel" : "user-space");
+  return raw;
+}
+
+// The flow's first reads: a kernel flow settles (settle()); on the
+// user-space path, what its sockets caught already is forwarded. A flow
+// that could not be set up goes at once (its datagram is counted dropped).
+void DatagramRoute::start_flow(const std::string& key, const std::string& setup_error) {
+  if (!setup_error.empty()) {
+    destroy_flow(key, setup_error);
+    ++counters_.drop_setup_failed;
+    return;
+  }
+  Flow* flow = flows_.at(key).get();
+  if (flow->kernel) {
+    settle(key);
+    return;
+  }
+  for (size_t t = 0; t < flow->upstreams.size() && flows_.count(key); ++t)
+    if (flow->upstreams[t].fd) on_upstream_readable(*flow, t, EPOLLIN);
+  if (flows_.count(key) && flow->client_socket_is_udp) on_client_socket_readable(*flow, EPOLLIN);
+}
+
+// A kernel flow, right after its sockets entered the map and before user
+// space sends its first datagram: one read of each steered upstream socket,
+// then errors only. Nothing but a stray datagram can be there yet (its
+// ephemeral port is new to the target; a late reply to an earlier socket on
+// the same port is the one case), and nothing can race the read, since the
+// target has not heard from this socket. Reading on would race the verdict
+// program's read_skb for the same queue and send datagrams out of order
+// (measured on the subscriber route: 4 of 63k); a flow used to be read for
+// its first 500 ms.
+void DatagramRoute::settle(const std::string& key) {
+  auto it = flows_.find(key);
+  if (it == flows_.end()) return;
+  Flow* flow = it->second.get();
+  flow->settled = true;
+  if (flow->client_socket_is_source) {
+    // What reached the UDP flow socket between connect() and its insertion
+    // would lag behind for the whole flow (the program takes one queued skb
+    // per arriving one) and its last datagrams would never leave: read to
+    // the end once. A client flooding right now can see its first few
+    // datagrams reordered against the program's; one that slipped in from
+    // another client before connect() goes where the listener would send it.
+    for (int round = 0; round < 64 && flows_.count(key); ++round) {
+      std::vector<Stranger> others;
+      int n = read_batch(flow->client_socket.get(), buffer_.get(),
+                         [&](const sockaddr_storage& peer, socklen_t len, const char* d, size_t size) {
+                           if (len == flow->peer_len && std::memcmp(&peer, &flow->peer, len) == 0)
+                             send_to_upstream(*flow, d, size);
+                           else
+                             others.push_back({peer, len, std::string(d, size)});
+                         });
+      handle_strangers(others);
+      if (n < kBatch) break;
+    }
+  }
+  for (size_t t = 0; t < flow->upstreams.size() && flows_.count(key); ++t)
+    if (flow->upstreams[t].fd) settle_upstream(key, t);
+}
+
+// One upstream socket of a kernel flow, once it is in the map and before
+// anything was sent through it: a stray datagram read, then errors only if
+// the verdict program steers it (and EPOLLOUT while user space has
+// datagrams waiting for it). A read may end the flow.
+void DatagramRoute::settle_upstream(const std::string& key, size_t target) {
+  auto it = flows_.find(key);
+  if (it == flows_.end() || !it->second->upstreams[target].fd) return;
+  on_upstream_readable(*it->second, target, EPOLLIN);
+  it = flows_.find(key);
+  if (it == flows_.end()) return;
+  Flow& flow = *it->second;
+  Upstream& up = flow.upstreams[target];
+  if (!up.fd || !(up.is_source || up.is_private)) return;
+  watch_upstream(flow, target);
+}
+
+}  // namespace sockrelay

@@ -1,0 +1,173 @@
+// The targets of a datagram route: which are in the rotation (one
+// TargetHealth each, the back-off rule every route shares), the forward
+// flow entries that list the live ones for the verdict program, and the
+// retry that brings a failed target back.
+#include <spdlog/spdlog.h>
+
+#include "common/clock.h"
+#include "endpoints/endpoint.h"
+#include "relay_shared.h"
+#include "sessions/datagram_flow.h"
+#include "sessions/datagram_route.h"
+
+namespace sockrelay {
+
+namespace {
+
+uint32_t balance_code(Balance balance) {
+  switch (balance) {
+    case Balance::RoundRobin:
+      return RELAY_BALANCE_ROUND_ROBIN;
+    case Balance::Hash:
+      return RELAY_BALANCE_HASH;
+    case Balance::Broadcast:
+      return RELAY_BALANCE_BROADCAST;
+    case Balance::Single:
+      break;
+  }
+  return RELAY_BALANCE_SINGLE;
+}
+
+}  // namespace
+
+bool DatagramRoute::target_usable(const Flow& flow, size_t target) const {
+  return flow.upstreams[target].fd.valid() && targets_[target].health.up();
+}
+
+void DatagramRoute::upstream_failed(Flow& flow, size_t target, const std::string& why) {
+  if (spec_.to.size() == 1) {
+    // One target: the flow cannot go on; the client's next datagram opens
+    // a new one.
+    destroy_flow(flow.key, why);
+    return;
+  }
+  // Several: this target leaves the rotation of every flow until a retry
+  // finds it answering; the flow carries on with the others.
+  close_upstream(flow, target);
+  if (flow.kernel && flow.client_key) update_forward_flow(flow);
+  target_failed(target, why);
+}
+
+void DatagramRoute::target_failed(size_t target, const std::string& why) {
+  TargetHealth& health = targets_[target].health;
+  if (!health.failed(monotonic_ns())) return;  // already out: counted
+  spdlog::warn("route {}: target {} failed ({}); out of the rotation, retry in {} ms", spec_.route_id,
+               spec_.to[target]->name, why, health.backoff_ms());
+  rewrite_forward_flows();
+}
+
+void DatagramRoute::retry_targets() {
+  uint64_t now = monotonic_ns();
+  for (size_t t = 0; t < targets_.size(); ++t) {
+    TargetHealth& health = targets_[t].health;
+    if (!health.retry_due(now)) continue;
+    // Back in the rotation while every flow gets its upstream socket for it
+    // back, so the flow entries written meanwhile list it. For UDP that is
+    // only a chance: a refusal on the next datagram takes it out again,
+    // with a longer back-off.
+    health.recovered();
+    Status st = reopen_target(t);
+    if (!health.up()) continue;  // a read while settling failed it again: target_failed() said so
+    if (!st) {
+      target_failed(t, st.error().describe());
+      continue;
+    }
+    spdlog::info("route {}: target {} is back in the rotation", spec_.route_id, spec_.to[t]->name);
+    rewrite_forward_flows();
+  }
+}
+
+// Every flow's upstream socket for `target`, back; with no flow, a socket
+// opened and closed again, to see whether the target can be reached.
+Status DatagramRoute::reopen_target(size_t target) {
+  std::vector<std::string> keys;  // by key: settling a socket may end its flow
+  for (auto& [key, flow] : flows_)
+    if (!flow->upstreams[target].fd) keys.push_back(key);
+  for (const auto& key : keys) {
+    if (!flows_.count(key)) continue;
+    if (auto st = reopen_upstream(key, target); !st) return st;
+    if (!targets_[target].health.up()) return {};
+  }
+  if (flows_.empty())
+    if (auto probe = open_datagram_upstream(*spec_.to[target]); !probe) return probe.error();
+  return {};
+}
+
+Status DatagramRoute::reopen_upstream(const std::string& key, size_t target) {
+  Flow& flow = *flows_.at(key);
+  Status st = open_upstream(flow, target);
+  if (st && flow.kernel) st = wire_upstream(flow, target);
+  if (st && flow.kernel) {
+    // Read before the program may send through it (see settle()).
+    settle_upstream(key, target);
+    auto it = flows_.find(key);
+    if (it == flows_.end() || !flow.upstreams[target].fd || !targets_[target].health.up()) return {};
+    if (flow.client_key) st = write_forward_flow(flow);
+  }
+  if (!st) close_upstream(flow, target);
+  return st;
+}
+
+void DatagramRoute::close_upstream(Flow& flow, size_t target) {
+  Upstream& up = flow.upstreams[target];
+  if (!up.fd) return;
+  if (flow.kernel) unwire_upstream(up);
+  counters_.drop_target_full += up.pending.size();  // never sent: the flow or target went away
+  if (up.watched) loop_.remove(up.fd.get());
+  up = Upstream{};
+}
+
+Status DatagramRoute::write_forward_flow(Flow& flow) {
+  FlowEntry entry;
+  entry.route_id = spec_.route_id;
+  entry.flags = RELAY_FLOW_NO_BYTES;
+  if (spec_.to.size() == 1 && !broadcast()) {
+    entry.target_cookie = flow.upstreams[0].cookie;
+  } else {
+    entry.balance = balance_code(spec_.balance == Balance::Single ? Balance::RoundRobin : spec_.balance);
+    entry.client_hash = flow.client_hash;
+    // Only the targets that are up: the program picks among these.
+    for (size_t t = 0; t < flow.upstreams.size(); ++t) {
+      if (!target_usable(flow, t)) continue;
+      entry.targets[entry.n_targets] = flow.upstreams[t].cookie;
+      entry.target_index[entry.n_targets] = static_cast<uint8_t>(t);
+      ++entry.n_targets;
+    }
+  }
+  return maps_->set_flow(flow.client_key, entry);
+}
+
+// A flow entry that cannot be rewritten keeps its old list of targets
+// until the next rewrite: what the program sends to a target whose socket
+// has left the map is dropped and counted (drop-no-target).
+void DatagramRoute::update_forward_flow(Flow& flow) {
+  if (auto st = write_forward_flow(flow); !st)
+    spdlog::warn("route {}: {}", spec_.route_id, st.error().describe());
+}
+
+// A target went down or came back: every kernel flow of the route gets its
+// list of live targets rewritten.
+void DatagramRoute::rewrite_forward_flows() {
+  if (!spec_.kernel) return;
+  for (auto& [key, flow] : flows_)
+    if (flow->kernel && flow->client_key) update_forward_flow(*flow);
+}
+
+std::vector<TargetReport> DatagramRoute::targets() const {
+  std::vector<TargetReport> out;
+  uint64_t now = monotonic_ns();
+  for (size_t t = 0; t < targets_.size(); ++t) {
+    const TargetState& ts = targets_[t];
+    TargetReport r;
+    r.name = spec_.to[t]->name;
+    r.up = ts.health.up();
+    r.failures = ts.health.failures();
+    r.user_packets = ts.user_packets;
+    r.user_bytes = ts.user_bytes;
+    r.retry_in_ms = ts.health.retry_in_ms(now);
+    out.push_back(r);
+  }
+  return out;
+}
+
+}  // namespace sockrelay
