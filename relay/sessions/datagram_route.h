@@ -27,7 +27,6 @@
 #include "common/fd.h"
 #include "config/model.h"
 #include "loop/event_loop.h"
-#include "report/route_report.h"
 #include "sessions/session_budget.h"
 #include "sessions/target_health.h"
 #include "sessions/unix_listener_steering.h"
@@ -48,6 +47,17 @@ struct DatagramCounters {
   uint64_t drop_all_targets_down = 0;  // datagrams dropped in user space: no target up
   uint64_t drop_target_full = 0;       // datagrams dropped: a target's queue stayed full
   uint64_t refused_policy = 0;         // datagrams dropped: client not in allow-sources/uids/gids
+};
+
+// One target of a route, as status shows it.
+struct TargetReport {
+  std::string name;
+  bool up = true;
+  uint64_t failures = 0;      // times it failed (refused, socket error, connect failed)
+  uint64_t user_packets = 0;  // datagrams user space sent to it
+  uint64_t user_bytes = 0;
+  int64_t retry_in_ms = 0;  // when down: until the next retry
+  uint64_t sessions = 0;    // stream routes: connections made to it
 };
 
 struct DatagramRouteSpec {
