@@ -1,6 +1,8 @@
 // DatagramRoute's bookkeeping against a fake map writer: which sockets go
-// in which map under which key, what is removed on teardown, idle expiry and
-// max-sessions. Real (unprivileged) sockets on loopback; no BPF.
+// in which map under which key, what is removed on teardown (also after a
+// failed set-up), idle expiry, max-sessions, allow-sources, target back-off,
+// and the unix listener's new-client channel with its refused senders.
+// Real (unprivileged) sockets on loopback; no BPF.
 #include "sessions/datagram_route.h"
 
 #include <arpa/inet.h>
@@ -15,23 +17,30 @@
 
 #include "common/socket_cookie.h"
 #include "relay_shared.h"
+#include "sessions/peer_policy.h"
 
 namespace sockrelay {
 namespace {
 
 class FakeMaps : public MapWriter {
  public:
-  Status add_target(uint64_t cookie, int) override {
+  Status add_target(uint64_t cookie, int fd) override {
     targets.insert(cookie);
+    target_fds[cookie] = fd;
     return {};
   }
-  void remove_target(uint64_t cookie) override { targets.erase(cookie); }
+  void remove_target(uint64_t cookie) override {
+    targets.erase(cookie);
+    target_fds.erase(cookie);
+  }
   Status add_source(uint64_t cookie, int) override {
+    if (fail_add_source) return plain_error("add_source refused by the test");
     sources.insert(cookie);
     return {};
   }
   void remove_source(uint64_t cookie) override { sources.erase(cookie); }
   Status add_private_source(uint64_t id, int, const PrivateProgram& program) override {
+    if (fail_add_private_source) return plain_error("add_private_source refused by the test");
     privates[id] = program;
     return {};
   }
@@ -45,7 +54,9 @@ class FakeMaps : public MapWriter {
 
   bool empty() const { return targets.empty() && sources.empty() && privates.empty() && flows.empty(); }
 
+  bool fail_add_source = false, fail_add_private_source = false;
   std::set<uint64_t> targets, sources;
+  std::map<uint64_t, int> target_fds;  // what the verdict program would redirect to
   std::map<uint64_t, PrivateProgram> privates;
   std::map<uint64_t, FlowEntry> flows;
 };
@@ -118,7 +129,8 @@ class DatagramRouteTest : public ::testing::Test {
   // Runs the loop until `done` or a second passes.
   template <typename Pred>
   bool pump(Pred done) {
-    for (int i = 0; i < 100 && !done(); ++i) (void)loop_->run_once(std::chrono::milliseconds(10));
+    for (int i = 0; i < 100 && !done(); ++i)
+      if (!loop_->run_once(std::chrono::milliseconds(10)).ok()) return false;
     return done();
   }
   static ssize_t recv_now(const Fd& fd, char* buf, size_t len) {
@@ -371,6 +383,195 @@ TEST_F(DatagramRouteTest, FailedTargetLeavesRotationAndIsRetried) {
     if (entry.balance == RELAY_BALANCE_ROUND_ROBIN) {
       EXPECT_EQ(entry.n_targets, 2u) << "target 0 is back";
     }
+}
+
+// A retried target that fails again waits twice as long (the one back-off
+// rule, TargetHealth): 500 ms, then 1 s.
+TEST_F(DatagramRouteTest, RetriedTargetThatFailsAgainBacksOffLonger) {
+  Bound listener = udp_endpoint("front", Role::Listen);
+  Bound dead = udp_endpoint("dead", Role::Connect), live = udp_endpoint("live", Role::Connect);
+  dead.fd.reset();
+  SessionBudget budget(8);
+  DatagramRoute route(spec(2, listener, {&dead, &live}, false, std::chrono::seconds(60), Balance::RoundRobin),
+                      std::move(listener.fd), nullptr, *loop_, budget);
+  ASSERT_TRUE(route.start().ok());
+  Bound client = udp_endpoint("client", Role::Connect);
+  const auto& to = listener.endpoint.address;
+  ASSERT_EQ(sendto(client.fd.get(), "1", 1, 0, to.sa(), to.length), 1);  // round-robin: target 0
+  ASSERT_TRUE(pump([&] { return !route.targets()[0].up; }));
+  EXPECT_GT(route.targets()[0].retry_in_ms, 0);
+  EXPECT_LE(route.targets()[0].retry_in_ms, 500);
+  usleep(600000);
+  route.tick();
+  ASSERT_TRUE(route.targets()[0].up);
+  ASSERT_EQ(sendto(client.fd.get(), "2", 1, 0, to.sa(), to.length), 1);  // target 1
+  ASSERT_EQ(sendto(client.fd.get(), "3", 1, 0, to.sa(), to.length), 1);  // target 0 again: refused
+  ASSERT_TRUE(pump([&] { return !route.targets()[0].up; }));
+  EXPECT_GT(route.targets()[0].retry_in_ms, 500);
+  EXPECT_LE(route.targets()[0].retry_in_ms, 1000);
+  EXPECT_EQ(route.targets()[0].failures, 2u);
+  EXPECT_EQ(route.targets()[1].user_packets, 1u) << "per-target user counters are kept";
+}
+
+// allow-sources is decided in one place (PeerPolicy::source_allowed): inet
+// peers inside a network, everyone when the list is empty.
+TEST(PeerPolicyTest, SourceAllowedDecidesForInetPeersOnly) {
+  SourceNetwork net;
+  net.family = AF_INET;
+  net.address[0] = 127;
+  net.address[3] = 2;
+  net.prefix = 32;
+  sockaddr_storage peer{};
+  auto* in = reinterpret_cast<sockaddr_in*>(&peer);
+  in->sin_family = AF_INET;
+  in->sin_addr.s_addr = htonl(0x7f000002);
+  EXPECT_TRUE(PeerPolicy::source_allowed({net}, peer));
+  in->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_FALSE(PeerPolicy::source_allowed({net}, peer));
+  EXPECT_TRUE(PeerPolicy::source_allowed({}, peer));
+  PeerPolicy policy;
+  policy.allow_sources = {net};
+  EXPECT_EQ(policy.refusal(-1, peer), "not in allow-sources");
+  sockaddr_storage unix_peer{};
+  unix_peer.ss_family = AF_UNIX;
+  EXPECT_TRUE(PeerPolicy::source_allowed({net}, unix_peer));
+}
+
+// A client outside allow-sources gets no flow, no map entry and no session.
+TEST_F(DatagramRouteTest, AllowSourcesRefusesOutsidersBeforeAnyFlow) {
+  Bound listener = udp_endpoint("front", Role::Listen);
+  Bound server = udp_endpoint("back", Role::Connect);
+  SessionBudget budget(8);
+  DatagramRouteSpec s = spec(0, listener, {&server}, true, std::chrono::seconds(60));
+  SourceNetwork other;
+  other.family = AF_INET;
+  other.address[0] = 127;
+  other.address[3] = 2;
+  other.prefix = 32;
+  s.allow_sources = {other};
+  DatagramRoute route(s, std::move(listener.fd), &maps_, *loop_, budget);
+  ASSERT_TRUE(route.start().ok());
+  Bound client = udp_endpoint("client", Role::Connect);  // 127.0.0.1
+  const auto& to = listener.endpoint.address;
+  ASSERT_EQ(sendto(client.fd.get(), "a", 1, 0, to.sa(), to.length), 1);
+  ASSERT_EQ(sendto(client.fd.get(), "b", 1, 0, to.sa(), to.length), 1);
+  ASSERT_TRUE(pump([&] { return route.counters().refused_policy == 2; }));
+  EXPECT_EQ(route.flow_count(), 0u);
+  EXPECT_TRUE(maps_.empty());
+  EXPECT_EQ(budget.used(), 0u);
+}
+
+// Map entries that cannot be written leave the flow to user space, with
+// nothing of its half-done wiring left in the maps.
+TEST_F(DatagramRouteTest, KernelWiringFailureLeavesTheFlowToUserSpace) {
+  Bound listener = udp_endpoint("front", Role::Listen);
+  Bound server = udp_endpoint("back", Role::Connect);
+  SessionBudget budget(8);
+  maps_.fail_add_source = true;
+  DatagramRoute route(spec(0, listener, {&server}, true, std::chrono::seconds(60)), std::move(listener.fd),
+                      &maps_, *loop_, budget);
+  ASSERT_TRUE(route.start().ok());
+  Bound client = udp_endpoint("client", Role::Connect);
+  const auto& to = listener.endpoint.address;
+  ASSERT_EQ(sendto(client.fd.get(), "ping", 4, 0, to.sa(), to.length), 4);
+  ASSERT_TRUE(pump([&] { return route.flow_count() == 1; }));
+  EXPECT_TRUE(maps_.empty()) << "a half-wired flow must not stay in the maps";
+  char buf[8];
+  sockaddr_storage from{};
+  socklen_t flen = sizeof(from);
+  ssize_t n = -1;
+  for (int t = 0; t < 100 && n < 0; ++t) {
+    n = recvfrom(server.fd.get(), buf, sizeof(buf), MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&from), &flen);
+    if (n < 0) usleep(10000);
+  }
+  ASSERT_EQ(n, 4);
+  ASSERT_EQ(sendto(server.fd.get(), "pong", 4, 0, reinterpret_cast<sockaddr*>(&from), flen), 4);
+  ASSERT_TRUE(pump([&] { return route.counters().user_packets == 2; }));
+  ASSERT_EQ(recv_now(client.fd, buf, sizeof(buf)), 4);
+  EXPECT_EQ(std::string(buf, 4), "pong");
+  ASSERT_EQ(sendto(client.fd.get(), "more", 4, 0, to.sa(), to.length), 4);
+  ASSERT_TRUE(pump([&] { return route.counters().user_packets == 3; })) << "user space reads the flow socket";
+}
+
+// A unix listener whose program instance cannot be attached: start() fails
+// and the new-client channel it opened leaves the maps again.
+TEST_F(DatagramRouteTest, UnixSteeringThatFailsLeavesNothingBehind) {
+  Bound listener = unix_endpoint(dir_ + "/front.sock", "front", Role::Listen);
+  Bound server = unix_endpoint(dir_ + "/back.sock", "back", Role::Connect);
+  SessionBudget budget(8);
+  maps_.fail_add_private_source = true;
+  DatagramRoute route(spec(0, listener, {&server}, true, std::chrono::seconds(60)), std::move(listener.fd),
+                      &maps_, *loop_, budget);
+  EXPECT_FALSE(route.start().ok());
+  EXPECT_TRUE(maps_.empty());
+}
+
+// The unix listener's new-client channel, fed as the verdict program would:
+// each datagram tagged with its sender's cookie and owner.
+class UnixNewSenderTest : public DatagramRouteTest {
+ protected:
+  // Starts a kernel route from a unix listener with `allow_uids`.
+  void start_route(std::vector<uint32_t> allow_uids, std::chrono::milliseconds idle) {
+    listener_ = unix_endpoint(dir_ + "/front.sock", "front", Role::Listen);
+    server_ = unix_endpoint(dir_ + "/back.sock", "back", Role::Connect);
+    client_ = unix_endpoint(dir_ + "/client.sock", "client", Role::Connect);
+    client_cookie_ = socket_cookie(client_.fd.get()).value();
+    uint64_t listener_cookie = socket_cookie(listener_.fd.get()).value();
+    DatagramRouteSpec s = spec(5, listener_, {&server_}, true, idle);
+    s.allow_uids = std::move(allow_uids);
+    route_ = std::make_unique<DatagramRoute>(s, std::move(listener_.fd), &maps_, *loop_, budget_);
+    ASSERT_TRUE(route_->start().ok());
+    ASSERT_EQ(maps_.privates.count(listener_cookie), 1u);
+    channel_ = maps_.target_fds.at(maps_.privates[listener_cookie].new_client_target);
+  }
+  // What the listener's program instance does with a new sender's datagram.
+  void send_tagged(uint32_t uid, const std::string& payload) {
+    relay_new_client_tag tag{};
+    tag.sender_cookie = client_cookie_;
+    tag.sender_uid = uid;
+    std::string d(reinterpret_cast<const char*>(&tag), sizeof(tag));
+    d += payload;
+    ASSERT_EQ(send(channel_, d.data(), d.size(), 0), static_cast<ssize_t>(d.size()));
+  }
+
+  Bound listener_, server_, client_;
+  uint64_t client_cookie_ = 0;
+  int channel_ = -1;
+  SessionBudget budget_{8};
+  std::unique_ptr<DatagramRoute> route_;
+};
+
+TEST_F(UnixNewSenderTest, AdmittedSenderGetsAFlowKeyedByItsCookie) {
+  start_route({getuid()}, std::chrono::seconds(60));
+  send_tagged(getuid(), "hello");
+  ASSERT_TRUE(pump([&] { return route_->flow_count() == 1; }));
+  char buf[8];
+  ASSERT_EQ(recv_now(server_.fd, buf, sizeof(buf)), 5);
+  EXPECT_EQ(std::string(buf, 5), "hello");
+  ASSERT_EQ(maps_.flows.count(client_cookie_), 1u);
+  EXPECT_EQ(maps_.flows[client_cookie_].flags & RELAY_FLOW_REFUSED, 0u);
+  route_->stop();
+  EXPECT_TRUE(maps_.empty());
+}
+
+// Refused by its owner's uid: remembered (a flow entry the verdict program
+// drops by), not looked up again, forgotten after idle-timeout.
+TEST_F(UnixNewSenderTest, RefusedSenderIsRememberedThenForgotten) {
+  start_route({getuid() + 1}, std::chrono::milliseconds(50));
+  send_tagged(getuid(), "no");
+  ASSERT_TRUE(pump([&] { return route_->counters().refused_policy == 1; }));
+  EXPECT_EQ(route_->flow_count(), 0u);
+  ASSERT_EQ(maps_.flows.count(client_cookie_), 1u);
+  EXPECT_EQ(maps_.flows[client_cookie_].flags, static_cast<uint32_t>(RELAY_FLOW_REFUSED));
+  EXPECT_EQ(maps_.flows[client_cookie_].route_id, 5u);
+  send_tagged(getuid(), "again");
+  ASSERT_TRUE(pump([&] { return route_->counters().refused_policy == 2; }));
+  EXPECT_EQ(budget_.used(), 0u);
+  usleep(100000);
+  route_->tick();
+  EXPECT_EQ(maps_.flows.count(client_cookie_), 0u) << "forgotten after idle-timeout";
+  route_->stop();
+  EXPECT_TRUE(maps_.empty());
 }
 
 }  // namespace
