@@ -101,7 +101,7 @@ Status DatagramRoute::reopen_upstream(const std::string& key, size_t target) {
     // Read before the program may send through it (see settle()).
     settle_upstream(key, target);
     auto it = flows_.find(key);
-    if (it == flows_.end() || !flow.upstreams[target].fd || !targets_[target].health.up()) return {};
+    if (it == flows_.end() || !it->second->upstreams[target].fd || !targets_[target].health.up()) return {};
     if (flow.client_key) st = write_forward_flow(flow);
   }
   if (!st) close_upstream(flow, target);
