@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "report/kernel_counts.h"
+
 namespace sockrelay {
 
 // A counter under the name `status` prints for it (kebab-case, stable:
@@ -17,13 +19,10 @@ struct NamedCount {
   uint64_t value = 0;
 };
 
-// Packets the verdict program carried for a route or one of its targets.
-struct KernelCounts {
-  uint64_t packets = 0;
-  uint64_t bytes = 0;
-  uint64_t drop_no_target = 0;
-  uint64_t drop_policy = 0;  // senders the policy refused, dropped in the kernel
-};
+// The drop every route reports under this name: senders its policy
+// refused, wherever they were dropped (user space, the verdict program, or
+// the listener's allow-sources socket filter, which the daemon owns).
+inline constexpr const char* kPolicyDrop = "policy";
 
 // One target of a route with several.
 struct TargetReport {
@@ -72,6 +71,9 @@ struct RouteReport {
   std::string detail_name;
   std::vector<NamedCount> detail;
   std::vector<TargetReport> targets;  // routes with several targets only
+  // Routes that take subscribers list them (even none: "list":[] tells a
+  // reader the route has a subscriber list, empty now).
+  bool has_subscribers = false;
   std::vector<SubscriberReport> subscribers;
 };
 
