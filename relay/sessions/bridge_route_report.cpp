@@ -7,11 +7,8 @@ namespace sockrelay {
 void BridgeRoute::tick() { expire_idle(); }
 
 RouteReport BridgeRoute::report() const {
-  RouteReport r;
-  r.id = spec_.route_id;
-  r.from = describe_endpoint(*spec_.from);
-  r.to = describe_endpoint(*spec_.to);
-  r.sessions = session_count();
+  RouteReport r =
+      begin_report(spec_.route_id, *spec_.from, describe_endpoint(*spec_.to), session_count(), nullptr);
   report_stream_counters(counters_, r);
   r.drops = {
       {"max-sessions", counters_.refused_max_sessions},

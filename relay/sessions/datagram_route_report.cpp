@@ -4,18 +4,14 @@
 namespace sockrelay {
 
 RouteReport DatagramRoute::report() const {
-  RouteReport r;
-  r.id = spec_.route_id;
-  r.from = describe_endpoint(*spec_.from);
-  r.to = describe_targets(spec_.to, spec_.balance);
-  r.sessions = flow_count();
+  RouteReport r = begin_report(spec_.route_id, *spec_.from, describe_targets(spec_.to, spec_.balance),
+                               flow_count(), maps_);
   const DatagramCounters& c = counters_;
   r.sessions_created = c.flows_created;
   r.sessions_expired = c.flows_expired;
   r.sessions_failed = c.flows_failed;
   r.user_packets = c.user_packets;
   r.user_bytes = c.user_bytes;
-  if (maps_) r.kernel = maps_->route_counters(spec_.route_id);
   r.drops = {
       {"no-target", r.kernel.drop_no_target},
       {"max-sessions", c.refused_max_sessions},

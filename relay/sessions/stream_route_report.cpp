@@ -28,13 +28,9 @@ void report_stream_counters(const StreamCounters& c, RouteReport& r) {
 void StreamRoute::tick() { expire_idle(); }
 
 RouteReport StreamRoute::report() const {
-  RouteReport r;
-  r.id = spec_.route_id;
-  r.from = describe_endpoint(*spec_.from);
-  r.to = describe_targets(spec_.to, spec_.balance);
-  r.sessions = session_count();
+  RouteReport r = begin_report(spec_.route_id, *spec_.from, describe_targets(spec_.to, spec_.balance),
+                               session_count(), maps_);
   report_stream_counters(counters_, r);
-  if (maps_) r.kernel = maps_->route_counters(spec_.route_id);
   r.drops = {
       {"no-target", r.kernel.drop_no_target},
       {"max-sessions", counters_.refused_max_sessions},

@@ -4,17 +4,15 @@
 namespace sockrelay {
 
 RouteReport SubscriberRoute::report() const {
-  RouteReport r;
-  r.id = spec_.route_id;
-  r.from = describe_endpoint(*spec_.from);
-  r.to = describe_endpoint(*spec_.to) + " subscribers, balance " + std::string(balance_name(spec_.balance)) +
-         ", mode " + std::string(mode_name(spec_.mode));
-  r.sessions = subscriber_count();
+  RouteReport r = begin_report(spec_.route_id, *spec_.from,
+                               describe_endpoint(*spec_.to) + " subscribers, balance " +
+                                   std::string(balance_name(spec_.balance)) + ", mode " +
+                                   std::string(mode_name(spec_.mode)),
+                               subscriber_count(), maps_);
   const SubscriberCounters& c = counters_;
   r.sessions_created = c.joined;
   r.user_packets = c.user_packets;
   r.user_bytes = c.user_bytes;
-  if (maps_) r.kernel = maps_->route_counters(spec_.route_id);
   r.drops = {
       {"no-target", r.kernel.drop_no_target},
       {"max-sessions", c.refused_max_sessions},
