@@ -54,9 +54,11 @@ struct RouteReport {
   uint32_t id = 0;
   std::string from;  // "dns-in (udp 127.0.0.1:5300)"
   std::string to;
-  std::string datapath;         // "kernel" or "userspace"
-  std::string datapath_reason;  // why this path
-  uint64_t sessions = 0;        // open now
+  // "kernel" or "userspace", and why: the decision the route was built
+  // from, which the daemon keeps and fills in (routes leave them empty).
+  std::string datapath;
+  std::string datapath_reason;
+  uint64_t sessions = 0;  // open now
   uint64_t sessions_created = 0;
   uint64_t sessions_expired = 0;
   uint64_t sessions_failed = 0;
