@@ -171,10 +171,8 @@ Result<RouteSlot> open_route_source(const std::shared_ptr<const Config>& config,
   bool from_systemd = false;
   auto listener = services.take_listener(from, &from_systemd);
   if (!listener) return listener.error();
-  const SourceBuild build{*config,  route,
-                          from,     route_kind(from, *config->find_endpoint(route.to[0])),
-                          route_id, slot.choice.kernel,
-                          services};
+  const RouteKind kind = route_kind(from, *config->find_endpoint(route.to[0]));
+  const SourceBuild build{*config, route, from, kind, route_id, slot.choice.kernel, services};
   auto filter = attach_source_filter(build, listener->get());
   if (!filter) return filter.error();
   slot.source_filter = std::move(*filter);
