@@ -143,9 +143,9 @@ uint64_t BpfRelay::flow_bytes(uint64_t key) {
   return value.bytes;
 }
 
-RouteCounters BpfRelay::route_counters(uint32_t route_id) const {
+KernelCounts BpfRelay::route_counters(uint32_t route_id) const {
   std::vector<struct relay_route_stats> per_cpu(ncpus_);
-  RouteCounters sum;
+  KernelCounts sum;
   if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.relay_route_stats), &route_id, per_cpu.data()) != 0)
     return sum;
   for (const auto& s : per_cpu) {
@@ -169,9 +169,9 @@ void BpfRelay::reset_target_counters(uint32_t route_id, uint32_t target_index) {
   bpf_map_update_elem(bpf_map__fd(skel_->maps.relay_target_stats), &slot, zero.data(), BPF_ANY);
 }
 
-RouteCounters BpfRelay::target_counters(uint32_t route_id, uint32_t target_index) const {
+KernelCounts BpfRelay::target_counters(uint32_t route_id, uint32_t target_index) const {
   std::vector<struct relay_target_stats> per_cpu(ncpus_);
-  RouteCounters sum;
+  KernelCounts sum;
   uint32_t slot = route_id * RELAY_MAX_TARGETS + target_index;
   if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.relay_target_stats), &slot, per_cpu.data()) != 0)
     return sum;

@@ -11,25 +11,14 @@
 #include "bpf_loader/map_writer.h"
 #include "common/result.h"
 #include "common/socket_cookie.h"
+#include "report/kernel_counts.h"
 
 struct relay;  // the generated skeleton
 
 namespace sockrelay {
 
-struct RouteCounters {
-  uint64_t packets = 0;
-  uint64_t bytes = 0;
-  uint64_t drop_no_target = 0;
-  uint64_t drop_policy = 0;  // senders the policy refused, dropped by the verdict program
-};
-
-struct GlobalCounters {
-  uint64_t unknown_source = 0;
-  uint64_t bad_route = 0;
-  uint64_t tag_failed = 0;
-  uint64_t new_client_lost = 0;
-  uint64_t all_targets_down = 0;
-};
+// The name integration tests and the probe know the route counters by.
+using RouteCounters = KernelCounts;
 
 struct SkeletonDeleter {
   void operator()(struct relay* skel) const;
@@ -54,12 +43,12 @@ class BpfRelay final : public MapWriter {
   uint64_t flow_last_ns(uint64_t key) override;
   uint64_t flow_bytes(uint64_t key) override;
 
-  RouteCounters route_counters(uint32_t route_id) const;
+  KernelCounts route_counters(uint32_t route_id) const override;
   // Zeroes a route id's counters (route and per-target) before it is reused.
   void reset_route_counters(uint32_t route_id);
   void reset_target_counters(uint32_t route_id, uint32_t target_index) override;
   // Packets and bytes sent to `to[target_index]` of a balanced route.
-  RouteCounters target_counters(uint32_t route_id, uint32_t target_index) const;
+  KernelCounts target_counters(uint32_t route_id, uint32_t target_index) const override;
   GlobalCounters global_counters() const;
 
  private:

@@ -9,6 +9,7 @@
 
 #include "common/result.h"
 #include "relay_shared.h"
+#include "report/kernel_counts.h"
 
 namespace sockrelay {
 
@@ -59,6 +60,11 @@ class MapWriter {
   // Zeroes the per-target counters of `to[target_index]` of a route, for a
   // slot a new subscriber takes over. Fakes need not implement it.
   virtual void reset_target_counters(uint32_t /*route_id*/, uint32_t /*target_index*/) {}
+
+  // What the verdict program counted for a route, and for `to[target_index]`
+  // of it (or a subscriber's slot), for `status`. Fakes count nothing.
+  virtual KernelCounts route_counters(uint32_t /*route_id*/) const { return {}; }
+  virtual KernelCounts target_counters(uint32_t /*route_id*/, uint32_t /*target_index*/) const { return {}; }
 };
 
 }  // namespace sockrelay

@@ -181,4 +181,15 @@ const Endpoint* Config::find_endpoint(std::string_view name) const {
   return nullptr;
 }
 
+std::string describe_endpoint(const Endpoint& endpoint) {
+  return endpoint.name + " (" + std::string(kind_name(endpoint.kind)) + " " + endpoint.address.text + ")";
+}
+
+std::string describe_targets(const std::vector<const Endpoint*>& targets, Balance balance) {
+  std::string text;
+  for (const Endpoint* target : targets) text += (text.empty() ? "" : ", ") + describe_endpoint(*target);
+  if (targets.size() > 1) text = "[" + text + "] balance " + std::string(balance_name(balance));
+  return text;
+}
+
 }  // namespace sockrelay

@@ -127,4 +127,9 @@ struct Config {
   const Endpoint* find_endpoint(std::string_view name) const;
 };
 
+// An endpoint as logs, errors and `status` name it: "dns-in (udp 127.0.0.1:5300)".
+std::string describe_endpoint(const Endpoint& endpoint);
+// A route's targets: the one target, or "[a (...), b (...)] balance round-robin".
+std::string describe_targets(const std::vector<const Endpoint*>& targets, Balance balance);
+
 }  // namespace sockrelay

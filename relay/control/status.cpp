@@ -1,10 +1,134 @@
 #include "control/status.h"
 
+#include <algorithm>
 #include <sstream>
 
 #include "common/json.h"
 
 namespace sockrelay {
+
+namespace {
+
+// "  datapath  ", "  stream    ", "  subscribers ": the text output's
+// column of section names.
+std::string label(const std::string& name) {
+  std::string padded = "  " + name;
+  padded.resize(std::max<size_t>(padded.size(), 11), ' ');
+  return padded + " ";
+}
+
+// "name 1, other 2"
+std::string counts_text(const std::vector<NamedCount>& counts) {
+  std::string text;
+  for (const auto& c : counts) text += (text.empty() ? "" : ", ") + c.name + " " + std::to_string(c.value);
+  return text;
+}
+
+void target_text(std::ostringstream& out, const TargetReport& t) {
+  out << label("target") << t.name << ": " << (t.up ? "up" : "DOWN") << ", kernel packets "
+      << t.kernel.packets << ", user packets " << t.user_packets << ", failures " << t.failures;
+  if (t.has_sessions) out << ", sessions " << t.sessions;
+  if (!t.up) out << ", retry in " << t.retry_in_ms << " ms";
+  out << "\n";
+}
+
+void subscriber_text(std::ostringstream& out, const SubscriberReport& sub) {
+  out << "  " << sub.name << ": "
+      << (!sub.receiving ? "waiting for its socket"
+          : sub.stalled  ? "STALLED (out of the rotation)"
+                         : "receiving")
+      << ", kernel packets " << sub.kernel.packets << ", user packets " << sub.user_packets << ", dropped "
+      << sub.dropped << ", stalls " << sub.stalls << "\n";
+}
+
+void route_text(std::ostringstream& out, const RouteReport& r) {
+  out << "route " << r.id << ": " << r.from << " -> " << r.to << "\n"
+      << label("datapath") << r.datapath << " (" << r.datapath_reason << ")\n"
+      << label("sessions") << r.sessions << " open, " << r.sessions_created << " created, "
+      << r.sessions_expired << " expired, " << r.sessions_failed << " failed\n"
+      << label("kernel") << "packets " << r.kernel.packets << ", bytes " << r.kernel.bytes << "\n"
+      << label("user") << "packets " << r.user_packets << ", bytes " << r.user_bytes << "\n"
+      << label("drops") << counts_text(r.drops) << "\n";
+  for (const auto& t : r.targets) target_text(out, t);
+  if (!r.detail_name.empty()) out << label(r.detail_name) << counts_text(r.detail) << "\n";
+  for (const auto& sub : r.subscribers) subscriber_text(out, sub);
+}
+
+void counts_json(JsonWriter& j, const std::vector<NamedCount>& counts) {
+  for (const auto& c : counts) j.field(c.name, c.value);
+}
+
+void targets_json(JsonWriter& j, const std::vector<TargetReport>& targets) {
+  j.key("targets").begin_array();
+  for (const auto& t : targets) {
+    j.begin_object()
+        .field("name", t.name)
+        .field("up", t.up)
+        .field("failures", t.failures)
+        .field("retry-in-ms", t.retry_in_ms)
+        .field("kernel-packets", t.kernel.packets)
+        .field("kernel-bytes", t.kernel.bytes)
+        .field("user-packets", t.user_packets)
+        .field("user-bytes", t.user_bytes)
+        .field("sessions", t.sessions)
+        .end_object();
+  }
+  j.end_array();
+}
+
+void subscribers_json(JsonWriter& j, const std::vector<SubscriberReport>& subscribers) {
+  j.key("list").begin_array();
+  for (const auto& sub : subscribers) {
+    j.begin_object()
+        .field("name", sub.name)
+        .field("receiving", sub.receiving)
+        .field("stalled", sub.stalled)
+        .field("kernel-packets", sub.kernel.packets)
+        .field("kernel-bytes", sub.kernel.bytes)
+        .field("user-packets", sub.user_packets)
+        .field("user-bytes", sub.user_bytes)
+        .field("dropped", sub.dropped)
+        .field("stalls", sub.stalls)
+        .end_object();
+  }
+  j.end_array();
+}
+
+void route_json(JsonWriter& j, const RouteReport& r) {
+  j.begin_object()
+      .field("id", r.id)
+      .field("from", r.from)
+      .field("to", r.to)
+      .field("datapath", r.datapath)
+      .field("datapath-reason", r.datapath_reason)
+      .field("sessions", r.sessions)
+      .field("sessions-created", r.sessions_created)
+      .field("sessions-expired", r.sessions_expired)
+      .field("sessions-failed", r.sessions_failed);
+  // Scripts read "kernel":{"packets":N,"bytes":N and "user":{"packets":N
+  // (tests/bench): keep these first, in this order.
+  j.key("kernel").begin_object();
+  j.field("packets", r.kernel.packets)
+      .field("bytes", r.kernel.bytes)
+      .field("policy-drops", r.kernel.drop_policy);
+  j.end_object();
+  j.key("user").begin_object();
+  j.field("packets", r.user_packets).field("bytes", r.user_bytes);
+  j.end_object();
+  j.key("drops").begin_object();
+  counts_json(j, r.drops);
+  j.end_object();
+  if (!r.targets.empty()) targets_json(j, r.targets);
+  if (!r.detail_name.empty()) {
+    j.key(r.detail_name).begin_object();
+    counts_json(j, r.detail);
+    if (r.has_subscribers) subscribers_json(j, r.subscribers);
+    j.end_object();
+  }
+  j.end_object();
+}
+
+}  // namespace
 
 std::string format_status_text(const StatusSnapshot& s) {
   std::ostringstream out;
@@ -13,51 +137,7 @@ std::string format_status_text(const StatusSnapshot& s) {
       << (s.bpf_loaded ? "" : ", BPF not loaded (user-space data path only)") << "\n"
       << "process   capabilities " << s.capabilities << ", reloads " << s.reloads << " (" << s.reloads_refused
       << " refused)\n";
-  for (const auto& r : s.routes) {
-    out << "route " << r.id << ": " << r.from << " -> " << r.to << "\n"
-        << "  datapath  " << r.datapath << " (" << r.datapath_reason << ")\n"
-        << "  sessions  " << r.sessions << " open, " << r.user.flows_created << " created, "
-        << r.user.flows_expired << " expired, " << r.user.flows_failed << " failed\n"
-        << "  kernel    packets " << r.kernel.packets << ", bytes " << r.kernel.bytes << "\n"
-        << "  user      packets " << r.user.user_packets << ", bytes " << r.user.user_bytes << "\n"
-        << "  drops     no-target " << r.kernel.drop_no_target << ", max-sessions "
-        << r.user.refused_max_sessions << ", setup-failed " << r.user.drop_setup_failed << ", send-error "
-        << r.user.drop_send_error << ", no-reply-path " << r.user.drop_no_reply_path << ", all-targets-down "
-        << r.user.drop_all_targets_down << ", target-full " << r.user.drop_target_full << ", policy "
-        << r.user.refused_policy << "\n";
-    for (const auto& t : r.targets) {
-      out << "  target    " << t.report.name << ": " << (t.report.up ? "up" : "DOWN") << ", kernel packets "
-          << t.kernel.packets << ", user packets " << t.report.user_packets << ", failures "
-          << t.report.failures;
-      if (r.is_stream) out << ", sessions " << t.report.sessions;
-      if (!t.report.up) out << ", retry in " << t.report.retry_in_ms << " ms";
-      out << "\n";
-    }
-    if (r.is_subscribers) {
-      const SubscriberCounters& c = r.subscribers;
-      out << "  subscribers joined " << c.joined << ", left " << c.left << ", refused "
-          << c.refused_max_sessions << " (max-sessions) " << c.refused_full << " (full) " << c.refused_socket
-          << " (socket)"
-          << ", no-subscriber drops " << c.drop_no_subscriber << ", queue-full drops "
-          << c.drop_subscriber_full << ", stalls " << c.stalls << "\n";
-      for (const auto& sub : r.subscriber_list) {
-        const SubscriberReport& rep = sub.report;
-        out << "  " << rep.name << ": "
-            << (!rep.receiving ? "waiting for its socket"
-                : rep.stalled  ? "STALLED (out of the rotation)"
-                               : "receiving")
-            << ", kernel packets " << sub.kernel.packets << ", user packets " << rep.user_packets
-            << ", dropped " << rep.dropped << ", stalls " << rep.stalls << "\n";
-      }
-    }
-    if (r.is_stream)
-      out << "  stream    closed " << r.stream.sessions_closed << ", half-closes " << r.stream.half_closes
-          << ", user fallbacks " << r.stream.user_fallbacks << ", connect-failed " << r.stream.connect_failed
-          << ", refused " << r.stream.refused_max_sessions << " (max-sessions) " << r.stream.refused_policy
-          << " (policy)"
-          << ", user bytes " << r.stream.user_bytes << ", user messages " << r.stream.user_messages
-          << ", dropped messages " << r.stream.dropped_messages << "\n";
-  }
+  for (const auto& r : s.routes) route_text(out, r);
   out << "global    unknown-source " << s.global.unknown_source << ", bad-route " << s.global.bad_route
       << ", new-client-tag-failed " << s.global.tag_failed << ", new-client-lost " << s.global.new_client_lost
       << ", all-targets-down " << s.global.all_targets_down << "\n";
@@ -84,97 +164,7 @@ std::string format_status_json(const StatusSnapshot& s) {
       .field("all-targets-down", s.global.all_targets_down);
   j.end_object();
   j.key("routes").begin_array();
-  for (const auto& r : s.routes) {
-    j.begin_object()
-        .field("id", r.id)
-        .field("from", r.from)
-        .field("to", r.to)
-        .field("datapath", r.datapath)
-        .field("datapath-reason", r.datapath_reason)
-        .field("sessions", static_cast<uint64_t>(r.sessions))
-        .field("sessions-created", r.user.flows_created)
-        .field("sessions-expired", r.user.flows_expired)
-        .field("sessions-failed", r.user.flows_failed);
-    j.key("kernel").begin_object();
-    j.field("packets", r.kernel.packets)
-        .field("bytes", r.kernel.bytes)
-        .field("policy-drops", r.kernel.drop_policy);
-    j.end_object();
-    j.key("user").begin_object();
-    j.field("packets", r.user.user_packets).field("bytes", r.user.user_bytes);
-    j.end_object();
-    j.key("drops").begin_object();
-    j.field("no-target", r.kernel.drop_no_target)
-        .field("max-sessions", r.user.refused_max_sessions)
-        .field("setup-failed", r.user.drop_setup_failed)
-        .field("send-error", r.user.drop_send_error)
-        .field("no-reply-path", r.user.drop_no_reply_path)
-        .field("all-targets-down", r.user.drop_all_targets_down)
-        .field("target-full", r.user.drop_target_full)
-        .field("policy", r.user.refused_policy);
-    j.end_object();
-    if (!r.targets.empty()) {
-      j.key("targets").begin_array();
-      for (const auto& t : r.targets) {
-        j.begin_object()
-            .field("name", t.report.name)
-            .field("up", t.report.up)
-            .field("failures", t.report.failures)
-            .field("retry-in-ms", t.report.retry_in_ms)
-            .field("kernel-packets", t.kernel.packets)
-            .field("kernel-bytes", t.kernel.bytes)
-            .field("user-packets", t.report.user_packets)
-            .field("user-bytes", t.report.user_bytes)
-            .field("sessions", t.report.sessions)
-            .end_object();
-      }
-      j.end_array();
-    }
-    if (r.is_subscribers) {
-      const SubscriberCounters& c = r.subscribers;
-      j.key("subscribers").begin_object();
-      j.field("joined", c.joined)
-          .field("left", c.left)
-          .field("refused-max-sessions", c.refused_max_sessions)
-          .field("refused-full", c.refused_full)
-          .field("refused-socket", c.refused_socket)
-          .field("drop-no-subscriber", c.drop_no_subscriber)
-          .field("drop-queue-full", c.drop_subscriber_full)
-          .field("stalls", c.stalls);
-      j.key("list").begin_array();
-      for (const auto& sub : r.subscriber_list) {
-        j.begin_object()
-            .field("name", sub.report.name)
-            .field("receiving", sub.report.receiving)
-            .field("stalled", sub.report.stalled)
-            .field("kernel-packets", sub.kernel.packets)
-            .field("kernel-bytes", sub.kernel.bytes)
-            .field("user-packets", sub.report.user_packets)
-            .field("user-bytes", sub.report.user_bytes)
-            .field("dropped", sub.report.dropped)
-            .field("stalls", sub.report.stalls)
-            .end_object();
-      }
-      j.end_array();
-      j.end_object();
-    }
-    if (r.is_stream) {
-      j.key("stream").begin_object();
-      j.field("sessions-closed", r.stream.sessions_closed)
-          .field("sessions-failed", r.stream.sessions_failed)
-          .field("sessions-expired", r.stream.sessions_expired)
-          .field("half-closes", r.stream.half_closes)
-          .field("user-fallbacks", r.stream.user_fallbacks)
-          .field("connect-failed", r.stream.connect_failed)
-          .field("refused-max-sessions", r.stream.refused_max_sessions)
-          .field("refused-policy", r.stream.refused_policy)
-          .field("user-bytes", r.stream.user_bytes)
-          .field("user-messages", r.stream.user_messages)
-          .field("dropped-messages", r.stream.dropped_messages);
-      j.end_object();
-    }
-    j.end_object();
-  }
+  for (const auto& r : s.routes) route_json(j, r);
   j.end_array();
   j.end_object();
   return j.str() + "\n";

@@ -13,7 +13,6 @@
 #include "daemon/privileges.h"
 #include "endpoints/activation.h"
 #include "endpoints/endpoint.h"
-#include "matrix/datapath_choice.h"
 #include "matrix/matrix.h"
 #include "relay_shared.h"
 
@@ -24,25 +23,6 @@
 namespace sockrelay {
 
 namespace {
-
-std::string describe_endpoint(const Endpoint& e) {
-  return e.name + " (" + std::string(kind_name(e.kind)) + " " + e.address.text + ")";
-}
-
-// What makes a route the same route across a reload: every field that
-// shapes its sockets and its data path, endpoints included.
-std::string route_identity(const Config& config, const Route& route) {
-  std::string id = std::string(mode_name(route.mode)) + "|" + std::string(datapath_name(route.datapath)) +
-                   "|" + std::string(balance_name(route.balance));
-  auto add = [&](const char* side, const std::string& name) {
-    const Endpoint* e = config.find_endpoint(name);
-    id += std::string("|") + side + ":" + e->name + "/" + std::string(kind_name(e->kind)) + "/" +
-          std::string(role_name(e->role)) + "/" + e->address.text;
-  };
-  for (const auto& n : route.from) add("from", n);
-  for (const auto& n : route.to) add("to", n);
-  return id;
-}
 
 bool binds_privileged_port(const Config& config) {
   for (const auto& e : config.endpoints) {
@@ -55,6 +35,14 @@ bool binds_privileged_port(const Config& config) {
     if (port != 0 && port < 1024) return true;
   }
   return false;
+}
+
+// The listener's allow-sources filter is the daemon's, not the route's:
+// what it dropped joins the route's kernel and policy counts.
+void add_filter_drops(RouteReport& report, uint64_t drops) {
+  report.kernel.drop_policy += drops;
+  for (auto& drop : report.drops)
+    if (drop.name == kPolicyDrop) drop.value += drops;
 }
 
 bool setup_level_ok(const std::string& level) {
@@ -193,11 +181,11 @@ Result<std::unique_ptr<Relay>> Relay::start(Config config) {
   std::unique_ptr<Relay> relay(new Relay(shared, std::move(*loop)));
   if (auto st = relay->watch_signals(); !st) return st.error();
   relay->activated_ = ActivatedSockets::take_from_systemd();
-  if (auto st = relay->load_bpf_if_needed(*shared); !st) return st.error();
+  relay->load_bpf_if_needed(*shared);
   for (size_t i = 0; i < shared->routes.size(); ++i) {
     auto opened = relay->open_route(shared, i, static_cast<uint32_t>(i));
     if (!opened) return opened.error();
-    for (auto& source : *opened) relay->sources_.push_back(std::move(source));
+    for (auto& slot : *opened) relay->slots_.push_back(std::move(slot));
   }
   for (const auto& name : relay->activated_.unclaimed())
     spdlog::warn("systemd passed a socket named \"{}\" that no endpoint uses; kept for a reload", name);
@@ -251,8 +239,11 @@ Status Relay::open_control(const std::string& path) {
   });
 }
 
-Status Relay::load_bpf_if_needed(const Config& config) {
-  if (bpf_ || !wants_kernel(config)) return {};
+// A failed load is no failure of the relay: it is logged once, and each
+// route's data path choice then says what it means for that route (user
+// space instead, or refused with this reason).
+void Relay::load_bpf_if_needed(const Config& config) {
+  if (bpf_ || !wants_kernel(config)) return;
   auto bpf = BpfRelay::load();
   if (bpf) {
     bpf_ = std::move(*bpf);
@@ -261,7 +252,6 @@ Status Relay::load_bpf_if_needed(const Config& config) {
     spdlog::warn("BPF data path unavailable: {}", bpf.error().describe());
     bpf_unavailable_ = bpf.error().describe();
   }
-  return {};
 }
 
 Result<Fd> Relay::take_or_open_listener(const Endpoint& endpoint, bool* from_systemd) {
@@ -272,108 +262,21 @@ Result<Fd> Relay::take_or_open_listener(const Endpoint& endpoint, bool* from_sys
   return fd;
 }
 
-Result<std::vector<Relay::RouteSource>> Relay::open_route(const std::shared_ptr<const Config>& config,
-                                                          size_t index, uint32_t id) {
+Result<std::vector<RouteSlot>> Relay::open_route(const std::shared_ptr<const Config>& config, size_t index,
+                                                 uint32_t route_id) {
   const Route& route = config->routes[index];
-  const Endpoint* to = config->find_endpoint(route.to[0]);
-  std::vector<RouteSource> sources;
+  const std::string unavailable = bpf_ ? std::string() : bpf_unavailable_;
+  const RouteServices services{bpf_.get(), unavailable, loop_, budget_,
+                               [this](const Endpoint& endpoint, bool* from_systemd) {
+                                 return take_or_open_listener(endpoint, from_systemd);
+                               }};
+  std::vector<RouteSlot> slots;
   for (const auto& from_name : route.from) {
-    const Endpoint* from = config->find_endpoint(from_name);
-    // The kernel path only if every pairing of the route allows it.
-    DatapathChoice choice;
-    const std::string unavailable = bpf_ ? std::string() : bpf_unavailable_;
-    if (to->role == Role::Subscribe)
-      choice = choose_subscriber_datapath(
-          route.datapath, route.balance,
-          route.mode == Mode::Ingress ? nullptr : &matrix_cell(from->kind, to->kind, route.mode),
-          unavailable);
-    for (const auto& to_name : route.to) {
-      if (to->role == Role::Subscribe) break;
-      const Endpoint* target = config->find_endpoint(to_name);
-      const MatrixCell& cell = matrix_cell(from->kind, target->kind, route.mode);
-      choice = choose_datapath(route.datapath, cell, unavailable);
-      if (!choice.kernel) break;
-    }
-    if (choice.refused) return plain_error("route " + std::to_string(id) + ": " + choice.reason);
-    bool from_systemd = false;
-    auto taken = take_or_open_listener(*from, &from_systemd);
-    if (!taken) return taken.error();
-    Fd listener = std::move(*taken);
-    RouteSource source;
-    if (!route.allow_sources.empty() && from->kind == EndpointKind::Udp) {
-      // Outsiders dropped before they are queued. Datagram and bridge
-      // routes check again in user space, for when BPF is unavailable;
-      // subscriber routes rely on the filter.
-      if (bpf_) {
-        auto filter = SourceFilter::attach(listener.get(), route.allow_sources);
-        if (!filter) return filter.error().wrap("route " + std::to_string(id) + ": allow-sources");
-        source.source_filter = std::move(*filter);
-      } else if (to->role == Role::Subscribe) {
-        return plain_error("route " + std::to_string(id) +
-                           ": allow-sources on a route to subscribers needs the BPF socket filter, and BPF "
-                           "is unavailable: " +
-                           bpf_unavailable_);
-      }
-    }
-    source.config = config;
-    source.route_id = id;
-    source.identity = route_identity(*config, route);
-    source.datapath_reason = choice.reason;
-    if (to->role == Role::Subscribe) {
-      auto subscribe = take_or_open_listener(*to, nullptr);
-      if (!subscribe) return subscribe.error();
-      SubscriberRouteSpec spec;
-      spec.route_id = id;
-      spec.from = from;
-      spec.to = to;
-      spec.balance = route.balance;
-      spec.mode = route.mode;
-      spec.kernel = choice.kernel;
-      source.subscribers = std::make_unique<SubscriberRoute>(spec, std::move(listener), std::move(*subscribe),
-                                                             bpf_.get(), loop_, budget_);
-      if (auto st = source.subscribers->start(); !st) return st.error().wrap("route " + std::to_string(id));
-    } else if (kind_is_datagram(from->kind) != kind_is_datagram(to->kind)) {
-      BridgeRouteSpec spec;
-      spec.route_id = id;
-      spec.from = from;
-      spec.to = to;
-      spec.policy = PeerPolicy::of(route);
-      spec.idle_timeout = config->relay.idle_timeout;
-      source.bridge = std::make_unique<BridgeRoute>(spec, std::move(listener), loop_, budget_);
-      if (auto st = source.bridge->start(); !st) return st.error().wrap("route " + std::to_string(id));
-    } else if (kind_is_datagram(from->kind)) {
-      DatagramRouteSpec spec;
-      spec.route_id = id;
-      spec.from = from;
-      for (const auto& to_name : route.to) spec.to.push_back(config->find_endpoint(to_name));
-      spec.balance = route.balance;
-      spec.allow_sources = route.allow_sources;
-      spec.allow_uids = route.allow_uids;
-      spec.allow_gids = route.allow_gids;
-      spec.kernel = choice.kernel;
-      spec.idle_timeout = config->relay.idle_timeout;
-      source.route = std::make_unique<DatagramRoute>(spec, std::move(listener), bpf_.get(), loop_, budget_);
-      if (auto st = source.route->start(); !st) return st.error().wrap("route " + std::to_string(id));
-    } else {
-      StreamRouteSpec spec;
-      spec.route_id = id;
-      spec.from = from;
-      for (const auto& to_name : route.to) spec.to.push_back(config->find_endpoint(to_name));
-      spec.balance = route.balance;
-      spec.kernel = choice.kernel;
-      spec.policy = PeerPolicy::of(route);
-      spec.idle_timeout = config->relay.idle_timeout;
-      source.stream = std::make_unique<StreamRoute>(spec, std::move(listener), bpf_.get(), loop_, budget_);
-      if (auto st = source.stream->start(); !st) return st.error().wrap("route " + std::to_string(id));
-    }
-    std::string targets;
-    for (const auto& to_name : route.to)
-      targets += (targets.empty() ? "" : ", ") + describe_endpoint(*config->find_endpoint(to_name));
-    spdlog::info("route {}: {} -> {}: {}{}", id, describe_endpoint(*from), targets, choice.reason,
-                 from_systemd ? " (socket from systemd)" : "");
-    sources.push_back(std::move(source));
+    auto slot = open_route_source(config, route, *config->find_endpoint(from_name), route_id, services);
+    if (!slot) return slot.error();
+    slots.push_back(std::move(*slot));
   }
-  return sources;
+  return slots;
 }
 
 // SIGHUP: check the new config first and refuse it whole if it would not
@@ -383,102 +286,111 @@ Result<std::vector<Relay::RouteSource>> Relay::open_route(const std::shared_ptr<
 // start. Sockets systemd passed stay with the relay for later reloads.
 void Relay::reload() {
   notifier_.reloading();
-  const std::string path = config_->path;
-  spdlog::info("SIGHUP: reloading {}", path);
-  auto refuse = [&](const std::string& why) {
+  spdlog::info("SIGHUP: reloading {}", config_->path);
+  auto next = read_reloaded_config();
+  if (!next) {
     ++reloads_refused_;
-    spdlog::error("reload refused, still running the previous config: {}", why);
+    spdlog::error("reload refused, still running the previous config: {}", next.error().describe());
     notifier_.ready(status_line());
-  };
+    return;
+  }
+  load_bpf_if_needed(**next);
+  size_t stopped = stop_routes_not_in(**next);
+  size_t kept = slots_.size();
+  Started started = start_new_routes(*next);
+  apply_relay_settings(*next);
+  ++reloads_;
+  spdlog::info("reloaded: {} route source(s) kept, {} stopped, {} route(s) started{}", kept, stopped,
+               started.routes,
+               started.failed ? ", " + std::to_string(started.failed) + " failed (above)" : "");
+  notifier_.ready(status_line());
+}
+
+// The config file again, parsed and checked as `run` would; an error
+// refuses the reload whole.
+Result<std::shared_ptr<const Config>> Relay::read_reloaded_config() {
+  const std::string& path = config_->path;
   ParseOutcome parsed = load_config(path);
   for (const auto& d : parsed.diagnostics)
     (d.severity == Severity::Error ? spdlog::error("{}", d.format()) : spdlog::warn("{}", d.format()));
-  if (parsed.has_errors()) return refuse(path + " has errors (above)");
+  if (parsed.has_errors()) return plain_error(path + " has errors (above)");
   for (const auto& route : parsed.config.routes)
-    if (auto st = check_runnable(parsed.config, route); !st) return refuse(st.error().describe());
-  if (!setup_level_ok(parsed.config.relay.log_level)) return refuse("bad log-level");
-  auto next = std::make_shared<const Config>(std::move(parsed.config));
-  (void)load_bpf_if_needed(*next);
+    if (auto st = check_runnable(parsed.config, route); !st) return st.error();
+  if (!setup_level_ok(parsed.config.relay.log_level)) return plain_error("bad log-level");
+  return std::make_shared<const Config>(std::move(parsed.config));
+}
 
-  // Which old sources survive.
+// Stops and closes the routes `next` does not have; returns how many.
+size_t Relay::stop_routes_not_in(const Config& next) {
   std::vector<std::string> wanted;
-  for (const auto& route : next->routes) wanted.push_back(route_identity(*next, route));
-  std::vector<RouteSource> kept, removed;
-  for (auto& source : sources_) {
-    bool keep = std::find(wanted.begin(), wanted.end(), source.identity) != wanted.end();
-    (keep ? kept : removed).push_back(std::move(source));
+  for (const auto& route : next.routes) wanted.push_back(route_identity(next, route));
+  std::vector<RouteSlot> kept, removed;
+  for (auto& slot : slots_) {
+    bool keep = std::find(wanted.begin(), wanted.end(), slot.identity) != wanted.end();
+    (keep ? kept : removed).push_back(std::move(slot));
   }
-  sources_.clear();
-  for (auto& source : removed) {
-    if (source.route) source.route->stop();
-    if (source.stream) source.stream->stop();
-    if (source.bridge) source.bridge->stop();
-    if (source.subscribers) source.subscribers->stop();
-  }
-  size_t stopped = removed.size();
-  removed.clear();  // closes their listeners
+  slots_ = std::move(kept);
+  for (auto& slot : removed) slot.route->stop();
+  return removed.size();  // destroyed on return: their listeners close
+}
 
-  // New routes get route ids no kept route uses (BPF counters are per id).
+// Opens the routes of `next` that are not running, each under a route id
+// no running route uses (the BPF counters are per id).
+Relay::Started Relay::start_new_routes(const std::shared_ptr<const Config>& next) {
   std::vector<bool> id_used(RELAY_MAX_ROUTES, false);
-  for (const auto& source : kept) id_used[source.route_id] = true;
-  size_t started = 0, failed = 0;
+  for (const auto& slot : slots_) id_used[slot.route_id] = true;
+  auto running = [&](const std::string& identity) {
+    return std::any_of(slots_.begin(), slots_.end(),
+                       [&](const RouteSlot& s) { return s.identity == identity; });
+  };
+  Started started;
   for (size_t i = 0; i < next->routes.size(); ++i) {
-    bool is_kept = false;
-    for (const auto& source : kept) is_kept = is_kept || source.identity == wanted[i];
-    if (is_kept) continue;
-    uint32_t id = 0;
-    while (id < RELAY_MAX_ROUTES && id_used[id]) ++id;
-    if (id == RELAY_MAX_ROUTES) {
-      ++failed;
-      spdlog::error("reload: no free route id for the route at line {}", next->routes[i].pos.line);
+    const Route& route = next->routes[i];
+    if (running(route_identity(*next, route))) continue;
+    auto free_id = std::find(id_used.begin(), id_used.end(), false);
+    if (free_id == id_used.end()) {
+      ++started.failed;
+      spdlog::error("reload: no free route id for the route at line {}", route.pos.line);
       continue;
     }
+    uint32_t id = static_cast<uint32_t>(free_id - id_used.begin());
     // A reused id must not inherit a removed route's counters.
     if (bpf_) bpf_->reset_route_counters(id);
     auto opened = open_route(next, i, id);
     if (!opened) {
-      ++failed;
-      spdlog::error("reload: route at line {} not started: {}", next->routes[i].pos.line,
-                    opened.error().describe());
+      ++started.failed;
+      spdlog::error("reload: route at line {} not started: {}", route.pos.line, opened.error().describe());
       continue;
     }
     id_used[id] = true;
-    for (auto& source : *opened) kept.push_back(std::move(source));
-    ++started;
+    for (auto& slot : *opened) slots_.push_back(std::move(slot));
+    ++started.routes;
   }
-  sources_ = std::move(kept);
-  std::sort(sources_.begin(), sources_.end(),
-            [](const RouteSource& a, const RouteSource& b) { return a.route_id < b.route_id; });
+  std::sort(slots_.begin(), slots_.end(),
+            [](const RouteSlot& a, const RouteSlot& b) { return a.route_id < b.route_id; });
+  return started;
+}
 
-  // [relay] settings. idle-timeout applies to routes started from now on.
+// [relay] settings. idle-timeout applies to routes started from now on.
+void Relay::apply_relay_settings(const std::shared_ptr<const Config>& next) {
   spdlog::set_level(spdlog::level::from_str(next->relay.log_level));
   budget_.set_max(next->relay.max_sessions);
   if (next->relay.control != config_->relay.control)
     if (auto st = open_control(next->relay.control); !st)
       spdlog::error("reload: control socket {}: {}", next->relay.control, st.error().describe());
   config_ = next;
-  ++reloads_;
-  spdlog::info("reloaded: {} route source(s) kept, {} stopped, {} route(s) started{}",
-               sources_.size() - started, stopped, started,
-               failed ? ", " + std::to_string(failed) + " failed (above)" : "");
-  notifier_.ready(status_line());
 }
 
 std::string Relay::status_line() const {
   uint64_t packets = 0;
   if (bpf_)
-    for (const auto& s : sources_) packets += bpf_->route_counters(s.route_id).packets;
-  return std::to_string(sources_.size()) + " route source(s), " + std::to_string(budget_.used()) + "/" +
+    for (const auto& slot : slots_) packets += bpf_->route_counters(slot.route_id).packets;
+  return std::to_string(slots_.size()) + " route source(s), " + std::to_string(budget_.used()) + "/" +
          std::to_string(budget_.max()) + " sessions, " + std::to_string(packets) + " packets in the kernel";
 }
 
 void Relay::tick() {
-  for (auto& s : sources_) {
-    if (s.route) s.route->tick();
-    if (s.stream) s.stream->expire_idle();
-    if (s.bridge) s.bridge->expire_idle();
-    if (s.subscribers) s.subscribers->tick();
-  }
+  for (auto& slot : slots_) slot.route->tick();
   notifier_.status(status_line());
   notifier_.watchdog_tick();
 }
@@ -500,15 +412,20 @@ Status Relay::run() {
 void Relay::shutdown() {
   // Map entries first (systemd's copies of our fds keep sockets alive, so
   // closing is not enough), then the program.
-  for (auto& s : sources_) {
-    if (s.route) s.route->stop();
-    if (s.stream) s.stream->stop();
-    if (s.bridge) s.bridge->stop();
-    if (s.subscribers) s.subscribers->stop();
-  }
-  sources_.clear();
+  for (auto& slot : slots_) slot.route->stop();
+  slots_.clear();
   control_.reset();
   bpf_.reset();
+}
+
+// What the route says, with what only the relay knows: the decision it
+// was built from (datapath and why), and its listener's filter drops.
+RouteReport Relay::report(const RouteSlot& slot) const {
+  RouteReport report = slot.route->report();
+  report.datapath = slot.choice.kernel ? "kernel" : "userspace";
+  report.datapath_reason = slot.choice.reason;
+  if (slot.source_filter) add_filter_drops(report, slot.source_filter->drops());
+  return report;
 }
 
 StatusSnapshot Relay::snapshot() const {
@@ -525,85 +442,7 @@ StatusSnapshot Relay::snapshot() const {
   s.reloads = reloads_;
   s.reloads_refused = reloads_refused_;
   if (bpf_) s.global = bpf_->global_counters();
-  for (const auto& src : sources_) {
-    RouteStatus r;
-    r.datapath_reason = src.datapath_reason;
-    if (src.route) {
-      const auto& spec = src.route->spec();
-      r.id = src.route_id;
-      r.from = describe_endpoint(*spec.from);
-      for (const auto* target : spec.to) r.to += (r.to.empty() ? "" : ", ") + describe_endpoint(*target);
-      if (spec.to.size() > 1) r.to = "[" + r.to + "] balance " + std::string(balance_name(spec.balance));
-      r.datapath = spec.kernel ? "kernel" : "userspace";
-      r.sessions = src.route->flow_count();
-      r.user = src.route->counters();
-      if (spec.to.size() > 1) {
-        auto reports = src.route->targets();
-        for (uint32_t t = 0; t < reports.size(); ++t) {
-          TargetStatus ts;
-          ts.report = reports[t];
-          if (bpf_) ts.kernel = bpf_->target_counters(spec.route_id, t);
-          r.targets.push_back(ts);
-        }
-      }
-    } else if (src.subscribers) {
-      const auto& spec = src.subscribers->spec();
-      r.id = src.route_id;
-      r.from = describe_endpoint(*spec.from);
-      r.to = describe_endpoint(*spec.to) + " subscribers, balance " +
-             std::string(balance_name(spec.balance)) + ", mode " + std::string(mode_name(spec.mode));
-      r.datapath = spec.kernel ? "kernel" : "userspace";
-      r.sessions = src.subscribers->subscriber_count();
-      r.is_subscribers = true;
-      r.subscribers = src.subscribers->counters();
-      r.user.flows_created = r.subscribers.joined;
-      r.user.refused_max_sessions = r.subscribers.refused_max_sessions;
-      r.user.user_packets = r.subscribers.user_packets;
-      r.user.user_bytes = r.subscribers.user_bytes;
-      r.user.drop_all_targets_down = r.subscribers.drop_no_subscriber;
-      r.user.drop_target_full = r.subscribers.drop_subscriber_full;
-      for (auto& report : src.subscribers->subscribers()) {
-        SubscriberStatus ss;
-        if (bpf_ && report.slot >= 0)
-          ss.kernel = bpf_->target_counters(spec.route_id, static_cast<uint32_t>(report.slot));
-        ss.report = std::move(report);
-        r.subscriber_list.push_back(std::move(ss));
-      }
-    } else {
-      // Stream routes and datagram <-> stream bridges report alike.
-      r.id = src.route_id;
-      if (src.stream) {
-        const auto& spec = src.stream->spec();
-        r.from = describe_endpoint(*spec.from);
-        for (const auto* target : spec.to) r.to += (r.to.empty() ? "" : ", ") + describe_endpoint(*target);
-        if (spec.to.size() > 1) {
-          r.to = "[" + r.to + "] balance " + std::string(balance_name(spec.balance));
-          for (const auto& report : src.stream->targets()) r.targets.push_back(TargetStatus{report, {}});
-        }
-        r.datapath = spec.kernel ? "kernel" : "userspace";
-      } else {
-        r.from = describe_endpoint(*src.bridge->spec().from);
-        r.to = describe_endpoint(*src.bridge->spec().to);
-        r.datapath = "userspace";
-      }
-      r.sessions = src.stream ? src.stream->session_count() : src.bridge->session_count();
-      r.is_stream = true;
-      r.stream = src.stream ? src.stream->counters() : src.bridge->counters();
-      // The fields both kinds share, so `status` reads the same for both.
-      r.user.flows_created = r.stream.sessions_created;
-      r.user.flows_expired = r.stream.sessions_expired;
-      r.user.flows_failed = r.stream.sessions_failed;
-      r.user.refused_max_sessions = r.stream.refused_max_sessions;
-      r.user.refused_policy = r.stream.refused_policy;
-      r.user.drop_setup_failed = r.stream.connect_failed;
-      r.user.user_bytes = r.stream.user_bytes;
-      r.user.user_packets = r.stream.user_messages;
-    }
-    if (bpf_) r.kernel = bpf_->route_counters(r.id);
-    if (src.source_filter) r.kernel.drop_policy += src.source_filter->drops();
-    r.user.refused_policy += r.kernel.drop_policy;  // one "policy" count, wherever it was dropped
-    s.routes.push_back(std::move(r));
-  }
+  for (const auto& slot : slots_) s.routes.push_back(report(slot));
   return s;
 }
 

@@ -1,7 +1,9 @@
-// The running relay: endpoints opened (or taken from systemd), one route
-// object per route source, the BPF data path, the control socket and the
-// event loop that ties them together; reload applies a new config as a
-// difference, so sessions on unchanged routes keep flowing.
+// The running relay: endpoints opened (or taken from systemd), one running
+// route per route source (daemon/route_factory.h builds them), the BPF data
+// path, the control socket and the event loop that ties them together;
+// reload applies a new config as a difference, so sessions on unchanged
+// routes keep flowing. The relay loops over its routes and never asks
+// which kind it holds.
 #pragma once
 
 #include <chrono>
@@ -11,18 +13,15 @@
 #include <vector>
 
 #include "bpf_loader/bpf_relay.h"
-#include "bpf_loader/source_filter.h"
 #include "common/result.h"
 #include "config/model.h"
 #include "control/control_server.h"
 #include "control/status.h"
 #include "daemon/notify.h"
+#include "daemon/route_factory.h"
 #include "endpoints/activation.h"
-#include "sessions/bridge_route.h"
-#include "sessions/datagram_route.h"
 #include "loop/event_loop.h"
-#include "sessions/stream_route.h"
-#include "sessions/subscriber_route.h"
+#include "sessions/session_budget.h"
 
 namespace sockrelay {
 
@@ -44,36 +43,31 @@ class Relay {
   StatusSnapshot snapshot() const;
 
  private:
-  // One listening endpoint of one route. Exactly one of the route objects
-  // is set: datagram kinds get flows, stream and seqpacket kinds sessions.
-  struct RouteSource {
-    std::shared_ptr<const Config> config;  // owns the Endpoints the route points into
-    uint32_t route_id = 0;
-    std::string identity;  // equal identities survive a reload untouched
-    std::unique_ptr<DatagramRoute> route;
-    std::unique_ptr<StreamRoute> stream;
-    std::unique_ptr<BridgeRoute> bridge;           // datagram <-> stream/seqpacket
-    std::unique_ptr<SubscriberRoute> subscribers;  // datagrams to a subscribe endpoint
-    std::string datapath_reason;
-    // allow-sources on a udp listener, in the kernel. Declared last so it
-    // is detached before the route closes the listener.
-    std::unique_ptr<SourceFilter> source_filter;
-  };
-
   Relay(std::shared_ptr<const Config> config, EventLoop loop);
   Status watch_signals();
   Status open_control(const std::string& path);
-  Status load_bpf_if_needed(const Config& config);
+  void load_bpf_if_needed(const Config& config);
   // The socket systemd passed under the endpoint's name (checked), else a
   // new listener.
   Result<Fd> take_or_open_listener(const Endpoint& endpoint, bool* from_systemd);
   // Opens the sources of config->routes[index] under `route_id`.
-  Result<std::vector<RouteSource>> open_route(const std::shared_ptr<const Config>& config, size_t index,
-                                              uint32_t route_id);
+  Result<std::vector<RouteSlot>> open_route(const std::shared_ptr<const Config>& config, size_t index,
+                                            uint32_t route_id);
+  // Reload, step by step.
   void reload();
+  Result<std::shared_ptr<const Config>> read_reloaded_config();
+  size_t stop_routes_not_in(const Config& next);
+  struct Started {
+    size_t routes = 0;
+    size_t failed = 0;
+  };
+  Started start_new_routes(const std::shared_ptr<const Config>& next);
+  void apply_relay_settings(const std::shared_ptr<const Config>& next);
+
   void tick();
   void shutdown();
   std::string status_line() const;
+  RouteReport report(const RouteSlot& slot) const;
 
   std::shared_ptr<const Config> config_;
   EventLoop loop_;
@@ -81,8 +75,8 @@ class Relay {
   ServiceNotifier notifier_;
   ActivatedSockets activated_;  // systemd's sockets no route has claimed (yet)
   std::unique_ptr<BpfRelay> bpf_;
-  std::string bpf_unavailable_;  // why bpf_ is null
-  std::vector<RouteSource> sources_;
+  std::string bpf_unavailable_;   // why bpf_ is null
+  std::vector<RouteSlot> slots_;  // by route id
   std::optional<ControlServer> control_;
   Fd signals_;
   std::chrono::steady_clock::time_point started_at_;

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "report/kernel_counts.h"
+
 namespace sockrelay {
 
 // A counter under the name `status` prints for it (kebab-case, stable:
@@ -17,13 +19,10 @@ struct NamedCount {
   uint64_t value = 0;
 };
 
-// Packets the verdict program carried for a route or one of its targets.
-struct KernelCounts {
-  uint64_t packets = 0;
-  uint64_t bytes = 0;
-  uint64_t drop_no_target = 0;
-  uint64_t drop_policy = 0;  // senders the policy refused, dropped in the kernel
-};
+// The drop every route reports under this name: senders its policy
+// refused, wherever they were dropped (user space, the verdict program, or
+// the listener's allow-sources socket filter, which the daemon owns).
+inline constexpr const char* kPolicyDrop = "policy";
 
 // One target of a route with several.
 struct TargetReport {
@@ -55,9 +54,11 @@ struct RouteReport {
   uint32_t id = 0;
   std::string from;  // "dns-in (udp 127.0.0.1:5300)"
   std::string to;
-  std::string datapath;         // "kernel" or "userspace"
-  std::string datapath_reason;  // why this path
-  uint64_t sessions = 0;        // open now
+  // "kernel" or "userspace", and why: the decision the route was built
+  // from, which the daemon keeps and fills in (routes leave them empty).
+  std::string datapath;
+  std::string datapath_reason;
+  uint64_t sessions = 0;  // open now
   uint64_t sessions_created = 0;
   uint64_t sessions_expired = 0;
   uint64_t sessions_failed = 0;
@@ -72,6 +73,9 @@ struct RouteReport {
   std::string detail_name;
   std::vector<NamedCount> detail;
   std::vector<TargetReport> targets;  // routes with several targets only
+  // Routes that take subscribers list them (even none: "list":[] tells a
+  // reader the route has a subscriber list, empty now).
+  bool has_subscribers = false;
   std::vector<SubscriberReport> subscribers;
 };
 

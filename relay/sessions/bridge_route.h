@@ -27,6 +27,7 @@
 #include "common/fd.h"
 #include "config/model.h"
 #include "loop/event_loop.h"
+#include "sessions/live_route.h"
 #include "sessions/peer_policy.h"
 #include "sessions/session_budget.h"
 #include "sessions/stream_route.h"
@@ -42,16 +43,19 @@ struct BridgeRouteSpec {
   std::chrono::milliseconds connect_timeout{5'000};
 };
 
-class BridgeRoute {
+class BridgeRoute final : public LiveRoute {
  public:
   BridgeRoute(BridgeRouteSpec spec, Fd listener, EventLoop& loop, SessionBudget& budget);
   ~BridgeRoute();
   BridgeRoute(const BridgeRoute&) = delete;
   BridgeRoute& operator=(const BridgeRoute&) = delete;
 
-  Status start();
+  Status start() override;
   void expire_idle();
-  void stop();
+  void stop() override;
+  // expire_idle(); and what `status` shows: bridge_route_report.cpp.
+  void tick() override;
+  RouteReport report() const override;
 
   size_t session_count() const { return sessions_.size(); }
   // The stream counters: sessions, refusals, user bytes and messages, and

@@ -27,6 +27,7 @@
 #include "common/fd.h"
 #include "config/model.h"
 #include "loop/event_loop.h"
+#include "sessions/live_route.h"
 #include "sessions/session_budget.h"
 #include "sessions/target_health.h"
 #include "sessions/unix_listener_steering.h"
@@ -49,17 +50,6 @@ struct DatagramCounters {
   uint64_t refused_policy = 0;         // datagrams dropped: client not in allow-sources/uids/gids
 };
 
-// One target of a route, as status shows it.
-struct TargetReport {
-  std::string name;
-  bool up = true;
-  uint64_t failures = 0;      // times it failed (refused, socket error, connect failed)
-  uint64_t user_packets = 0;  // datagrams user space sent to it
-  uint64_t user_bytes = 0;
-  int64_t retry_in_ms = 0;  // when down: until the next retry
-  uint64_t sessions = 0;    // stream routes: connections made to it
-};
-
 struct DatagramRouteSpec {
   uint32_t route_id = 0;
   const Endpoint* from = nullptr;
@@ -75,7 +65,7 @@ struct DatagramRouteSpec {
   std::chrono::milliseconds idle_timeout{120'000};
 };
 
-class DatagramRoute {
+class DatagramRoute final : public LiveRoute {
  public:
   // `maps` may be null only when !spec.kernel.
   DatagramRoute(DatagramRouteSpec spec, Fd listener, MapWriter* maps, EventLoop& loop, SessionBudget& budget);
@@ -83,13 +73,14 @@ class DatagramRoute {
   DatagramRoute(const DatagramRoute&) = delete;
   DatagramRoute& operator=(const DatagramRoute&) = delete;
 
-  Status start();
+  Status start() override;
   // Periodic work: tears down flows idle for longer than idle_timeout or
   // whose steered sockets report an error, and retries failed targets whose
   // back-off has passed.
-  void tick();
+  void tick() override;
   // Removes every map entry and closes every socket but the listener.
-  void stop();
+  void stop() override;
+  RouteReport report() const override;  // datagram_route_report.cpp
 
   size_t flow_count() const { return flows_.size(); }
   const DatagramCounters& counters() const { return counters_; }

@@ -3,7 +3,12 @@
 // it holds.
 #pragma once
 
+#include <cstdint>
+#include <string>
+
+#include "bpf_loader/map_writer.h"
 #include "common/result.h"
+#include "config/model.h"
 #include "report/route_report.h"
 
 namespace sockrelay {
@@ -24,5 +29,12 @@ class LiveRoute {
   // their own names.
   virtual RouteReport report() const = 0;
 };
+
+// What every route's report starts with: its id, its source, its targets
+// (`to`, as the kind words them), the sessions open now, and what the
+// verdict program counted under its id (`maps` null: BPF unavailable,
+// nothing). Defined in live_route.cpp.
+RouteReport begin_report(uint32_t route_id, const Endpoint& from, std::string to, uint64_t sessions,
+                         const MapWriter* maps);
 
 }  // namespace sockrelay

@@ -43,8 +43,9 @@
 #include "bpf_loader/map_writer.h"
 #include "common/fd.h"
 #include "config/model.h"
-#include "sessions/datagram_route.h"
 #include "loop/event_loop.h"
+#include "sessions/datagram_route.h"
+#include "sessions/live_route.h"
 #include "sessions/peer_policy.h"
 #include "sessions/session_budget.h"
 
@@ -66,6 +67,11 @@ struct StreamCounters {
   uint64_t dropped_messages = 0;      // datagram <-> stream bridges: a datagram not queued or not sent
 };
 
+// What stream routes and datagram <-> stream bridges report alike: the
+// session and user-space counts, and the "stream" section (the names
+// scripts read). Defined in stream_route_report.cpp.
+void report_stream_counters(const StreamCounters& counters, RouteReport& report);
+
 struct StreamRouteSpec {
   uint32_t route_id = 0;
   const Endpoint* from = nullptr;
@@ -77,7 +83,7 @@ struct StreamRouteSpec {
   std::chrono::milliseconds connect_timeout{5'000};
 };
 
-class StreamRoute {
+class StreamRoute final : public LiveRoute {
  public:
   // `maps` may be null only when !spec.kernel.
   StreamRoute(StreamRouteSpec spec, Fd listener, MapWriter* maps, EventLoop& loop, SessionBudget& budget);
@@ -85,12 +91,15 @@ class StreamRoute {
   StreamRoute(const StreamRoute&) = delete;
   StreamRoute& operator=(const StreamRoute&) = delete;
 
-  Status start();
+  Status start() override;
   // Tears down sessions idle for longer than idle_timeout, and upstream
   // connects older than connect_timeout.
   void expire_idle();
   // Removes every map entry and closes every session socket.
-  void stop();
+  void stop() override;
+  // expire_idle(); and what `status` shows: stream_route_report.cpp.
+  void tick() override;
+  RouteReport report() const override;
 
   size_t session_count() const { return sessions_.size(); }
   const StreamCounters& counters() const { return counters_; }

@@ -36,6 +36,7 @@
 #include "common/fd.h"
 #include "config/model.h"
 #include "loop/event_loop.h"
+#include "sessions/live_route.h"
 #include "sessions/session_budget.h"
 
 namespace sockrelay {
@@ -53,18 +54,6 @@ struct SubscriberCounters {
   uint64_t stalls = 0;                // kernel: times a subscriber left the rotation, full
 };
 
-// One subscriber, as status shows it.
-struct SubscriberReport {
-  std::string name;  // "subscriber #3 (pid 4711, uid 1000)"
-  bool receiving = false;
-  bool stalled = false;
-  int slot = -1;  // kernel path: its index in the route's per-target counters
-  uint64_t user_packets = 0;
-  uint64_t user_bytes = 0;
-  uint64_t dropped = 0;
-  uint64_t stalls = 0;
-};
-
 struct SubscriberRouteSpec {
   uint32_t route_id = 0;
   const Endpoint* from = nullptr;  // a udp or unix-dgram listener
@@ -74,7 +63,7 @@ struct SubscriberRouteSpec {
   bool kernel = false;  // round-robin in the verdict program; else user space
 };
 
-class SubscriberRoute {
+class SubscriberRoute final : public LiveRoute {
  public:
   // `maps` may be null only when !spec.kernel.
   SubscriberRoute(SubscriberRouteSpec spec, Fd source, Fd subscribe_listener, MapWriter* maps,
@@ -83,11 +72,12 @@ class SubscriberRoute {
   SubscriberRoute(const SubscriberRoute&) = delete;
   SubscriberRoute& operator=(const SubscriberRoute&) = delete;
 
-  Status start();
+  Status start() override;
   // Subscribers that joined for ingress but passed no socket in time leave.
-  void tick();
+  void tick() override;
   // Every subscriber leaves; map entries go; the listeners stay open.
-  void stop();
+  void stop() override;
+  RouteReport report() const override;  // subscriber_route_report.cpp
 
   size_t subscriber_count() const { return subscribers_.size(); }
   const SubscriberCounters& counters() const { return counters_; }

@@ -1,0 +1,35 @@
+// What a datagram route shows in `sockrelay status`.
+#include "sessions/datagram_route.h"
+
+namespace sockrelay {
+
+RouteReport DatagramRoute::report() const {
+  RouteReport r = begin_report(spec_.route_id, *spec_.from, describe_targets(spec_.to, spec_.balance),
+                               flow_count(), maps_);
+  const DatagramCounters& c = counters_;
+  r.sessions_created = c.flows_created;
+  r.sessions_expired = c.flows_expired;
+  r.sessions_failed = c.flows_failed;
+  r.user_packets = c.user_packets;
+  r.user_bytes = c.user_bytes;
+  r.drops = {
+      {"no-target", r.kernel.drop_no_target},
+      {"max-sessions", c.refused_max_sessions},
+      {"setup-failed", c.drop_setup_failed},
+      {"send-error", c.drop_send_error},
+      {"no-reply-path", c.drop_no_reply_path},
+      {"all-targets-down", c.drop_all_targets_down},
+      {"target-full", c.drop_target_full},
+      // One policy count, whether user space or the verdict program refused.
+      {kPolicyDrop, c.refused_policy + r.kernel.drop_policy},
+  };
+  if (spec_.to.size() > 1) {
+    r.targets = targets();
+    // The verdict program counts per target only for balanced routes.
+    for (uint32_t t = 0; maps_ && t < r.targets.size(); ++t)
+      r.targets[t].kernel = maps_->target_counters(spec_.route_id, t);
+  }
+  return r;
+}
+
+}  // namespace sockrelay
