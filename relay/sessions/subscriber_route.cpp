@@ -390,7 +390,7 @@ bool SubscriberRoute::send_to(Subscriber& sub, const char* data, size_t len) {
   size_t written = 0;
   if (sub.queued.empty()) {
     ssize_t n = send(sub.connection.get(), data, len, MSG_DONTWAIT | MSG_NOSIGNAL);
-    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) return false;
+    if (n < 0 && !would_block(errno)) return false;
     written = n < 0 ? 0 : static_cast<size_t>(n);
     if (written == len) {
       ++sub.user_packets;
