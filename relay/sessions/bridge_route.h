@@ -19,7 +19,6 @@
 
 #include <chrono>
 #include <cstdint>
-#include <deque>
 #include <map>
 #include <memory>
 #include <string>
@@ -27,6 +26,7 @@
 #include "common/fd.h"
 #include "config/model.h"
 #include "loop/event_loop.h"
+#include "sessions/admission.h"
 #include "sessions/live_route.h"
 #include "sessions/peer_policy.h"
 #include "sessions/session_budget.h"
@@ -67,14 +67,20 @@ class BridgeRoute final : public LiveRoute {
   struct Session;
 
   bool datagram_source() const;
+  bool keeps_messages() const;
   void on_listener_readable();
   void on_datagram(const char* data, size_t len, const sockaddr_storage& peer, socklen_t peer_len);
-  void on_accept();
+  Session* open_datagram_session(const sockaddr_storage& peer, socklen_t peer_len, std::string key);
+  void open_connection_session(Admission::Peer client);
+  Session* add_session(std::unique_ptr<Session> owned);
+  bool watch(Session& s, int fd, uint32_t events, EventLoop::Handler handler);
   void on_connected(Session& s);
   void on_conn_event(Session& s, uint32_t events);
-  void on_upstream_dgram_event(Session& s, uint32_t events);
+  bool read_conn(Session& s);
+  void on_upstream_dgram_readable(Session& s);
+  bool queue_to_conn(Session& s, const char* data, size_t len);
   bool flush_to_conn(Session& s);
-  void update_events(Session& s);
+  bool update_events(Session& s);
   void close_session(uint64_t id, bool failed);
   void deliver_before_stop();
 
@@ -82,10 +88,11 @@ class BridgeRoute final : public LiveRoute {
   Fd listener_;
   EventLoop& loop_;
   SessionBudget& budget_;
+  StreamCounters counters_;
+  Admission admission_;  // refers to spec_.policy and counters_: declared after them
   std::map<uint64_t, std::unique_ptr<Session>> sessions_;
   std::map<std::string, uint64_t> by_client_;  // datagram source: client address -> session
   uint64_t next_id_ = 1;
-  StreamCounters counters_;
   bool started_ = false;
 };
 

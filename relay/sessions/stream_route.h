@@ -44,10 +44,12 @@
 #include "common/fd.h"
 #include "config/model.h"
 #include "loop/event_loop.h"
+#include "sessions/admission.h"
 #include "sessions/datagram_route.h"
 #include "sessions/live_route.h"
 #include "sessions/peer_policy.h"
 #include "sessions/session_budget.h"
+#include "sessions/target_health.h"
 
 namespace sockrelay {
 
@@ -109,56 +111,66 @@ class StreamRoute final : public LiveRoute {
  private:
   struct Side;
   struct Session;
+  struct CopyState;
+  struct Sent;
 
-  struct TargetHealth {
-    bool down = false;
-    uint64_t retry_at_ns = 0, failed_at_ns = 0;
-    uint64_t backoff_ms = 500;
-    uint64_t failures = 0, sessions = 0;
-  };
-
-  void on_listener_readable();
+  // stream_route.cpp: sessions, their targets, and the events of their sockets.
+  void open_session(Admission::Peer client);
   uint32_t client_hash(int fd, const sockaddr_storage& peer) const;
   int pick_target(const Session& s);
   void target_failed(size_t target, const std::string& why);
   bool connect_upstream(Session& s);
   void on_connected(Session& s);
-  Status wire_kernel(Session& s);
-  Status open_pipe(Side& to);
-  uint64_t backlog(const Side& from, const Side& to) const;
-  void deliver_before_stop();
+  void on_connect_error(Session& s, int err);
+  bool start_data_path(Session& s);
+  bool watch(Session& s, Side& side, uint32_t events);
   void on_side_event(Session& s, Side& side, uint32_t events);
-  // `from_readable`: epoll reported `from` readable (EPOLLIN/RDHUP/HUP).
-  void user_copy(Session& s, Side& from, Side& to, bool from_readable = false);
-  struct Sent {
-    size_t bytes = 0;      // taken by the socket
-    bool blocked = false;  // it is full: nothing taken (an empty message is taken with 0 bytes)
-    bool dropped = false;  // its peer left: nothing can be delivered to it
-    bool closed = false;   // a send error closed the session
-  };
-  Sent send_message(Session& s, Side& to, const char* data, size_t size);
-  void check_half_close(Session& s);
-  bool direction_flushed(Session& s, Side& from, Side& to);
-  void update_events(Session& s);
-  void arm_timer(bool on);
-  void on_timer();
+  bool update_events(Session& s);
+  uint32_t wanted_events(Session& s, Side& side);
+  void deliver_before_stop();
+  void flush_before_stop(uint64_t id);
   void close_session(uint64_t id, const char* why);
   void fail_session(uint64_t id, Side& failed, int err);
   uint64_t last_activity_ns(const Session& s) const;
+
+  // stream_kernel_path.cpp: tcp <-> tcp sessions in the sockmaps.
+  bool kernel_path_possible(const Session& s) const;
+  Status wire_kernel(Session& s);
+  void unwire_kernel(Session& s);
+  void stop_steering(Session& s);
+  uint64_t backlog(const Side& from, const Side& to) const;
+
+  // stream_user_copy.cpp: sessions whose bytes user space moves.
+  Status open_pipes(Session& s);
+  // `from_readable`: epoll reported `from` readable (EPOLLIN/RDHUP/HUP).
+  void user_copy(Session& s, Side& from, Side& to, bool from_readable = false);
+  bool send_queued_messages(Session& s, Side& to, CopyState& state);
+  bool splice_out(Session& s, Side& to, CopyState& state);
+  bool recv_message(Session& s, Side& from, Side& to, CopyState& state);
+  bool splice_in(Session& s, Side& from, Side& to, CopyState& state);
+  Sent send_message(Session& s, Side& to, const char* data, size_t size);
+
+  // stream_half_close.cpp: when a FIN is passed on (the rule above).
+  void check_half_close(Session& s);
+  bool direction_flushed(Session& s, Side& from, Side& to);
+  void arm_timer(bool on);
+  void on_timer();
 
   StreamRouteSpec spec_;
   Fd listener_;
   MapWriter* maps_;
   EventLoop& loop_;
   SessionBudget& budget_;
-  Fd timer_;  // fast half-close checks while a session waits to propagate a FIN
+  StreamCounters counters_;
+  Admission admission_;  // refers to spec_.policy and counters_: declared after them
+  Fd timer_;             // fast half-close checks while a session waits to propagate a FIN
   bool timer_armed_ = false;
   std::unordered_map<uint64_t, std::unique_ptr<Session>> sessions_;
   uint64_t next_id_ = 1;
-  std::vector<TargetHealth> health_;  // one per spec_.to
-  uint64_t next_target_ = 0;          // round-robin position
-  StreamCounters counters_;
-  std::unique_ptr<char[]> recv_buffer_;  // user path, message copies: what one recv() takes in
+  std::vector<TargetHealth> health_;       // one per spec_.to
+  std::vector<uint64_t> target_sessions_;  // one per spec_.to: sessions connected to it
+  uint64_t next_target_ = 0;               // round-robin position
+  std::unique_ptr<char[]> recv_buffer_;    // user path, message copies: what one recv() takes in
   bool started_ = false;
 };
 

@@ -98,8 +98,9 @@ class SubscriberRoute final : public LiveRoute {
   void deliver(const char* data, size_t len);
   // False when the subscriber failed and must leave.
   bool send_to(Subscriber& sub, const char* data, size_t len);
+  // False when the subscriber failed and must leave.
   bool flush(Subscriber& sub);
-  void watch_output(Subscriber& sub, bool on);
+  bool watch_output(Subscriber& sub, bool on);
   void check_stalls();
   void rewrite_flow();
   std::string describe(const Subscriber& sub) const;
