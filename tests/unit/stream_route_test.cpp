@@ -5,6 +5,8 @@
 #include "sessions/stream_route.h"
 
 #include <gtest/gtest.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 
 #include <set>
@@ -69,6 +71,17 @@ class StreamRouteTest : public test_sockets::RouteFixture {
     }));
   }
 
+  static int queued_in(const Fd& fd) {
+    int n = -1;
+    ioctl(fd.get(), SIOCINQ, &n);
+    return n;
+  }
+  static int queued_out(const Fd& fd) {
+    int n = -1;
+    ioctl(fd.get(), SIOCOUTQ, &n);
+    return n;
+  }
+
   FakeMaps maps_;
 };
 
@@ -78,6 +91,8 @@ struct Pairing {
   const char* name;
   EndpointKind from, to;
 };
+// gtest prints a failing test's parameter: its name, not its bytes.
+void PrintTo(const Pairing& pairing, std::ostream* out) { *out << pairing.name; }
 
 class StreamPairingTest : public StreamRouteTest, public ::testing::WithParamInterface<Pairing> {
  protected:
@@ -120,6 +135,74 @@ TEST_P(StreamPairingTest, RelaysBothWaysByteExactThenClosesCleanly) {
   EXPECT_EQ(budget.used(), 0u);
 }
 
+// ---- half-close --------------------------------------------------------------
+
+// The client sends until every buffer on the way is full (the upstream
+// does not read yet), then shuts down its writing side. The FIN must wait
+// for every byte before it: while the relay holds bytes the upstream sees
+// no EOF; once it reads, it gets every byte and then EOF. The buffers at
+// the client's side are small, so that when the upstream reads, the relay
+// takes the client's last bytes and its EOF at once while its pipe toward
+// the upstream still holds bytes: a FIN passed on then would cut them off.
+TEST_P(StreamPairingTest, HalfClosePassesOnOnlyAfterEveryByte) {
+  Bound front = endpoint(GetParam().from, "front", Role::Listen);
+  Bound server = endpoint(GetParam().to, "back", Role::Connect);
+  int small = 16 * 1024, upstream_buffer = 64 * 1024;
+  // Accepted sockets inherit these (tcp; AF_UNIX queues against the sender).
+  setsockopt(front.fd.get(), SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+  setsockopt(server.fd.get(), SOL_SOCKET, SO_RCVBUF, &upstream_buffer, sizeof(upstream_buffer));
+  SessionBudget budget(8);
+  StreamRoute route(stream_spec(1, front, {&server}, false), std::move(front.fd), nullptr, *loop_, budget);
+  ASSERT_TRUE(route.start().ok());
+  Session s = open_session(route, front, server);
+  setsockopt(s.client.fd.get(), SOL_SOCKET, SO_SNDBUF, &small, sizeof(small));
+
+  // Send until nothing more is taken for 200 ms: every buffer on the way is full.
+  s.client.to_send = pattern(16 << 20, 5);
+  size_t last = 0;
+  uint64_t still_since = monotonic_ns();
+  ASSERT_TRUE(pump([&] {
+    s.client.step();
+    if (s.client.sent != last) {
+      last = s.client.sent;
+      still_since = monotonic_ns();
+    }
+    return s.client.all_sent() || monotonic_ns() - still_since > ms_to_ns(200);
+  }));
+  ASSERT_LT(s.client.sent, s.client.to_send.size())
+      << "the relay's buffers never filled: the test proves nothing";
+  s.client.to_send.resize(s.client.sent);
+  ASSERT_EQ(shutdown(s.client.fd.get(), SHUT_WR), 0);
+
+  pump_for(100ms);
+  EXPECT_EQ(route.counters().half_closes, 0u) << "FIN passed on while bytes still wait in the relay";
+  s.upstream.read_available();
+  EXPECT_FALSE(s.upstream.ended()) << "EOF after " << s.upstream.received.size() << " of " << s.client.sent;
+
+  ASSERT_TRUE(pump([&] {
+    s.upstream.read_available();
+    return s.upstream.ended();
+  }));
+  EXPECT_TRUE(s.upstream.eof) << "a FIN, not a reset: " << std::strerror(s.upstream.error);
+  EXPECT_EQ(s.upstream.received.size(), s.client.sent) << "EOF came before every byte";
+  EXPECT_TRUE(s.upstream.received == s.client.to_send) << "bytes differ";
+  EXPECT_EQ(route.counters().half_closes, 1u);
+  EXPECT_EQ(route.session_count(), 1u) << "the other direction is still open";
+
+  // The upstream answers after the client's FIN: still delivered.
+  ASSERT_EQ(send(s.upstream.fd.get(), "late reply", 10, 0), 10);
+  ASSERT_EQ(shutdown(s.upstream.fd.get(), SHUT_WR), 0);
+  ASSERT_TRUE(pump([&] {
+    s.client.read_available();
+    return s.client.ended();
+  }));
+  EXPECT_EQ(s.client.received, "late reply");
+  EXPECT_TRUE(pump([&] { return route.session_count() == 0; }));
+  EXPECT_EQ(route.counters().half_closes, 2u);
+  EXPECT_EQ(route.counters().sessions_closed, 1u);
+  EXPECT_EQ(budget.used(), 0u);
+}
+
 INSTANTIATE_TEST_SUITE_P(
     StreamUserPath, StreamPairingTest,
     ::testing::Values(Pairing{"tcp_to_tcp", EndpointKind::Tcp, EndpointKind::Tcp},
@@ -154,68 +237,46 @@ TEST_F(StreamRouteTest, SeqpacketKeepsEveryMessageBoundary) {
   EXPECT_EQ(route.counters().user_bytes, 1 + 1000 + 60'000 + 3u);
 }
 
-// ---- half-close --------------------------------------------------------------
-
-// The client sends until the relay's buffers are full (the upstream does
-// not read yet), then shuts down its writing side. The FIN must wait for
-// every byte before it: while the pipe toward the upstream holds bytes the
-// upstream sees no EOF; once it reads, it gets every byte and then EOF.
-TEST_F(StreamRouteTest, HalfClosePassesOnOnlyAfterEveryByte) {
-  Bound front = tcp("front", Role::Listen);
-  Bound server = tcp("back", Role::Connect);
-  // Small buffers at both of the test's ends, so the relay's pipe fills.
-  int small = 64 * 1024;
-  setsockopt(server.fd.get(), SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));  // accepted sockets inherit it
+// The user path's rule, seen exactly: AF_UNIX puts what the relay writes
+// straight into the upstream's receive queue (SIOCINQ there) and the
+// client's SIOCOUTQ is 0 once the relay has read everything, so the bytes
+// in the relay's pipe are what was sent less what the upstream holds. The
+// client's FIN arrives while the pipe holds bytes: it must wait for them.
+TEST_F(StreamRouteTest, UserPathHoldsTheFinWhileItsPipeHoldsBytes) {
+  Bound front = bind_endpoint(EndpointKind::UnixStream, "front", Role::Listen, path("front.sock"));
+  Bound server = bind_endpoint(EndpointKind::UnixStream, "back", Role::Connect, path("back.sock"));
   SessionBudget budget(8);
   StreamRoute route(stream_spec(1, front, {&server}, false), std::move(front.fd), nullptr, *loop_, budget);
   ASSERT_TRUE(route.start().ok());
   Session s = open_session(route, front, server);
-  setsockopt(s.client.fd.get(), SOL_SOCKET, SO_SNDBUF, &small, sizeof(small));
 
-  // Send until nothing more is taken for 200 ms: every buffer on the way is full.
-  s.client.to_send = pattern(16 << 20, 5);
-  size_t last = 0;
-  uint64_t still_since = monotonic_ns();
-  ASSERT_TRUE(pump([&] {
-    s.client.step();
-    if (s.client.sent != last) {
-      last = s.client.sent;
-      still_since = monotonic_ns();
-    }
-    return s.client.all_sent() || monotonic_ns() - still_since > ms_to_ns(200);
-  }));
-  ASSERT_LT(s.client.sent, s.client.to_send.size())
-      << "the relay's buffers never filled: the test proves nothing";
-  s.client.to_send.resize(s.client.sent);
+  // 16 KiB at a time, the upstream not reading, until the relay has read
+  // everything but could not write all of it on.
+  const std::string data = pattern(4 << 20, 6);
+  constexpr size_t kChunk = 16 * 1024;
+  size_t sent = 0, in_pipe = 0;
+  while (sent < data.size() && in_pipe == 0) {
+    ssize_t n = send(s.client.fd.get(), data.data() + sent, kChunk, MSG_DONTWAIT);
+    ASSERT_EQ(n, ssize_t(kChunk)) << "the client's buffer filled: the relay stopped reading";
+    sent += kChunk;
+    ASSERT_TRUE(pump([&] { return queued_out(s.client.fd) == 0; }, 2000ms)) << "the relay stopped reading";
+    in_pipe = sent - static_cast<size_t>(queued_in(s.upstream.fd));
+  }
+  ASSERT_GT(in_pipe, 0u) << "the upstream took everything: the test proves nothing";
+  s.client.to_send = data.substr(0, sent);
   ASSERT_EQ(shutdown(s.client.fd.get(), SHUT_WR), 0);
-
   pump_for(100ms);
-  EXPECT_EQ(route.counters().half_closes, 0u) << "FIN passed on while bytes still wait in the relay";
-  s.upstream.read_available();
-  EXPECT_FALSE(s.upstream.eof) << "EOF after " << s.upstream.received.size() << " of " << s.client.sent;
+  EXPECT_EQ(route.counters().half_closes, 0u) << "FIN passed on with " << in_pipe << " bytes in the pipe";
 
   ASSERT_TRUE(pump([&] {
     s.upstream.read_available();
     return s.upstream.ended();
   }));
   EXPECT_TRUE(s.upstream.eof) << "a FIN, not a reset: " << std::strerror(s.upstream.error);
-  EXPECT_EQ(s.upstream.received.size(), s.client.sent) << "EOF came before every byte";
+  EXPECT_EQ(s.upstream.received.size(), sent) << "EOF came before every byte";
   EXPECT_TRUE(s.upstream.received == s.client.to_send) << "bytes differ";
   EXPECT_EQ(route.counters().half_closes, 1u);
-  EXPECT_EQ(route.session_count(), 1u) << "the other direction is still open";
-
-  // The upstream answers after the client's FIN: still delivered.
-  ASSERT_EQ(send(s.upstream.fd.get(), "late reply", 10, 0), 10);
-  ASSERT_EQ(shutdown(s.upstream.fd.get(), SHUT_WR), 0);
-  ASSERT_TRUE(pump([&] {
-    s.client.read_available();
-    return s.client.ended();
-  }));
-  EXPECT_EQ(s.client.received, "late reply");
-  EXPECT_TRUE(pump([&] { return route.session_count() == 0; }));
-  EXPECT_EQ(route.counters().half_closes, 2u);
-  EXPECT_EQ(route.counters().sessions_closed, 1u);
-  EXPECT_EQ(budget.used(), 0u);
+  EXPECT_EQ(route.counters().sessions_failed, 0u);
 }
 
 // ---- admission: max-sessions ---------------------------------------------------
