@@ -214,6 +214,39 @@ class RouteFixture : public ::testing::Test {
     return peer;
   }
 
+  // Reads what `peer` receives until it holds exactly `expected` (or more,
+  // or its connection ends: false then, and on timeout).
+  bool read_until(Peer& peer, const std::string& expected) {
+    pump([&] {
+      peer.read_available();
+      return peer.received.size() >= expected.size() || peer.ended();
+    });
+    return peer.received == expected;
+  }
+
+  // Reads what `peer` receives until its connection ends. False on timeout.
+  bool read_until_ended(Peer& peer) {
+    return pump([&] {
+      peer.read_available();
+      return peer.ended();
+    });
+  }
+
+  // Calls the route's idle expiry until it has no session left; when that
+  // happened (monotonic_ns()), 0 on timeout. A route with connections
+  // counts them in session_count().
+  template <typename Route>
+  uint64_t expire_until_empty(Route& route) {
+    uint64_t emptied_at = 0;
+    pump([&] {
+      route.expire_idle();
+      if (route.session_count() != 0) return false;
+      emptied_at = monotonic_ns();
+      return true;
+    });
+    return emptied_at;
+  }
+
   // Accepts (and closes) a connection waiting on a listener the test owns:
   // false when none was there.
   static bool took_a_connection(const Fd& listener) {

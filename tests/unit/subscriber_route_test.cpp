@@ -19,11 +19,7 @@ namespace sockrelay {
 namespace {
 
 using namespace std::chrono_literals;
-using test_sockets::bind_endpoint;
-using test_sockets::Bound;
-using test_sockets::connect_client;
-using test_sockets::Peer;
-using test_sockets::udp_client;
+using namespace test_sockets;
 
 SubscriberRouteSpec subscriber_spec(uint32_t id, const Bound& source, const Bound& subscribe, bool kernel,
                                     Balance balance = Balance::Broadcast) {
@@ -37,7 +33,7 @@ SubscriberRouteSpec subscriber_spec(uint32_t id, const Bound& source, const Boun
   return s;
 }
 
-class SubscriberRouteTest : public test_sockets::RouteFixture {
+class SubscriberRouteTest : public RouteFixture {
  protected:
   void SetUp() override {
     RouteFixture::SetUp();
@@ -145,10 +141,7 @@ TEST_F(SubscriberRouteTest, MaxSessionsRefusesAJoinAndCounts) {
   Fd member = join(*route);
   Peer refused{connect_client(subscribe_.endpoint)};
   ASSERT_TRUE(pump([&] { return route->counters().refused_max_sessions == 1; }));
-  ASSERT_TRUE(pump([&] {
-    refused.read_available();
-    return refused.ended();
-  })) << "a refused subscriber's connection is closed";
+  ASSERT_TRUE(read_until_ended(refused)) << "a refused subscriber's connection is closed";
   EXPECT_EQ(route->counters().joined, 1u);
   EXPECT_EQ(route->subscriber_count(), 1u);
   publish("one");
