@@ -114,8 +114,8 @@ start_relay() {
 expect_datapath() {
   local want=$1 label=$2 got
   shift 2
-  got=$("$@" | grep -o '"datapath":"[a-z-]*"' | sort -u | cut -d'"' -f4 | tr '\n' ' ')
-  [[ $got == "$want " ]] || log "warning: $label: the relay chose ${got:-nothing}, not $want"
+  got=$("$@" | grep -o '"datapath":"[a-z-]*"' | sort -u | cut -d'"' -f4 | paste -sd' ')
+  [[ $got == "$want" ]] || log "warning: $label: the relay chose ${got:-nothing}, not $want"
 }
 
 # ---------------------------------------------------------------------------
