@@ -44,9 +44,9 @@ options:
   -h, --help      this text
 
 Takes /tmp/vm-tests.lock (flock) for the whole run, as the benches and
-vm-tests/run do, so that no other measurement runs in between. Time: a full
-round (udp ~1 min, stream ~1.5 min, per build) is about 5 minutes; --quick
-about 2.
+vm-tests/run do, so that no other measurement runs in between. Time on a
+2-core machine: a full round (udp ~70 s, stream ~130 s, per build) ~7
+minutes, so the default 3 rounds ~20 minutes; a --quick round ~4 minutes.
 
 Output: progress on stderr; on stdout a markdown table and one line per
 figure: "AB bench=... row=... figure=... before=... after=... ratio=...
