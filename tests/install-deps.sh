@@ -9,6 +9,8 @@ packages=(
   libsystemd-dev libtomlplusplus-dev libspdlog-dev libgtest-dev
   # demo, tests and benchmarks
   iproute2 socat systemd procps shellcheck clang-format
+  # lint: the size rule (tests/lint/size_check.sh)
+  clang-tidy
 )
 
 missing=()

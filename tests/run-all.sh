@@ -3,11 +3,13 @@
 #   1. installs the packages (tests/install-deps.sh)
 #   2. lint: clang-format on C++, shellcheck on scripts
 #   3. builds and runs the unit tests under ASan/UBSan
-#   4. builds and runs unit + integration tests (ctest; integration needs root
+#   4. builds; the size rule (tests/lint/size_check.sh: files in relay/ at
+#      most 600 lines, functions at most 80)
+#   5. runs unit + integration tests (ctest; integration needs root
 #      and the real kernel, each test in its own network namespace)
-#   5. units/test: systemd-analyze verify, and the units under a real
+#   6. units/test: systemd-analyze verify, and the units under a real
 #      systemd in a container (systemd-nspawn)
-#   6. vm-tests/run --nested: VSOCK and other kernels inside qemu guests,
+#   7. vm-tests/run --nested: VSOCK and other kernels inside qemu guests,
 #      and a real host <-> guest VSOCK pair (a guest inside the 6.12 guest)
 # Exit status 0 only if everything passed.
 set -euo pipefail
@@ -33,6 +35,11 @@ cmake --build "$top/build-asan" -j "$jobs" --target sockrelay_unit_tests
 echo "== build"
 cmake -S "$top" -B "$top/build" >/dev/null
 cmake --build "$top/build" -j "$jobs"
+
+# Needs the build: clang-tidy reads its compile_commands.json and the
+# generated skeleton headers. Reported at the end, like the other lint.
+echo "== lint: size rule (relay/: files <= 600 lines, functions <= 80 lines)"
+tests/lint/size_check.sh "$top/build" || failed+=("size check")
 
 echo "== systemd units: systemd-analyze verify, then end to end under systemd as PID 1 (nspawn)"
 units/test/verify.sh --relay "$top/build/relay/sockrelay" || failed+=("units verify")

@@ -108,42 +108,17 @@ proxyd_bin=/lib/systemd/systemd-socket-proxyd
 # ---------------------------------------------------------------------------
 # Outside the namespace: privileges, build, packages (apt needs the network).
 if [[ -z ${SOCKRELAY_BENCH_IN_NETNS:-} ]]; then
-  if ((EUID != 0)); then
-    cat >&2 <<'EOF'
-stream_bench: must run as root. The relay loads BPF programs and puts sockets
-in a SOCKMAP (CAP_BPF, CAP_NET_ADMIN), and the benchmark runs in a private
-network namespace of its own (unshare -n). Try: sudo tests/bench/stream_bench.sh
-EOF
-    exit 1
-  fi
-  if ((build)); then
-    if [[ ! -f $build_dir/CMakeCache.txt ]]; then
-      cmake -S "$repo" -B "$build_dir" >&2
-    fi
-    cmake --build "$build_dir" --target sockrelay sockrelay_stream_load -j "$(nproc)" >&2
-  fi
-  for bin in "$relay_bin" "$load_bin"; do
-    [[ -x $bin ]] || { echo "stream_bench: $bin missing (build it, or drop --no-build)" >&2; exit 1; }
-  done
-  # apt_install CHECK PACKAGE: installs PACKAGE unless CHECK (a command or a
-  # path) exists; refreshes the package lists once if the first try fails.
-  apt_install() {
-    command -v "$1" >/dev/null && return 0
-    echo "stream_bench: $1 missing, installing $2 (apt-get install -y $2)" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq --no-install-recommends "$2" >&2 && return 0
-    apt-get update -qq >&2 && apt-get install -y -qq --no-install-recommends "$2" >&2
-  }
-  apt_install socat socat || echo "stream_bench: no socat: its rows will be skipped" >&2
-  apt_install "$proxyd_bin" systemd || echo "stream_bench: no systemd-socket-proxyd: its rows will be skipped" >&2
+  require_root
+  ((build)) && build_bench "$repo" "$build_dir" sockrelay sockrelay_stream_load
+  require_executables "$relay_bin" "$load_bin"
+  apt_install socat socat || log "no socat: its rows will be skipped"
+  apt_install "$proxyd_bin" systemd || log "no systemd-socket-proxyd: its rows will be skipped"
   apt_install systemd-socket-activate systemd || true
-  apt_install sockperf sockperf || echo "stream_bench: no sockperf: tcp ping-pong uses sockrelay_stream_load" >&2
+  apt_install sockperf sockperf || log "no sockperf: tcp ping-pong uses sockrelay_stream_load"
   if [[ -n $plot_file ]]; then
-    apt_install gnuplot gnuplot-nox || { echo "stream_bench: no gnuplot, cannot --plot" >&2; exit 1; }
+    apt_install gnuplot gnuplot-nox || { log "no gnuplot, cannot --plot"; exit 1; }
   fi
-  command -v unshare >/dev/null || { echo "stream_bench: unshare (util-linux) missing" >&2; exit 1; }
-  export SOCKRELAY_BENCH_IN_NETNS=1
-  exec unshare --net -- "$0" "${orig_args[@]}" --no-build --build-dir "$build_dir" --relay "$relay_bin"
+  exec_in_netns --net
 fi
 
 # ---------------------------------------------------------------------------
@@ -162,8 +137,6 @@ relay_bin=$work/sockrelay
 
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-log() { echo "stream_bench: $*" >&2; }
 
 # ---------------------------------------------------------------------------
 # Paths and addresses. The sink and the echo server of a transport are shared
@@ -197,54 +170,13 @@ for path in relay-kernel relay-user socat proxyd; do
   port=$((port + 100))
 done
 
-# Waits until something listens on ADDR (A.B.C.D:PORT or a unix path).
-wait_listening() {
-  local addr=$1 i
-  for ((i = 0; i < 200; i++)); do
-    if [[ $addr == /* ]]; then
-      ss -Hxl | grep -qF -- " $addr " && return 0
-    else
-      [[ -n $(ss -Hntl "sport = :${addr##*:}") ]] && return 0
-    fi
-    sleep 0.05
-  done
-  log "nothing listens on $addr"
-  return 1
-}
-
 # ---------------------------------------------------------------------------
-# CPU accounting.
-
-# utime+stime+cutime+cstime (clock ticks) of one process, 0 if gone. The
-# children's part is what socat's per-connection children used once reaped.
-proc_ticks() {
-  local line fields
-  { read -r line <"/proc/$1/stat"; } 2>/dev/null || { echo 0; return; }
-  read -ra fields <<<"${line##*) }" # after "pid (comm) ": field 3 is [0]
-  echo $((fields[11] + fields[12] + fields[13] + fields[14]))
-}
-
+# CPU accounting: a middlebox's process tree, with what its reaped children
+# (socat's per-connection ones) used.
 tree_ticks() {
   local pid total=0
-  for pid in $(proc_tree "$1"); do total=$((total + $(proc_ticks "$pid"))); done
+  for pid in $(proc_tree "$1"); do total=$((total + $(proc_ticks "$pid" with-children))); done
   echo "$total"
-}
-
-# Ticks the kernel workers used between two samples, per thread: one that
-# exits takes its ticks with it, one that starts counts from 0.
-kernel_worker_delta() {
-  awk 'NR == FNR { before[$1] = $2; next } { total += $2 - ($1 in before ? before[$1] : 0) } END { print total + 0 }' \
-    "$1" "$2"
-}
-
-# Busy, steal and total ticks of the whole machine (all CPUs). Busy is
-# user+nice+system+irq+softirq: not idle, not iowait, and not steal, which is
-# time the hypervisor gave to another guest (reported apart).
-machine_ticks() {
-  local cpu user nice system idle iowait irq softirq steal rest
-  read -r cpu user nice system idle iowait irq softirq steal rest </proc/stat
-  : "$cpu" "$rest"
-  echo "$((user + nice + system + irq + softirq)) $steal $((user + nice + system + idle + iowait + irq + softirq + steal))"
 }
 
 # ---------------------------------------------------------------------------
@@ -266,40 +198,9 @@ write_relay_config() {
   # tcp: the kernel row asks for the sockmap by name ("auto" carries tcp in
   # user space); unix-stream: "auto" (user space, the only path it has).
   datapath=$([[ $transport.$path == tcp.relay-kernel ]] && echo kernel || echo auto)
-  cat >"$work/relay-$transport-$path.toml" <<EOF
-# Generated by tests/bench/stream_bench.sh ($transport $path).
-[relay]
-log-level = "warn"
-idle-timeout = "120s"
-max-sessions = 64
-control = "$work/control-$transport-$path.sock"
-
-[endpoints.bench-data-in]
-type = "$type"
-listen = "${front_data[$transport.$path]}"
-
-[endpoints.bench-sink]
-type = "$type"
-connect = "${sink_addr[$transport]}"
-
-[endpoints.bench-echo-in]
-type = "$type"
-listen = "${front_echo[$transport.$path]}"
-
-[endpoints.bench-echo]
-type = "$type"
-connect = "${echo_addr[$transport]}"
-
-[[routes]]
-from = "bench-data-in"
-to = "bench-sink"
-datapath = "$datapath"
-
-[[routes]]
-from = "bench-echo-in"
-to = "bench-echo"
-datapath = "$datapath"
-EOF
+  write_pair_config "$work/relay-$transport-$path.toml" "$type" "$work/control-$transport-$path.sock" "$datapath" \
+    "${front_data[$transport.$path]}" "${sink_addr[$transport]}" "${front_echo[$transport.$path]}" \
+    "${echo_addr[$transport]}"
 }
 
 # The data route's counters (the first route in the JSON; they count from
@@ -321,24 +222,17 @@ relay_counters() {
 # Starts the middlebox of $1.$2: one listener for the data front and one for
 # the echo front.
 start_middle() {
-  local transport=$1 path=$2 i front upstream want got pid
+  local transport=$1 path=$2 front upstream pid
   case $path in
     relay-*)
       write_relay_config "$transport" "$path"
-      "$relay_bin" run --config "$work/relay-$transport-$path.toml" 2>>"$work/relay-$transport-$path.log" &
-      pid=$!
-      started+=("$pid")
-      middle_all+=("$pid")
-      middle_pid[$transport.$path]=$pid
+      start_relay "$work/relay-$transport-$path.toml" "$work/relay-$transport-$path.log" \
+        relay_status "$transport" "$path"
+      middle_all+=("$relay_pid")
+      middle_pid[$transport.$path]=$relay_pid
       relay_rows+=("$transport.$path")
-      for ((i = 0; i < 100; i++)); do
-        relay_status "$transport" "$path" >/dev/null && break
-        sleep 0.05
-      done
-      want=$([[ $path == relay-kernel ]] && echo kernel || echo userspace)
-      got=$(relay_status "$transport" "$path" | grep -o '"datapath":"[a-z]*"' | sort -u | tr '\n' ' ')
-      [[ $got == "\"datapath\":\"$want\" " ]] ||
-        log "warning: $transport $path: the relay chose ${got:-nothing} (see $work/relay-$transport-$path.log)"
+      expect_datapath "$([[ $path == relay-kernel ]] && echo kernel || echo userspace)" \
+        "$transport $path (see $work/relay-$transport-$path.log)" relay_status "$transport" "$path"
       ;;
     socat | proxyd)
       for front in "${front_data[$transport.$path]}=${sink_addr[$transport]}" \
@@ -368,11 +262,9 @@ start_middle() {
 
 # Stops every middlebox; a relay must exit 0 on SIGTERM.
 stop_middles() {
-  local row pid
+  local row
   for row in "${relay_rows[@]}"; do
-    pid=${middle_pid[$row]}
-    kill -TERM "$pid"
-    wait "$pid" || log "warning: the ${row/./ } relay did not exit 0 on SIGTERM (see $work/relay-${row/./-}.log)"
+    stop_relay "${middle_pid[$row]}" "$work/relay-${row/./-}.log" "${row/./ }"
   done
   stop_pids "${middle_all[@]}"
   middle_all=()
@@ -426,8 +318,8 @@ throughput() {
   sent=$(field bytes "$source_out")
   window=$(field window_s "$sink_out")
   gib=$(calc "${bytes:-0} / 1073741824" 6)
-  read -r busy0 steal0 total0 <<<"$m0"
-  read -r busy1 steal1 total1 <<<"$m1"
+  read -r busy0 total0 steal0 _ <<<"$m0"
+  read -r busy1 total1 steal1 _ <<<"$m1"
   wall=$(calc "($total1 - $total0) / $(nproc)" 3) # ticks of one CPU over the run
 
   local line
@@ -546,13 +438,8 @@ for transport in "${transports[@]}"; do
   done
 done
 
-read -r load1 _ </proc/loadavg
-revision=$(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown)
 run_date=$(date -u +%Y-%m-%dT%H:%MZ)
-log "sockrelay $revision ($relay_src, built $relay_built), kernel $(uname -r), $run_date"
-log "$(nproc) CPUs, load average $load1 before the run$(
-  awk -v l="$load1" 'BEGIN { if (l > 0.5) print " (busy machine: expect noisy numbers)" }'
-)"
+log_machine "$repo" "$relay_src, built $relay_built; run $run_date"
 for ((round = 1; round <= rounds; round++)); do
   for transport in "${transports[@]}"; do
     log "round $round/$rounds, $transport: ${duration} s throughput per path, then ping-pong: ${paths_of[$transport]}"
@@ -621,14 +508,6 @@ for transport in "${transports[@]}"; do
 done
 
 # The issue's targets, from this run's numbers.
-check() { # label value op limit
-  local verdict
-  verdict=$(awk -v v="$2" -v l="$4" -v op="$3" 'BEGIN {
-    if (v == "-") { print "n/a"; exit }
-    ok = (op == ">=") ? (v + 0 >= l + 0) : (v + 0 <= l + 0)
-    print ok ? "PASS" : "FAIL" }')
-  printf '| %s | %s | %s %s | %s |\n' "$1" "$2" "$3" "$4" "$verdict"
-}
 targets=()
 for row in "${relay_rows[@]}"; do
   transport=${row%%.*}
@@ -651,7 +530,7 @@ echo "| target | measured | wanted | verdict |"
 echo "|---|---:|---:|---|"
 for t in "${targets[@]}"; do
   IFS='|' read -r name value op limit <<<"$t"
-  check "$name" "$value" "$op" "$limit"
+  check_target "$name" "$value" "$op" "$limit"
 done
 
 # ---------------------------------------------------------------------------
