@@ -26,8 +26,8 @@ constexpr const char* kUserspaceFallback =
     "user-space data path: splice() for streams, recvmmsg/sendmmsg for datagrams";
 constexpr const char* kSeqpacketFallback = "user-space data path (keeps message boundaries)";
 constexpr const char* kBridgeFallback =
-    "user-space data path: a session per datagram client or connection, one datagram per message or stream "
-    "write";
+    "user-space data path: a session per datagram client or connection, each datagram sent as one message or "
+    "stream write and each message or stream read as one datagram";
 constexpr const char* kNoIngressFallback =
     "none: only the kernel can put data into another socket's receive queue, so the route is refused";
 
@@ -46,8 +46,7 @@ constexpr const char* kBridgeReason =
     "own, "
     "and no counter says when the psock backlog toward a datagram socket has emptied, so ending one could "
     "cut "
-    "its last replies: user space sends each datagram as one message or stream write, and each message or "
-    "stream read as one datagram";
+    "its last replies";
 // tcp <-> tcp: exact in the kernel, but with no backpressure (the psock
 // backlog behind a slow reader is unbounded, and taking a socket out of
 // the map under traffic drops skbs: measured), and slower than splice() in
