@@ -1030,8 +1030,9 @@ TEST(AllowIds, UnknownNamesAndBadTypesAreErrorsAtTheirPosition) {
 namespace sockrelay {
 namespace {
 
-// Lines 1-33: sources u (udp), d (unix-dgram), t (tcp); targets uo, uo2
-// (udp), to, to2 (tcp), so (unix-stream) and the subscribe endpoint sub.
+// Lines 1-33: sources u (udp), d (unix-dgram), t (tcp), v (vsock-stream),
+// s (unix-stream); targets uo, uo2 (udp), to, to2 (tcp), so (unix-stream)
+// and the subscribe endpoint sub.
 // Line 34 is [[routes]], so a route's keys start on line 35.
 constexpr char kEndpoints[] = R"([endpoints.u]
 type = "udp"
