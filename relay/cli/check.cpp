@@ -1,5 +1,7 @@
-#include <unistd.h>
-
+// `sockrelay check`: a config judged the way `run` would take it. The
+// config's own errors come from parse_config (config/config.h), each route
+// source's data path from plan_route (matrix/route_plan.h), with the kernel
+// path measured by a probe of each cell the config uses.
 #include <cstdio>
 #include <map>
 #include <optional>
@@ -8,9 +10,8 @@
 #include "cli/commands.h"
 #include "common/json.h"
 #include "config/config.h"
-#include "daemon/relay.h"
-#include "matrix/datapath_choice.h"
 #include "matrix/matrix.h"
+#include "matrix/route_plan.h"
 #include "probe/probe.h"
 
 namespace sockrelay::cli {
@@ -20,10 +21,10 @@ namespace {
 constexpr const char* kCheckHelp = R"(Usage: sockrelay check [--config FILE] [--json] [--no-probe]
 
 Validate a config without running it: TOML syntax, every key and value,
-addresses, endpoint names, and every route's pairing against the
-supported-configuration matrix AND the running kernel (each pairing used is
-probed once with a real sockmap redirect). Problems are printed as
-FILE:LINE:COL: severity: message.
+addresses, endpoint names, what this version can run, and every route's
+pairing against the supported-configuration matrix AND the running kernel
+(each pairing used is probed once with a real sockmap redirect). Problems
+are printed as FILE:LINE:COL: severity: message.
 
   datapath = "kernel" on a pairing the matrix or this kernel cannot carry
                       is an error;
@@ -39,59 +40,15 @@ Options:
 Exit status: 0 if the config would run, 1 if not, 2 on a bad command line.
 )";
 
-struct RouteVerdict {
-  uint32_t id;
-  std::string from, to;
-  Mode mode;
-  DatapathChoice choice;
-  std::string probe;  // what the probe saw, or why it did not run
-};
-
-using CellKey = std::tuple<EndpointKind, EndpointKind, Mode>;
-
-// Probes each distinct cell once; remembers why the kernel path is unusable.
-class KernelJudge {
- public:
-  explicit KernelJudge(bool enabled) {
-    if (!enabled) {
-      unavailable_ = "not probed (--no-probe)";
-      return;
-    }
-    auto p = Prober::create();
-    if (p)
-      prober_.emplace(std::move(*p));
-    else
-      unavailable_ = p.error().describe();
-  }
-  // Empty when the kernel delivered through this cell; else why not.
-  std::string unavailable(const MatrixCell& cell, std::string* seen) {
-    if (!prober_) {
-      *seen = unavailable_;
-      return probe_disabled_ ? std::string() : unavailable_;
-    }
-    CellKey key{cell.source, cell.target, cell.mode};
-    auto it = cache_.find(key);
-    if (it == cache_.end())
-      it = cache_.emplace(key, prober_->probe_cell(cell.source, cell.target, cell.mode)).first;
-    const ProbeResult& r = it->second;
-    *seen = std::string(outcome_name(r.outcome)) + (r.detail.empty() ? "" : ": " + r.detail);
-    if (r.outcome == ProbeResult::Delivered || r.outcome == ProbeResult::NotTestableHere) return "";
-    return "this kernel did not deliver through it in a probe (" + *seen + ")";
-  }
-  void disable_probe_errors() { probe_disabled_ = true; }
-
- private:
-  std::optional<Prober> prober_;
-  std::string unavailable_;
-  bool probe_disabled_ = false;
-  std::map<CellKey, ProbeResult> cache_;
-};
-
-}  // namespace
-
-int check_command(const Args& args) {
+struct CheckOptions {
   std::string config_path = kDefaultConfig;
-  bool json = false, probe = true;
+  bool json = false;
+  bool probe = true;
+};
+
+// The options, or the exit status when there is nothing to check (--help,
+// a bad command line).
+std::optional<int> parse_options(const Args& args, CheckOptions& options) {
   OptionScanner scan(args);
   std::string arg;
   while (scan.next(&arg)) {
@@ -100,111 +57,185 @@ int check_command(const Args& args) {
       return kExitOk;
     }
     if (arg == "--config") {
-      if (!scan.value(&config_path)) return usage_error("check", "--config needs a FILE");
+      if (!scan.value(&options.config_path)) return usage_error("check", "--config needs a FILE");
     } else if (arg == "--json") {
-      json = true;
+      options.json = true;
     } else if (arg == "--no-probe") {
-      probe = false;
+      options.probe = false;
     } else {
       return usage_error("check", "unknown option '" + arg + "'");
     }
   }
+  return std::nullopt;
+}
 
-  ParseOutcome parsed = load_config(config_path);
-  std::vector<Diagnostic> diags = parsed.diagnostics;
-  std::vector<RouteVerdict> verdicts;
-  if (!parsed.has_errors()) {
-    KernelJudge judge(probe);
-    if (!probe) judge.disable_probe_errors();
-    const Config& config = parsed.config;
-    for (uint32_t id = 0; id < config.routes.size(); ++id) {
-      const Route& route = config.routes[id];
-      if (auto st = check_runnable(config, route); !st) {
-        diags.push_back({config_path, route.pos, Severity::Error, st.error().describe()});
-        continue;
-      }
-      for (const auto& from_name : route.from) {
-        for (const auto& to_name : route.to) {
-          const Endpoint* from = config.find_endpoint(from_name);
-          const Endpoint* to = config.find_endpoint(to_name);
-          const MatrixCell& cell = matrix_cell(from->kind, to->kind, route.mode);
-          RouteVerdict v{id, from_name, to_name, route.mode, {}, {}};
-          std::string why_not =
-              route.datapath == Datapath::Userspace ? "" : judge.unavailable(cell, &v.probe);
-          if (to->role != Role::Subscribe)
-            v.choice = choose_datapath(route.datapath, cell, why_not);
-          else
-            v.choice = choose_subscriber_datapath(route.datapath, route.balance,
-                                                  route.mode == Mode::Ingress ? nullptr : &cell, why_not);
-          std::string pairing = from_name + " (" + std::string(kind_name(from->kind)) + ") -> " + to_name +
-                                " (" + std::string(kind_name(to->kind)) + "), " +
-                                std::string(mode_name(route.mode)) + ": ";
-          if (v.choice.refused)
-            diags.push_back({config_path, route.pos, Severity::Error, pairing + v.choice.reason});
-          else if (v.choice.fell_back)
-            diags.push_back({config_path, route.pos, Severity::Warning, pairing + v.choice.reason});
-          else if (v.choice.kernel && cell.support == Support::Caveat)
-            diags.push_back({config_path, route.pos, Severity::Note,
-                             pairing + "kernel path with a caveat: " + cell.reason});
-          if (v.choice.kernel && route.balance == Balance::Broadcast && to->role != Role::Subscribe &&
-              to_name == route.to.front())
-            diags.push_back(
-                {config_path, route.pos, Severity::Note,
-                 "balance = \"broadcast\": one skb can be redirected to one socket only, so the "
-                 "verdict program hands each datagram to user space, which sends a copy to each of "
-                 "the " +
-                     std::to_string(route.to.size()) +
-                     " targets (a receive per datagram and a send per copy; see `sockrelay matrix`)"});
-          verdicts.push_back(std::move(v));
-        }
+using CellKey = std::tuple<EndpointKind, EndpointKind, Mode>;
+
+// Probes each distinct cell once; remembers why the kernel path is unusable.
+class KernelJudge {
+ public:
+  explicit KernelJudge(bool enabled) {
+    if (!enabled) {
+      not_probed_ = "not probed (--no-probe)";
+      return;
+    }
+    auto p = Prober::create();
+    if (p)
+      prober_.emplace(std::move(*p));
+    else
+      unavailable_ = not_probed_ = p.error().describe();
+  }
+  // Empty when the kernel delivered through this cell (or was not asked);
+  // else why not.
+  std::string unavailable(const MatrixCell& cell) {
+    if (!prober_) return unavailable_;
+    const ProbeResult& r = measure(cell);
+    if (r.outcome == ProbeResult::Delivered || r.outcome == ProbeResult::NotTestableHere) return "";
+    return "this kernel did not deliver through it in a probe (" + seen(cell) + ")";
+  }
+  // What the probe saw, or why it did not run.
+  std::string seen(const MatrixCell& cell) {
+    if (!prober_) return not_probed_;
+    const ProbeResult& r = measure(cell);
+    return std::string(outcome_name(r.outcome)) + (r.detail.empty() ? "" : ": " + r.detail);
+  }
+
+ private:
+  const ProbeResult& measure(const MatrixCell& cell) {
+    CellKey key{cell.source, cell.target, cell.mode};
+    auto it = cache_.find(key);
+    if (it == cache_.end())
+      it = cache_.emplace(key, prober_->probe_cell(cell.source, cell.target, cell.mode)).first;
+    return it->second;
+  }
+
+  std::optional<Prober> prober_;
+  std::string unavailable_;  // why every cell is unusable (the probe could not load)
+  std::string not_probed_;   // what `seen` says without a prober
+  std::map<CellKey, ProbeResult> cache_;
+};
+
+// One pairing as `check` reports it.
+struct Verdict {
+  uint32_t route_id;
+  RouteEngine engine;
+  PairingPlan pairing;
+  std::string probe;  // what the probe saw, or why it did not run
+};
+
+struct Judgement {
+  std::vector<Diagnostic> diagnostics;
+  std::vector<Verdict> verdicts;
+  bool ok() const {
+    for (const auto& d : diagnostics)
+      if (d.severity == Severity::Error) return false;
+    return true;
+  }
+};
+
+// Refusals are errors, fall-backs warnings, caveats and broadcast copies
+// notes; all at the route's [[routes]] table.
+void report_plan(const Config& config, const Route& route, const RoutePlan& plan, Judgement& out) {
+  auto add = [&](Severity severity, std::string message) {
+    out.diagnostics.push_back({config.path, route.pos, severity, std::move(message)});
+  };
+  for (const PairingPlan& p : plan.pairings) {
+    const std::string prefix = p.label() + ": ";
+    if (p.choice.refused)
+      add(Severity::Error, prefix + p.choice.reason);
+    else if (p.choice.fell_back)
+      add(Severity::Warning, prefix + p.choice.reason);
+    else if (p.choice.kernel && p.cell->support == Support::Caveat)
+      add(Severity::Note, prefix + "kernel path with a caveat: " + p.cell->reason);
+  }
+  if (plan.choice.kernel && route.balance == Balance::Broadcast && plan.engine != RouteEngine::Subscribers)
+    add(Severity::Note,
+        "balance = \"broadcast\": one skb can be redirected to one socket only, so the verdict program hands "
+        "each "
+        "datagram to user space, which sends a copy to each of the " +
+            std::to_string(route.to.size()) +
+            " targets (a receive per datagram and a send per copy; see `sockrelay matrix`)");
+}
+
+// Every route source planned as `run` would open it.
+void judge_routes(const Config& config, bool probe, Judgement& out) {
+  KernelJudge judge(probe);
+  const KernelCheck kernel_check = [&](const MatrixCell& cell) { return judge.unavailable(cell); };
+  for (uint32_t id = 0; id < config.routes.size(); ++id) {
+    const Route& route = config.routes[id];
+    for (size_t from = 0; from < route.from.size(); ++from) {
+      RoutePlan plan = plan_route(config, route, from, kernel_check);
+      report_plan(config, route, plan, out);
+      for (PairingPlan& p : plan.pairings) {
+        std::string seen = route.datapath == Datapath::Userspace ? "" : judge.seen(*p.cell);
+        out.verdicts.push_back(Verdict{id, plan.engine, std::move(p), std::move(seen)});
       }
     }
   }
-  bool ok = true;
-  for (const auto& d : diags)
-    if (d.severity == Severity::Error) ok = false;
+}
 
-  if (json) {
-    JsonWriter j;
-    j.begin_object().field("file", config_path).field("ok", ok);
-    j.key("diagnostics").begin_array();
-    for (const auto& d : diags) {
-      const char* sev = d.severity == Severity::Error     ? "error"
-                        : d.severity == Severity::Warning ? "warning"
-                                                          : "note";
-      j.begin_object()
-          .field("line", d.pos.line)
-          .field("column", d.pos.column)
-          .field("severity", sev)
-          .field("message", d.message)
-          .end_object();
-    }
-    j.end_array();
-    j.key("routes").begin_array();
-    for (const auto& v : verdicts) {
-      j.begin_object()
-          .field("id", v.id)
-          .field("from", v.from)
-          .field("to", v.to)
-          .field("mode", mode_name(v.mode))
-          .field("datapath", v.choice.refused  ? "refused"
-                             : v.choice.kernel ? "kernel"
-                                               : "userspace")
-          .field("reason", v.choice.reason)
-          .field("probe", v.probe)
-          .end_object();
-    }
-    j.end_array().end_object();
-    std::printf("%s\n", j.str().c_str());
-  } else {
-    for (const auto& d : diags) std::fprintf(stderr, "%s\n", d.format().c_str());
-    for (const auto& v : verdicts)
-      if (!v.choice.refused)
-        std::printf("route %u: %s -> %s: %s path (%s)\n", v.id, v.from.c_str(), v.to.c_str(),
-                    v.choice.kernel ? "kernel" : "user-space", v.choice.reason.c_str());
-    std::printf("%s: %s\n", config_path.c_str(), ok ? "OK, would run" : "would NOT run");
+std::string_view datapath_word(const DatapathChoice& choice) {
+  return choice.refused ? "refused" : choice.kernel ? "kernel" : "userspace";
+}
+
+void print_json(const std::string& path, const Judgement& judgement) {
+  JsonWriter j;
+  j.begin_object().field("file", path).field("ok", judgement.ok());
+  j.key("diagnostics").begin_array();
+  for (const auto& d : judgement.diagnostics) {
+    const char* sev = d.severity == Severity::Error     ? "error"
+                      : d.severity == Severity::Warning ? "warning"
+                                                        : "note";
+    j.begin_object()
+        .field("line", d.pos.line)
+        .field("column", d.pos.column)
+        .field("severity", sev)
+        .field("message", d.message)
+        .end_object();
   }
-  return ok ? kExitOk : kExitFailure;
+  j.end_array();
+  j.key("routes").begin_array();
+  for (const auto& v : judgement.verdicts) {
+    j.begin_object()
+        .field("id", v.route_id)
+        .field("from", v.pairing.from->name)
+        .field("to", v.pairing.to->name)
+        .field("mode", mode_name(v.pairing.cell->mode))
+        .field("engine", engine_name(v.engine))
+        .field("datapath", datapath_word(v.pairing.choice))
+        .field("reason", v.pairing.choice.reason)
+        .field("probe", v.probe)
+        .end_object();
+  }
+  j.end_array().end_object();
+  std::printf("%s\n", j.str().c_str());
+}
+
+void print_text(const std::string& path, const Judgement& judgement) {
+  for (const auto& d : judgement.diagnostics) std::fprintf(stderr, "%s\n", d.format().c_str());
+  for (const auto& v : judgement.verdicts) {
+    const DatapathChoice& choice = v.pairing.choice;
+    if (choice.refused) continue;
+    std::printf("route %u: %s -> %s: %s path (%s)\n", v.route_id, v.pairing.from->name.c_str(),
+                v.pairing.to->name.c_str(), choice.kernel ? "kernel" : "user-space", choice.reason.c_str());
+  }
+  std::printf("%s: %s\n", path.c_str(), judgement.ok() ? "OK, would run" : "would NOT run");
+}
+
+}  // namespace
+
+int check_command(const Args& args) {
+  CheckOptions options;
+  if (auto exit_status = parse_options(args, options)) return *exit_status;
+  ParseOutcome parsed = load_config(options.config_path);
+  Judgement judgement;
+  judgement.diagnostics = parsed.diagnostics;
+  if (!parsed.has_errors()) judge_routes(parsed.config, options.probe, judgement);
+  if (options.json)
+    print_json(options.config_path, judgement);
+  else
+    print_text(options.config_path, judgement);
+  return judgement.ok() ? kExitOk : kExitFailure;
 }
 
 }  // namespace sockrelay::cli

@@ -42,7 +42,6 @@ std::optional<Enum> from_name(std::string_view name, const Enum (&all)[N],
   return std::nullopt;
 }
 
-constexpr Mode kAllModes[] = {Mode::Egress, Mode::Ingress};
 constexpr Datapath kAllDatapaths[] = {Datapath::Auto, Datapath::Kernel, Datapath::Userspace};
 constexpr Balance kAllBalances[] = {Balance::Single, Balance::RoundRobin, Balance::Hash, Balance::Broadcast};
 
@@ -110,6 +109,8 @@ bool kind_is_stream(EndpointKind kind) { return kind_socktype(kind) == SOCK_STRE
 
 bool kind_is_datagram(EndpointKind kind) { return kind_socktype(kind) == SOCK_DGRAM; }
 
+bool kind_is_vsock(EndpointKind kind) { return kind_family(kind) == AF_VSOCK; }
+
 std::string_view mode_name(Mode mode) {
   switch (mode) {
     case Mode::Egress:
@@ -172,6 +173,10 @@ bool SocketAddress::operator==(const SocketAddress& other) const {
   if (family() != other.family() || length != other.length) return false;
   std::size_t n = std::min<std::size_t>(length, sizeof(storage));
   return std::memcmp(&storage, &other.storage, n) == 0;
+}
+
+std::string endpoint_label(const Endpoint& endpoint) {
+  return endpoint.name + " (" + std::string(kind_name(endpoint.kind)) + " " + endpoint.address.text + ")";
 }
 
 const Endpoint* Config::find_endpoint(std::string_view name) const {

@@ -40,6 +40,7 @@ int kind_family(EndpointKind kind);        // AF_INET (or AF_INET6), AF_UNIX, AF
 int kind_socktype(EndpointKind kind);      // SOCK_DGRAM, SOCK_STREAM, SOCK_SEQPACKET
 bool kind_is_stream(EndpointKind kind);    // byte streams: tcp, unix-stream, vsock-stream
 bool kind_is_datagram(EndpointKind kind);  // message kinds: udp, unix-dgram (seqpacket is neither)
+bool kind_is_vsock(EndpointKind kind);     // vsock-stream, vsock-seqpacket
 
 // Subscribe: a UNIX listener where local consumers join a route at run
 // time and receive its datagrams (sessions/subscriber_route.h).
@@ -47,6 +48,7 @@ enum class Role { Listen, Connect, Subscribe };
 enum class Mode { Egress, Ingress };
 enum class Datapath { Auto, Kernel, Userspace };
 enum class Balance { Single, RoundRobin, Hash, Broadcast };
+inline constexpr Mode kAllModes[] = {Mode::Egress, Mode::Ingress};
 
 std::string_view mode_name(Mode mode);
 std::string_view datapath_name(Datapath datapath);
@@ -59,6 +61,12 @@ std::optional<Balance> balance_from_name(std::string_view name);
 // Routes are numbered 0..kMaxRoutes-1 in config order; equals RELAY_MAX_ROUTES
 // in bpf/relay_shared.h (config.cpp checks that they agree).
 inline constexpr std::size_t kMaxRoutes = 256;
+// `to` targets a route may list; equals RELAY_MAX_TARGETS (checked likewise).
+inline constexpr std::size_t kMaxTargets = 8;
+
+// How long a flow or session may stay silent before it is closed, unless
+// [relay] idle-timeout says otherwise. Every route spec starts from it.
+inline constexpr std::chrono::milliseconds kDefaultIdleTimeout{120'000};
 
 // Where a value came from, for "FILE:LINE:COL: message".
 struct SourcePos {
@@ -85,6 +93,9 @@ struct Endpoint {
   SourcePos pos;  // of the [endpoints.NAME] table
 };
 
+// "dns-in (udp 127.0.0.1:53)": an endpoint as messages and logs name it.
+std::string endpoint_label(const Endpoint& endpoint);
+
 // A network in `allow-sources`, e.g. 10.0.0.0/8 or ::1/128.
 struct SourceNetwork {
   int family = 0;                  // AF_INET or AF_INET6
@@ -93,6 +104,13 @@ struct SourceNetwork {
   std::string text;                // as written
 
   bool contains(const sockaddr* sa) const;  // an AF_INET/AF_INET6 peer address
+};
+
+// Where each key of a [[routes]] table was written (its value's position),
+// so a rule about one key points at it. A key the table lacks points at the
+// [[routes]] table itself.
+struct RouteKeyPositions {
+  SourcePos from, to, mode, datapath, balance, allow_sources, allow_cids, allow_uids, allow_gids;
 };
 
 struct Route {
@@ -109,11 +127,12 @@ struct Route {
   std::vector<uint32_t> allow_uids;
   std::vector<uint32_t> allow_gids;
   SourcePos pos;  // of the [[routes]] table
+  RouteKeyPositions keys;
 };
 
 struct RelaySettings {
   std::string log_level = "info";  // trace|debug|info|warn|error|critical|off
-  std::chrono::milliseconds idle_timeout{120'000};
+  std::chrono::milliseconds idle_timeout = kDefaultIdleTimeout;
   uint32_t max_sessions = 4096;
   std::string control = "/run/sockrelay/control.sock";
 };

@@ -1,5 +1,7 @@
-// Which data path a route gets: the route's `datapath`, the matrix cell for
-// its pairing, and whether the kernel path can be had at all on this host.
+// The data path of one pairing (one source, one target): the route's
+// `datapath`, the matrix cell for the pairing, and whether the kernel path
+// can be had at all on this host. plan_route (matrix/route_plan.h) decides a
+// whole route from these; call it rather than these.
 #pragma once
 
 #include <string>
@@ -15,14 +17,16 @@ struct DatapathChoice {
   std::string reason;      // for status, logs and `check`
 };
 
-// `kernel_unavailable` is empty when BPF loaded (or would load), else why not.
+// A pairing of a route to connect endpoints. `kernel_unavailable` is empty
+// when BPF loaded (or would load), else why not.
 DatapathChoice choose_datapath(Datapath requested, const MatrixCell& cell,
                                const std::string& kernel_unavailable);
 
 // A route to a subscribe endpoint (sessions/subscriber_route.h). Round-robin
 // rides the kernel where `cell` allows (egress into each subscriber's
 // connection; for ingress `cell` is null: the socket a subscriber passes is
-// checked when it joins); broadcast is copied in user space.
+// checked when it joins); broadcast is copied in user space. Ingress has no
+// user-space equivalent: without the kernel path it is refused.
 DatapathChoice choose_subscriber_datapath(Datapath requested, Balance balance, const MatrixCell* cell,
                                           const std::string& kernel_unavailable);
 

@@ -22,9 +22,6 @@ namespace {
 constexpr const char* kNoVsockLoopback =
     "no vsock loopback transport (vsock_loopback module) on this machine: run vm-tests/";
 
-bool is_vsock(EndpointKind kind) {
-  return kind == EndpointKind::VsockStream || kind == EndpointKind::VsockSeqpacket;
-}
 bool is_unix(EndpointKind kind) { return kind_family(kind) == AF_UNIX; }
 
 // Why a cell stopped before its payload could be judged.
@@ -194,7 +191,8 @@ class Cell {
     end.cookie = *near_cookie;
     end.flow_key = end.cookie;
     if (is_source && is_unix(kind)) {
-      // AF_UNIX shows the verdict program the sender (DESIGN.md).
+      // AF_UNIX shows the verdict program the sender, not the receiver
+      // (ARCHITECTURE.md, "Kernel facts").
       auto sender_cookie = socket_cookie(end.sockets.far.get());
       if (!sender_cookie) return error_stop(sender_cookie.error());
       end.flow_key = *sender_cookie;
@@ -301,10 +299,11 @@ ProbeResult Prober::probe_cell(EndpointKind source, EndpointKind target, Mode mo
   Cell cell(*bpf_);
   // The end that needs no VSOCK goes first, so a unix-seqpacket end is
   // measured (refused by the map) even where VSOCK cannot be tested.
-  const bool target_first = is_vsock(source) && !is_vsock(target);
+  const bool target_first = kind_is_vsock(source) && !kind_is_vsock(target);
   for (bool is_source : {!target_first, target_first}) {
     EndpointKind kind = is_source ? source : target;
-    if (is_vsock(kind) && vsock_usable_ == 0) return stop({ProbeResult::NotTestableHere, kNoVsockLoopback});
+    if (kind_is_vsock(kind) && vsock_usable_ == 0)
+      return stop({ProbeResult::NotTestableHere, kNoVsockLoopback});
     if (auto s = cell.open(kind, is_source)) return stop(std::move(*s));
   }
   if (auto s = cell.route(mode)) return stop(std::move(*s));

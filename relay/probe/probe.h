@@ -13,67 +13,16 @@
 #include <cstdint>
 #include <memory>
 #include <string>
-#include <string_view>
 #include <vector>
 
 #include "common/result.h"
 #include "config/model.h"
 #include "matrix/matrix.h"
+#include "matrix/probe_result.h"
 
 namespace sockrelay {
 
 class BpfRelay;
-
-struct ProbeResult {
-  EndpointKind source;
-  EndpointKind target;
-  Mode mode;
-  enum Outcome {
-    Delivered,        // the payload arrived byte-exact where the mode puts it
-    NotDelivered,     // nothing (or other bytes) arrived within the timeout
-    CannotEnterMap,   // a socket of this cell was refused by the sockmap (EOPNOTSUPP)
-    NotTestableHere,  // this machine lacks what the cell needs (vsock loopback)
-    Error,            // the probe itself failed (socket, bind, map update, ...)
-  } outcome;
-  std::string detail;  // what was seen, for humans
-};
-
-// Inline so the matrix formatter can use them without linking the probe.
-
-// "delivered", "not-delivered", "cannot-enter-map", "not-testable-here", "error".
-inline std::string_view outcome_name(ProbeResult::Outcome outcome) {
-  switch (outcome) {
-    case ProbeResult::Delivered:
-      return "delivered";
-    case ProbeResult::NotDelivered:
-      return "not-delivered";
-    case ProbeResult::CannotEnterMap:
-      return "cannot-enter-map";
-    case ProbeResult::NotTestableHere:
-      return "not-testable-here";
-    case ProbeResult::Error:
-      return "error";
-  }
-  return "unknown";
-}
-
-// Whether a measurement confirms the matrix: a kernel path must deliver, an
-// unsupported cell must not. A cell that could not be tested agrees with
-// anything; a probe error agrees with nothing.
-inline bool probe_agrees(const MatrixCell& cell, const ProbeResult& result) {
-  switch (result.outcome) {
-    case ProbeResult::NotTestableHere:
-      return true;
-    case ProbeResult::Error:
-      return false;
-    case ProbeResult::Delivered:
-      return cell.support != Support::Unsupported;
-    case ProbeResult::NotDelivered:
-    case ProbeResult::CannotEnterMap:
-      return cell.support == Support::Unsupported;
-  }
-  return false;
-}
 
 // How long a cell waits for its payload.
 inline constexpr int kProbeTimeoutMs = 1000;

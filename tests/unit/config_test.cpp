@@ -107,7 +107,7 @@ listen = "any:99"
 [[routes]]
 from = "zeta"
 to = ["alpha", "beta"]
-mode = "ingress"
+mode = "egress"
 datapath = "userspace"
 
 [[routes]]
@@ -144,7 +144,7 @@ to = "beta"
   ASSERT_EQ(c.routes.size(), 2u);
   EXPECT_EQ(c.routes[0].from, std::vector<std::string>{"zeta"});
   EXPECT_EQ(c.routes[0].to, (std::vector<std::string>{"alpha", "beta"}));
-  EXPECT_EQ(c.routes[0].mode, Mode::Ingress);
+  EXPECT_EQ(c.routes[0].mode, Mode::Egress);
   EXPECT_EQ(c.routes[0].datapath, Datapath::Userspace);
   EXPECT_EQ(c.routes[0].balance, Balance::RoundRobin);  // default with several targets
   EXPECT_EQ(c.routes[0].pos.line, 23);
@@ -160,6 +160,7 @@ TEST(Config, DefaultsWithoutRelayTable) {
   ASSERT_TRUE(o.diagnostics.empty()) << dump(o);
   EXPECT_EQ(o.config.relay.log_level, "info");
   EXPECT_EQ(o.config.relay.idle_timeout, std::chrono::seconds(120));
+  EXPECT_EQ(o.config.relay.idle_timeout, kDefaultIdleTimeout);
   EXPECT_EQ(o.config.relay.max_sessions, 4096u);
   EXPECT_EQ(o.config.relay.control, "/run/sockrelay/control.sock");
 }
@@ -696,10 +697,15 @@ TEST(Config, RouteEnums) {
       parse(valid_plus("datapath = \"bpf\"\n")),
       {err(12, 12, R"(route #1: datapath "bpf" is not valid; valid values: auto, kernel, userspace)")});
   expect_diags(parse(valid_plus("mode = 1\n")), {err(12, 8, "route #1: mode must be a string, got integer")});
-  auto ok = parse(valid_plus("mode = \"ingress\"\ndatapath = \"kernel\"\n"));
+  auto ok = parse(valid_plus("datapath = \"kernel\"\n"));
   ASSERT_TRUE(ok.diagnostics.empty()) << dump(ok);
-  EXPECT_EQ(ok.config.routes[0].mode, Mode::Ingress);
   EXPECT_EQ(ok.config.routes[0].datapath, Datapath::Kernel);
+  // Ingress parses, and is then refused toward a connect endpoint, at the mode (route_rules.h).
+  auto ingress = parse(valid_plus("mode = \"ingress\"\n"));
+  EXPECT_EQ(ingress.config.routes[0].mode, Mode::Ingress);
+  expect_diags(ingress, {err_has(12, 8,
+                                 "route #1: mode = \"ingress\" (BPF_F_INGRESS) delivers into the target "
+                                 "socket's own receive queue")});
 }
 
 TEST(Config, BalanceWithOneTargetIsAWarning) {
@@ -982,12 +988,19 @@ TEST(AllowIds, CidsUidsAndGidsByNumberOrName) {
   ParseOutcome out = parse_config(
       "[endpoints.a]\ntype = \"vsock-stream\"\nlisten = \"any:5000\"\n"
       "[endpoints.b]\ntype = \"unix-stream\"\nconnect = \"/run/b.sock\"\n"
-      "[[routes]]\nfrom = \"a\"\nto = \"b\"\nallow-cids = [3, \"host\", \"local\"]\n"
+      "[[routes]]\nfrom = \"a\"\nto = \"b\"\nallow-cids = [3, \"host\", \"local\"]\n",
+      "t.toml");
+  ASSERT_FALSE(out.has_errors()) << (out.diagnostics.empty() ? "" : out.diagnostics[0].format());
+  EXPECT_EQ(out.config.routes[0].allow_cids, (std::vector<uint32_t>{3, 2, 1}));
+  // uids and gids are for unix sources (route_rules.h).
+  out = parse_config(
+      "[endpoints.a]\ntype = \"unix-stream\"\nlisten = \"@a\"\n"
+      "[endpoints.b]\ntype = \"unix-stream\"\nconnect = \"/run/b.sock\"\n"
+      "[[routes]]\nfrom = \"a\"\nto = \"b\"\n"
       "allow-uids = [0, \"root\"]\nallow-gids = [\"root\", 7]\n",
       "t.toml");
   ASSERT_FALSE(out.has_errors()) << (out.diagnostics.empty() ? "" : out.diagnostics[0].format());
   const Route& r = out.config.routes[0];
-  EXPECT_EQ(r.allow_cids, (std::vector<uint32_t>{3, 2, 1}));
   EXPECT_EQ(r.allow_uids, (std::vector<uint32_t>{0, 0}));
   EXPECT_EQ(r.allow_gids, (std::vector<uint32_t>{0, 7}));
 }
@@ -1007,6 +1020,167 @@ TEST(AllowIds, UnknownNamesAndBadTypesAreErrorsAtTheirPosition) {
     EXPECT_EQ(out.diagnostics[0].pos.line, 10) << line;
     EXPECT_NE(out.diagnostics[0].message.find(expect), std::string::npos) << out.diagnostics[0].message;
   }
+}
+
+}  // namespace
+}  // namespace sockrelay
+
+// ---- what this version can run (config/route_rules.h) ----
+
+namespace sockrelay {
+namespace {
+
+// Lines 1-33: sources u (udp), d (unix-dgram), t (tcp), v (vsock-stream),
+// s (unix-stream); targets uo, uo2 (udp), to, to2 (tcp), so (unix-stream)
+// and the subscribe endpoint sub.
+// Line 34 is [[routes]], so a route's keys start on line 35.
+constexpr char kEndpoints[] = R"([endpoints.u]
+type = "udp"
+listen = "127.0.0.1:5300"
+[endpoints.d]
+type = "unix-dgram"
+listen = "@d"
+[endpoints.t]
+type = "tcp"
+listen = "127.0.0.1:5400"
+[endpoints.v]
+type = "vsock-stream"
+listen = "any:5000"
+[endpoints.s]
+type = "unix-stream"
+listen = "@s"
+[endpoints.uo]
+type = "udp"
+connect = "127.0.0.1:5301"
+[endpoints.uo2]
+type = "udp"
+connect = "127.0.0.1:5302"
+[endpoints.to]
+type = "tcp"
+connect = "127.0.0.1:5401"
+[endpoints.to2]
+type = "tcp"
+connect = "127.0.0.1:5402"
+[endpoints.so]
+type = "unix-stream"
+connect = "/run/so.sock"
+[endpoints.sub]
+type = "unix-stream"
+subscribe = "/run/sub.sock"
+[[routes]]
+)";
+
+// The errors only (unused endpoints are warnings).
+std::vector<Diagnostic> errors_of(const ParseOutcome& o) {
+  std::vector<Diagnostic> errors;
+  for (const Diagnostic& d : o.diagnostics)
+    if (d.severity == Severity::Error) errors.push_back(d);
+  return errors;
+}
+
+struct RuleCase {
+  std::string route;  // from line 35
+  int line, column;
+  std::string message;  // part of it
+};
+
+TEST(RouteRules, EachIsReportedAtTheKeyToChange) {
+  const RuleCase cases[] = {
+      {"from = \"t\"\nto = [\"to\", \"to2\"]\nbalance = \"broadcast\"\n", 37, 11,
+       "route #1: balance = \"broadcast\" copies datagrams; t (tcp 127.0.0.1:5400) is a connection source"},
+      {"from = \"u\"\nto = \"uo\"\nmode = \"ingress\"\n", 37, 8,
+       "route #1: mode = \"ingress\" (BPF_F_INGRESS) delivers into the target socket's own receive queue"},
+      {"from = [\"u\", \"d\"]\nto = \"sub\"\n", 35, 8, "a route to subscribers reads one source"},
+      {"from = \"t\"\nto = \"sub\"\n", 35, 8,
+       "subscribers receive datagrams; endpoint t (tcp 127.0.0.1:5400)"},
+      {"from = \"u\"\nto = \"sub\"\nbalance = \"hash\"\n", 37, 11, "hashing would move every client"},
+      {"from = \"u\"\nto = \"sub\"\nmode = \"ingress\"\n", 37, 8, "one skb goes to one socket only"},
+      {"from = \"t\"\nto = \"to\"\nallow-sources = [\"10.0.0.0/8\"]\n", 37, 17,
+       "allow-sources is enforced for udp sources only in this version; endpoint t (tcp 127.0.0.1:5400)"},
+      {"from = \"u\"\nto = \"uo\"\nallow-cids = [3]\n", 37, 14, "allow-cids applies to vsock sources"},
+      {"from = \"t\"\nto = \"to\"\nallow-uids = [0]\n", 37, 14, "allow-uids and allow-gids are enforced for"},
+      {"from = \"d\"\nto = \"uo\"\nallow-uids = [0]\nallow-gids = [0]\n", 38, 14,
+       "allow-gids on unix-dgram endpoint d (unix-dgram @d) needs datapath = \"userspace\""},
+      {"from = \"u\"\nto = [\"so\", \"to\"]\n", 36, 6,
+       "a route between a datagram kind and a stream/seqpacket kind takes exactly one `to` target"},
+  };
+  for (const RuleCase& c : cases) {
+    SCOPED_TRACE(c.route);
+    ParseOutcome o = parse(kEndpoints + c.route);
+    std::vector<Diagnostic> errors = errors_of(o);
+    ASSERT_EQ(errors.size(), 1u) << dump(o);
+    EXPECT_EQ(errors[0].pos.line, c.line) << dump(o);
+    EXPECT_EQ(errors[0].pos.column, c.column) << dump(o);
+    EXPECT_NE(errors[0].message.find(c.message), std::string::npos) << dump(o);
+  }
+}
+
+TEST(RouteRules, WhatThisVersionRunsPasses) {
+  for (const char* route : {
+           "from = \"u\"\nto = [\"uo\", \"uo2\"]\nbalance = \"broadcast\"\n",
+           "from = \"d\"\nto = \"uo\"\nallow-uids = [0]\nallow-gids = [0]\ndatapath = \"userspace\"\n",
+           "from = \"v\"\nto = \"so\"\nallow-cids = [3]\n",
+           "from = \"s\"\nto = \"to\"\nallow-uids = [0]\n",
+           "from = \"u\"\nto = \"sub\"\nmode = \"ingress\"\nbalance = \"round-robin\"\n",
+           // Ingress needs the kernel path: plan_route refuses this one, not the config.
+           "from = \"u\"\nto = \"sub\"\nmode = \"ingress\"\nbalance = \"round-robin\"\ndatapath = "
+           "\"userspace\"\n",
+           "from = \"u\"\nto = \"so\"\nallow-sources = [\"10.0.0.0/8\"]\n",
+       }) {
+    ParseOutcome o = parse(kEndpoints + std::string(route));
+    EXPECT_TRUE(errors_of(o).empty()) << route << dump(o);
+  }
+}
+
+TEST(RouteRules, ASubscribeEndpointFedByTwoRoutesIsReportedForEach) {
+  ParseOutcome o =
+      parse(kEndpoints + std::string("from = \"u\"\nto = \"sub\"\n[[routes]]\nfrom = \"d\"\nto = \"sub\"\n"));
+  std::vector<Diagnostic> errors = errors_of(o);
+  ASSERT_EQ(errors.size(), 2u) << dump(o);
+  EXPECT_EQ(errors[0].pos.line, 36);
+  EXPECT_EQ(errors[1].pos.line, 39);
+  for (const Diagnostic& d : errors)
+    EXPECT_NE(d.message.find("subscribe endpoint \"sub\" is the target of 2 routes"), std::string::npos)
+        << dump(o);
+}
+
+TEST(RouteRules, AtMostEightTargets) {
+  std::string doc = "[endpoints.in]\ntype = \"udp\"\nlisten = \"127.0.0.1:5300\"\n";
+  std::string to;
+  for (int i = 0; i <= static_cast<int>(kMaxTargets); ++i) {
+    doc += "[endpoints.o" + std::to_string(i) +
+           "]\ntype = \"udp\"\nconnect = \"127.0.0.1:" + std::to_string(6000 + i) + "\"\n";
+    to += std::string(to.empty() ? "" : ", ") + "\"o" + std::to_string(i) + "\"";
+  }
+  const int route_line = 3 + 3 * (static_cast<int>(kMaxTargets) + 1) + 1;
+  expect_diags(parse(doc + "[[routes]]\nfrom = \"in\"\nto = [" + to + "]\n"),
+               {err(route_line + 2, 6, "route #1: to lists 9 targets; at most 8 `to` targets per route")});
+}
+
+// The rules read a whole, consistent config: a file with other errors
+// reports those first.
+TEST(RouteRules, WaitForAFileWithoutOtherErrors) {
+  ParseOutcome o =
+      parse(kEndpoints + std::string("from = \"u\"\nto = \"uo\"\nmode = \"ingress\"\nbogus = 1\n"));
+  std::vector<Diagnostic> errors = errors_of(o);
+  ASSERT_EQ(errors.size(), 1u) << dump(o);
+  EXPECT_EQ(errors[0].pos.line, 38);
+  EXPECT_NE(errors[0].message.find("unknown key \"bogus\" in route #1"), std::string::npos) << dump(o);
+}
+
+TEST(RouteRules, RouteKeysKeepTheirPositions) {
+  ParseOutcome o = parse(kEndpoints + std::string("to = \"uo\"\nfrom = \"u\"\ndatapath = \"kernel\"\n"));
+  ASSERT_FALSE(o.has_errors()) << dump(o);
+  const Route& r = o.config.routes[0];
+  EXPECT_EQ(r.pos.line, 34);
+  EXPECT_EQ(r.keys.to.line, 35);
+  EXPECT_EQ(r.keys.to.column, 6);
+  EXPECT_EQ(r.keys.from.line, 36);
+  EXPECT_EQ(r.keys.datapath.line, 37);
+  EXPECT_EQ(r.keys.datapath.column, 12);
+  // A key the route lacks points at the route.
+  EXPECT_EQ(r.keys.mode.line, 34);
+  EXPECT_EQ(r.keys.allow_gids.line, 34);
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
-// The matrix as data: every documented kernel fact (DESIGN.md) is a cell
-// property checked here, and the formatters show what they should.
+// The matrix as data: every kernel fact (ARCHITECTURE.md, "Kernel facts")
+// and every rule of what this version takes is a cell property checked
+// here, and the formatters show what they should.
 #include "matrix/matrix.h"
 
 #include <gtest/gtest.h>
@@ -13,11 +14,6 @@
 namespace sockrelay {
 namespace {
 
-constexpr Mode kModes[] = {Mode::Egress, Mode::Ingress};
-
-bool is_vsock(EndpointKind kind) {
-  return kind == EndpointKind::VsockStream || kind == EndpointKind::VsockSeqpacket;
-}
 bool contains(const std::string& haystack, const std::string& needle) {
   return haystack.find(needle) != std::string::npos;
 }
@@ -30,7 +26,7 @@ TEST(Matrix, HasEveryCellOnceInOrder) {
   EXPECT_EQ(seen.size(), 98u);
   EXPECT_EQ(cells.front().mode, Mode::Egress);
   EXPECT_EQ(cells.back().mode, Mode::Ingress);
-  for (Mode mode : kModes)
+  for (Mode mode : kAllModes)
     for (EndpointKind s : kAllKinds)
       for (EndpointKind t : kAllKinds) {
         const MatrixCell& cell = matrix_cell(s, t, mode);
@@ -51,7 +47,8 @@ TEST(Matrix, EgressWorksBetweenEverySockmapKind) {
       if (!kind_enters_sockmap(s) || !kind_enters_sockmap(t)) continue;
       const MatrixCell& cell = matrix_cell(s, t, Mode::Egress);
       EXPECT_NE(cell.support, Support::Unsupported) << kind_name(s) << " -> " << kind_name(t);
-      EXPECT_TRUE(cell.fallback.empty());
+      // A fallback is named exactly where this version may stay off the kernel path.
+      EXPECT_EQ(cell.fallback.empty(), cell.relay == RelayPath::Kernel) << cell_label(cell);
     }
 }
 
@@ -60,10 +57,11 @@ TEST(Matrix, IngressWorksIntoEveryKindButVsock) {
     for (EndpointKind t : kAllKinds) {
       if (!kind_enters_sockmap(s) || !kind_enters_sockmap(t)) continue;
       const MatrixCell& cell = matrix_cell(s, t, Mode::Ingress);
-      if (is_vsock(t)) {
+      if (kind_is_vsock(t)) {
         EXPECT_EQ(cell.support, Support::Unsupported) << kind_name(s) << " -> " << kind_name(t);
         EXPECT_EQ(cell.reason, "VSOCK cannot be a BPF_F_INGRESS target: the kernel drops it since 6.12");
-        EXPECT_TRUE(contains(cell.fallback, "user-space data path")) << cell.fallback;
+        EXPECT_TRUE(contains(cell.fallback, "none: only the kernel can put data")) << cell.fallback;
+        EXPECT_EQ(cell.relay, RelayPath::Refused);
         EXPECT_FALSE(cell.min_kernel.known());
       } else {
         EXPECT_NE(cell.support, Support::Unsupported) << kind_name(s) << " -> " << kind_name(t);
@@ -75,13 +73,19 @@ TEST(Matrix, IngressWorksIntoEveryKindButVsock) {
 }
 
 TEST(Matrix, UnixSeqpacketIsUnsupportedBothWays) {
-  for (Mode mode : kModes)
+  for (Mode mode : kAllModes)
     for (EndpointKind other : kAllKinds) {
       for (const MatrixCell* cell : {&matrix_cell(EndpointKind::UnixSeqpacket, other, mode),
                                      &matrix_cell(other, EndpointKind::UnixSeqpacket, mode)}) {
         EXPECT_EQ(cell->support, Support::Unsupported);
         EXPECT_TRUE(contains(cell->reason, "EOPNOTSUPP")) << cell->reason;
-        EXPECT_EQ(cell->fallback, "user-space data path (keeps message boundaries)");
+        if (mode == Mode::Egress) {
+          EXPECT_EQ(cell->fallback, "user-space data path (keeps message boundaries)");
+          EXPECT_EQ(cell->relay, RelayPath::UserSpace);
+        } else {
+          EXPECT_TRUE(contains(cell->fallback, "none:")) << "ingress has no user-space equivalent";
+          EXPECT_EQ(cell->relay, RelayPath::Refused);
+        }
         EXPECT_FALSE(cell->min_kernel.known());
       }
     }
@@ -163,6 +167,84 @@ TEST(Matrix, CellReasonsSplitJoinedCaveats) {
   EXPECT_EQ(cell_reasons(cell), (std::vector<std::string>{"a", "b"}));
 }
 
+// What this version takes (rules 5-8 in matrix.cpp): plan_route reads
+// these, `sockrelay matrix` prints them.
+TEST(MatrixVersion, DatagramKindsTakeTheKernel) {
+  for (EndpointKind s : {EndpointKind::Udp, EndpointKind::UnixDgram})
+    for (EndpointKind t : {EndpointKind::Udp, EndpointKind::UnixDgram}) {
+      const MatrixCell& cell = matrix_cell(s, t, Mode::Egress);
+      EXPECT_EQ(cell.relay, RelayPath::Kernel) << cell_label(cell);
+      EXPECT_TRUE(cell.relay_reason.empty());
+    }
+}
+
+TEST(MatrixVersion, DatagramConnectionRoutesAreBridgedInUserSpace) {
+  for (auto [s, t] :
+       {std::pair{EndpointKind::Udp, EndpointKind::Tcp}, std::pair{EndpointKind::Tcp, EndpointKind::Udp},
+        std::pair{EndpointKind::UnixDgram, EndpointKind::UnixStream},
+        std::pair{EndpointKind::Udp, EndpointKind::VsockSeqpacket}}) {
+    const MatrixCell& cell = matrix_cell(s, t, Mode::Egress);
+    EXPECT_NE(cell.support, Support::Unsupported) << "the kernel could: " << cell_label(cell);
+    EXPECT_EQ(cell.relay, RelayPath::UserSpace) << cell_label(cell);
+    EXPECT_TRUE(contains(cell.relay_reason, "psock backlog toward a datagram socket")) << cell.relay_reason;
+    EXPECT_TRUE(contains(cell.fallback, "a session per datagram client or connection")) << cell.fallback;
+  }
+}
+
+TEST(MatrixVersion, OnlyTcpStreamsRideTheKernelAndOnlyWhenAsked) {
+  const MatrixCell& tcp = matrix_cell(EndpointKind::Tcp, EndpointKind::Tcp, Mode::Egress);
+  EXPECT_EQ(tcp.relay, RelayPath::KernelIfAsked);
+  EXPECT_TRUE(contains(tcp.relay_reason, "no backpressure")) << tcp.relay_reason;
+  EXPECT_TRUE(contains(tcp.fallback, "splice()")) << tcp.fallback;
+  for (auto [s, t, named] :
+       {std::tuple{EndpointKind::UnixStream, EndpointKind::UnixStream, "unix-stream"},
+        std::tuple{EndpointKind::Tcp, EndpointKind::UnixStream, "unix-stream"},
+        std::tuple{EndpointKind::VsockStream, EndpointKind::Tcp, "vsock-stream"},
+        std::tuple{EndpointKind::VsockSeqpacket, EndpointKind::VsockSeqpacket, "vsock-seqpacket"}}) {
+    const MatrixCell& cell = matrix_cell(s, t, Mode::Egress);
+    EXPECT_EQ(cell.relay, RelayPath::UserSpace) << cell_label(cell);
+    EXPECT_TRUE(contains(cell.relay_reason, "only tcp <-> tcp streams")) << cell.relay_reason;
+    EXPECT_TRUE(contains(cell.relay_reason, std::string("for ") + named + " the kernel"))
+        << cell.relay_reason;
+  }
+}
+
+TEST(MatrixVersion, IngressFeedsSubscribersOfDatagramSources) {
+  EXPECT_EQ(matrix_cell(EndpointKind::Udp, EndpointKind::UnixStream, Mode::Ingress).relay, RelayPath::Kernel);
+  EXPECT_EQ(matrix_cell(EndpointKind::UnixDgram, EndpointKind::Tcp, Mode::Ingress).relay, RelayPath::Kernel);
+  const MatrixCell& from_stream = matrix_cell(EndpointKind::Tcp, EndpointKind::Udp, Mode::Ingress);
+  EXPECT_EQ(from_stream.relay, RelayPath::Refused);
+  EXPECT_TRUE(contains(from_stream.relay_reason, "subscribers receive datagrams"))
+      << from_stream.relay_reason;
+  EXPECT_TRUE(contains(from_stream.fallback, "none:")) << from_stream.fallback;
+}
+
+TEST(MatrixVersion, EveryCellOffTheKernelSaysWhyAndWhatInstead) {
+  for (const MatrixCell& cell : matrix_cells()) {
+    if (cell.relay == RelayPath::Kernel) continue;
+    EXPECT_FALSE(cell.fallback.empty()) << cell_label(cell);
+    EXPECT_TRUE(cell.support == Support::Unsupported || !cell.relay_reason.empty()) << cell_label(cell);
+  }
+}
+
+TEST(MatrixFormat, GridShowsWhatThisVersionTakes) {
+  std::string grid = format_matrix_grid();
+  EXPECT_TRUE(contains(grid, "kN = only with datapath = \"kernel\"")) << grid;
+  EXPECT_TRUE(contains(grid,
+                       "This version takes it only with datapath = \"kernel\"; \"auto\" takes the "
+                       "user-space data path: splice()"))
+      << grid;
+  EXPECT_TRUE(contains(grid, "(datapath = \"kernel\" is refused), because a datagram <-> stream/seqpacket"))
+      << grid;
+  EXPECT_TRUE(
+      contains(grid, "This version runs no route over it: mode = \"ingress\" is for routes to subscribers"))
+      << grid;
+  EXPECT_TRUE(contains(grid, "Routes to a subscribe endpoint")) << grid;
+  EXPECT_TRUE(contains(grid, "routes to subscribers only")) << "the ingress heading says whom it answers for";
+  // tcp -> tcp egress: the kernel can, this version only when asked.
+  EXPECT_TRUE(contains(grid, " ok k")) << grid;
+}
+
 TEST(MatrixFormat, GridShowsKindsSymbolsAndNotes) {
   std::string grid = format_matrix_grid();
   for (EndpointKind kind : kAllKinds)
@@ -221,8 +303,14 @@ TEST(MatrixFormat, JsonHasEveryCellWithItsFields) {
   for (size_t at = json.find("\"source\":"); at != std::string::npos; at = json.find("\"source\":", at + 1))
     ++objects;
   EXPECT_EQ(objects, 98u);
-  EXPECT_TRUE(contains(json, R"({"source":"udp","target":"udp","mode":"egress","support":"supported",)"
-                             R"("min-kernel":"5.13","reason":"","fallback":""})"));
+  EXPECT_TRUE(
+      contains(json, R"({"source":"udp","target":"udp","mode":"egress","support":"supported",)"
+                     R"("min-kernel":"5.13","reason":"","fallback":"","relay":"kernel","relay-reason":""})"));
+  EXPECT_TRUE(contains(json,
+                       R"({"source":"tcp","target":"tcp","mode":"egress","support":"supported",)"
+                       R"("min-kernel":"5.4","reason":"","fallback":"user-space data path: splice() for )"
+                       R"(streams, recvmmsg/sendmmsg for datagrams","relay":"kernel-if-asked",)"
+                       R"("relay-reason":"the tcp kernel path has no backpressure)"));
   EXPECT_TRUE(contains(
       json, R"("target":"vsock-stream","mode":"ingress","support":"unsupported","min-kernel":null)"));
   EXPECT_TRUE(contains(json, "\"fallback\":\"user-space data path (keeps message boundaries)\""));

@@ -1,0 +1,172 @@
+#include "config/route_rules.h"
+
+#include <algorithm>
+
+#include "common/quote.h"
+
+namespace sockrelay {
+
+namespace {
+
+// One route and the errors found in it.
+class RouteRules {
+ public:
+  RouteRules(const Config& config, const Route& route, size_t number, std::vector<Diagnostic>& out)
+      : config_(config),
+        route_(route),
+        where_("route #" + std::to_string(number)),
+        first_to_(*config.find_endpoint(route.to.front())),
+        out_(out) {}
+
+  void check() {
+    check_target_count();
+    if (first_to_.role == Role::Subscribe)
+      check_subscribers();
+    else
+      check_connect_targets();
+    check_allow_sources();
+    check_allow_cids();
+    check_allow_ids();
+  }
+
+ private:
+  void refuse(SourcePos pos, const std::string& message) {
+    out_.push_back(Diagnostic{config_.path, pos, Severity::Error, where_ + ": " + message});
+  }
+  const Endpoint& endpoint(const std::string& name) const { return *config_.find_endpoint(name); }
+
+  // The verdict program's flow entry has a slot per target.
+  void check_target_count() {
+    if (route_.to.size() > kMaxTargets)
+      refuse(route_.keys.to, "to lists " + std::to_string(route_.to.size()) + " targets; at most " +
+                                 std::to_string(kMaxTargets) + " `to` targets per route");
+  }
+
+  void check_connect_targets() {
+    if (route_.mode == Mode::Ingress)
+      refuse(
+          route_.keys.mode,
+          "mode = \"ingress\" (BPF_F_INGRESS) delivers into the target socket's own receive queue, which "
+          "only a local consumer can read: send to a subscribe endpoint (its subscribers pass their socket "
+          "over SCM_RIGHTS), or use mode = \"egress\"");
+    for (const auto& name : route_.from) {
+      const Endpoint& from = endpoint(name);
+      if (route_.balance == Balance::Broadcast && !kind_is_datagram(from.kind)) {
+        refuse(route_.keys.balance, "balance = \"broadcast\" copies datagrams; " + endpoint_label(from) +
+                                        " is a connection source, and a connection goes to one target: use "
+                                        "\"round-robin\" or \"hash\"");
+        break;
+      }
+      // A datagram <-> stream/seqpacket bridge frames per session in user
+      // space (sessions/bridge_route.h): one target, one framing.
+      if (kind_is_datagram(from.kind) != kind_is_datagram(first_to_.kind) && route_.to.size() != 1) {
+        refuse(route_.keys.to,
+               "endpoint " + endpoint_label(from) + " -> " + endpoint_label(first_to_) +
+                   ": a route between a datagram kind and a stream/seqpacket kind takes exactly "
+                   "one `to` target");
+        break;
+      }
+    }
+  }
+
+  // A route to a subscribe endpoint (sessions/subscriber_route.h): one
+  // listener for the subscribers, fed by one datagram source.
+  void check_subscribers() {
+    if (route_.from.size() != 1)
+      refuse(route_.keys.from,
+             "a route to subscribers reads one source; give one endpoint in from (or one route per source, "
+             "each with a subscribe endpoint of its own)");
+    size_t feeding = 0;
+    for (const auto& other : config_.routes)
+      feeding += std::count(other.to.begin(), other.to.end(), first_to_.name);
+    if (feeding != 1)
+      refuse(route_.keys.to, "subscribe endpoint " + quoted(first_to_.name) + " is the target of " +
+                                 std::to_string(feeding) +
+                                 " routes; give each route a subscribe endpoint of its own");
+    for (const auto& name : route_.from) {
+      if (!kind_is_datagram(endpoint(name).kind))
+        refuse(route_.keys.from, "subscribers receive datagrams; endpoint " + endpoint_label(endpoint(name)) +
+                                     " is not a datagram source (use udp or unix-dgram)");
+    }
+    if (route_.balance == Balance::Hash || route_.balance == Balance::Single)
+      refuse(route_.keys.balance,
+             "subscribers join and leave at any time, so hashing would move every client: use balance = "
+             "\"broadcast\" (every subscriber gets every datagram) or \"round-robin\"");
+    else if (route_.mode == Mode::Ingress && route_.balance != Balance::RoundRobin)
+      refuse(
+          route_.keys.mode,
+          "mode = \"ingress\" redirects each datagram into one subscriber's own socket, and one skb goes to "
+          "one socket only: use balance = \"round-robin\", or mode = \"egress\" for broadcast");
+  }
+
+  void check_allow_sources() {
+    if (route_.allow_sources.empty()) return;
+    for (const auto& name : route_.from) {
+      if (endpoint(name).kind == EndpointKind::Udp) continue;
+      refuse(route_.keys.allow_sources,
+             "allow-sources is enforced for udp sources only in this version; endpoint " +
+                 endpoint_label(endpoint(name)) + " is not one");
+      return;
+    }
+  }
+
+  void check_allow_cids() {
+    if (route_.allow_cids.empty()) return;
+    for (const auto& name : route_.from) {
+      if (kind_is_vsock(endpoint(name).kind)) continue;
+      refuse(route_.keys.allow_cids,
+             "allow-cids applies to vsock sources; endpoint " + endpoint_label(endpoint(name)) +
+                 " is not one (use allow-sources for udp, allow-uids/allow-gids for unix)");
+      return;
+    }
+  }
+
+  // unix-stream and unix-seqpacket peers by SO_PEERCRED; unix-dgram senders
+  // by each datagram's credentials, in datagram routes only
+  // (sessions/datagram_route.h): bridges and subscribers do not check them.
+  void check_allow_ids() {
+    if (route_.allow_uids.empty() && route_.allow_gids.empty()) return;
+    const SourcePos at = route_.allow_uids.empty() ? route_.keys.allow_gids : route_.keys.allow_uids;
+    for (const auto& name : route_.from) {
+      const Endpoint& e = endpoint(name);
+      const bool unix_connection =
+          e.kind == EndpointKind::UnixStream || e.kind == EndpointKind::UnixSeqpacket;
+      const bool unix_dgram_route = e.kind == EndpointKind::UnixDgram && first_to_.role != Role::Subscribe &&
+                                    kind_is_datagram(first_to_.kind);
+      if (!unix_connection && !unix_dgram_route) {
+        refuse(at,
+               "allow-uids and allow-gids are enforced for unix-stream and unix-seqpacket sources, and for "
+               "unix-dgram sources of routes to datagram endpoints, only in this version; endpoint " +
+                   endpoint_label(e) + " is not one");
+        return;
+      }
+      // The verdict program re-sends a new sender's datagram from kernel
+      // context: it arrives without the sender's credentials, and
+      // sock_diag knows a socket's owner uid but no gid.
+      if (!route_.allow_gids.empty() && unix_dgram_route && route_.datapath != Datapath::Userspace) {
+        refuse(
+            route_.keys.allow_gids,
+            "allow-gids on unix-dgram endpoint " + endpoint_label(e) +
+                " needs datapath = \"userspace\": the kernel path cannot learn a sender's gid (its datagrams "
+                "reach user space without their credentials, and sock_diag gives a socket's owner uid only)");
+        return;
+      }
+    }
+  }
+
+  const Config& config_;
+  const Route& route_;
+  const std::string where_;
+  const Endpoint& first_to_;
+  std::vector<Diagnostic>& out_;
+};
+
+}  // namespace
+
+std::vector<Diagnostic> check_route_rules(const Config& config) {
+  std::vector<Diagnostic> out;
+  for (size_t i = 0; i < config.routes.size(); ++i) RouteRules(config, config.routes[i], i + 1, out).check();
+  return out;
+}
+
+}  // namespace sockrelay
