@@ -175,10 +175,6 @@ bool SocketAddress::operator==(const SocketAddress& other) const {
   return std::memcmp(&storage, &other.storage, n) == 0;
 }
 
-std::string endpoint_label(const Endpoint& endpoint) {
-  return endpoint.name + " (" + std::string(kind_name(endpoint.kind)) + " " + endpoint.address.text + ")";
-}
-
 const Endpoint* Config::find_endpoint(std::string_view name) const {
   for (const Endpoint& e : endpoints) {
     if (e.name == name) return &e;

@@ -93,9 +93,6 @@ struct Endpoint {
   SourcePos pos;  // of the [endpoints.NAME] table
 };
 
-// "dns-in (udp 127.0.0.1:53)": an endpoint as messages and logs name it.
-std::string endpoint_label(const Endpoint& endpoint);
-
 // A network in `allow-sources`, e.g. 10.0.0.0/8 or ::1/128.
 struct SourceNetwork {
   int family = 0;                  // AF_INET or AF_INET6

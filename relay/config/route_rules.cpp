@@ -52,7 +52,7 @@ class RouteRules {
     for (const auto& name : route_.from) {
       const Endpoint& from = endpoint(name);
       if (route_.balance == Balance::Broadcast && !kind_is_datagram(from.kind)) {
-        refuse(route_.keys.balance, "balance = \"broadcast\" copies datagrams; " + endpoint_label(from) +
+        refuse(route_.keys.balance, "balance = \"broadcast\" copies datagrams; " + describe_endpoint(from) +
                                         " is a connection source, and a connection goes to one target: use "
                                         "\"round-robin\" or \"hash\"");
         break;
@@ -61,7 +61,7 @@ class RouteRules {
       // space (sessions/bridge_route.h): one target, one framing.
       if (kind_is_datagram(from.kind) != kind_is_datagram(first_to_.kind) && route_.to.size() != 1) {
         refuse(route_.keys.to,
-               "endpoint " + endpoint_label(from) + " -> " + endpoint_label(first_to_) +
+               "endpoint " + describe_endpoint(from) + " -> " + describe_endpoint(first_to_) +
                    ": a route between a datagram kind and a stream/seqpacket kind takes exactly "
                    "one `to` target");
         break;
@@ -85,7 +85,7 @@ class RouteRules {
                                  " routes; give each route a subscribe endpoint of its own");
     for (const auto& name : route_.from) {
       if (!kind_is_datagram(endpoint(name).kind))
-        refuse(route_.keys.from, "subscribers receive datagrams; endpoint " + endpoint_label(endpoint(name)) +
+        refuse(route_.keys.from, "subscribers receive datagrams; endpoint " + describe_endpoint(endpoint(name)) +
                                      " is not a datagram source (use udp or unix-dgram)");
     }
     if (route_.balance == Balance::Hash || route_.balance == Balance::Single)
@@ -105,7 +105,7 @@ class RouteRules {
       if (endpoint(name).kind == EndpointKind::Udp) continue;
       refuse(route_.keys.allow_sources,
              "allow-sources is enforced for udp sources only in this version; endpoint " +
-                 endpoint_label(endpoint(name)) + " is not one");
+                 describe_endpoint(endpoint(name)) + " is not one");
       return;
     }
   }
@@ -115,7 +115,7 @@ class RouteRules {
     for (const auto& name : route_.from) {
       if (kind_is_vsock(endpoint(name).kind)) continue;
       refuse(route_.keys.allow_cids,
-             "allow-cids applies to vsock sources; endpoint " + endpoint_label(endpoint(name)) +
+             "allow-cids applies to vsock sources; endpoint " + describe_endpoint(endpoint(name)) +
                  " is not one (use allow-sources for udp, allow-uids/allow-gids for unix)");
       return;
     }
@@ -137,7 +137,7 @@ class RouteRules {
         refuse(at,
                "allow-uids and allow-gids are enforced for unix-stream and unix-seqpacket sources, and for "
                "unix-dgram sources of routes to datagram endpoints, only in this version; endpoint " +
-                   endpoint_label(e) + " is not one");
+                   describe_endpoint(e) + " is not one");
         return;
       }
       // The verdict program re-sends a new sender's datagram from kernel
@@ -146,7 +146,7 @@ class RouteRules {
       if (!route_.allow_gids.empty() && unix_dgram_route && route_.datapath != Datapath::Userspace) {
         refuse(
             route_.keys.allow_gids,
-            "allow-gids on unix-dgram endpoint " + endpoint_label(e) +
+            "allow-gids on unix-dgram endpoint " + describe_endpoint(e) +
                 " needs datapath = \"userspace\": the kernel path cannot learn a sender's gid (its datagrams "
                 "reach user space without their credentials, and sock_diag gives a socket's owner uid only)");
         return;

@@ -13,7 +13,7 @@
 #include "daemon/privileges.h"
 #include "endpoints/activation.h"
 #include "endpoints/endpoint.h"
-#include "matrix/matrix.h"
+#include "matrix/route_plan.h"
 #include "relay_shared.h"
 
 #ifndef SOCKRELAY_VERSION
@@ -57,111 +57,7 @@ bool wants_kernel(const Config& config) {
   return false;
 }
 
-// A route to a subscribe endpoint (sessions/subscriber_route.h).
-Status check_subscriber_route(const Config& config, const Route& route, const std::string& where) {
-  // One listener for the subscribers, fed by one source.
-  if (route.from.size() != 1)
-    return plain_error(where +
-                       ": a route to subscribers reads one source; give one endpoint in from "
-                       "(or one route per source, each with a subscribe endpoint of its own)");
-  size_t feeding = 0;
-  for (const auto& other : config.routes)
-    feeding += std::count(other.to.begin(), other.to.end(), route.to[0]);
-  if (feeding != 1)
-    return plain_error(where + ": subscribe endpoint \"" + route.to[0] + "\" is the target of " +
-                       std::to_string(feeding) + " routes; give each route a subscribe endpoint of its own");
-  for (const auto& name : route.from) {
-    const Endpoint* e = config.find_endpoint(name);
-    if (!kind_is_datagram(e->kind))
-      return plain_error(where + ": subscribers receive datagrams; endpoint " + describe_endpoint(*e) +
-                         " is not a datagram source (use udp or unix-dgram)");
-  }
-  if (route.balance == Balance::Hash || route.balance == Balance::Single)
-    return plain_error(where +
-                       ": subscribers join and leave at any time, so hashing would move every client: use "
-                       "balance = \"broadcast\" (every subscriber gets every datagram) or \"round-robin\"");
-  if (route.mode == Mode::Ingress && route.balance != Balance::RoundRobin)
-    return plain_error(where +
-                       ": mode = \"ingress\" redirects each datagram into one subscriber's own socket, and "
-                       "one skb goes to one socket only: use balance = \"round-robin\", or mode = \"egress\" "
-                       "for broadcast");
-  if (route.mode == Mode::Ingress && route.datapath == Datapath::Userspace)
-    return plain_error(
-        where +
-        ": mode = \"ingress\" puts datagrams straight into the subscriber's socket, which only "
-        "the kernel path can do: use datapath = \"auto\" or \"kernel\"");
-  return {};
-}
-
 }  // namespace
-
-// What this version can run; everything else is refused by name.
-Status check_runnable(const Config& config, const Route& route) {
-  std::string where = "route at line " + std::to_string(route.pos.line);
-  if (route.to.size() > RELAY_MAX_TARGETS)
-    return plain_error(where + ": at most " + std::to_string(RELAY_MAX_TARGETS) + " `to` targets per route");
-  if (route.balance == Balance::Broadcast && !kind_is_datagram(config.find_endpoint(route.from[0])->kind))
-    return plain_error(where +
-                       ": balance = \"broadcast\" copies datagrams; a stream connection goes to one target: "
-                       "use \"round-robin\" or \"hash\"");
-  for (const auto& name : route.to) {
-    const Endpoint* to = config.find_endpoint(name);
-    if (route.mode == Mode::Ingress && kind_family(to->kind) == AF_VSOCK)
-      return plain_error(
-          where + ": mode = \"ingress\" into " + describe_endpoint(*to) + ": " +
-          matrix_cell(config.find_endpoint(route.from[0])->kind, to->kind, Mode::Ingress).reason +
-          "; use mode = \"egress\"");
-  }
-  const Endpoint* first_to = config.find_endpoint(route.to[0]);
-  if (first_to->role == Role::Subscribe) {
-    if (auto st = check_subscriber_route(config, route, where); !st) return st;
-  } else if (route.mode != Mode::Egress) {
-    return plain_error(where +
-                       ": mode = \"ingress\" delivers into the target socket's own receive queue, which only "
-                       "a local consumer can read: send to a subscribe endpoint (its subscribers pass their "
-                       "socket over SCM_RIGHTS), or use mode = \"egress\"");
-  }
-  for (const auto& name : route.from)
-    if (!route.allow_sources.empty() && config.find_endpoint(name)->kind != EndpointKind::Udp)
-      return plain_error(where +
-                         ": allow-sources is enforced for udp sources only in this version; endpoint " +
-                         describe_endpoint(*config.find_endpoint(name)) + " is not one");
-  for (const auto& name : route.from) {
-    const Endpoint* e = config.find_endpoint(name);
-    if (!route.allow_cids.empty() && kind_family(e->kind) != AF_VSOCK)
-      return plain_error(where + ": allow-cids applies to vsock sources; endpoint " + describe_endpoint(*e) +
-                         " is not one (use allow-sources for udp, allow-uids/allow-gids for unix)");
-    bool unix_conn = e->kind == EndpointKind::UnixStream || e->kind == EndpointKind::UnixSeqpacket;
-    // unix-dgram: by each datagram's credentials, in datagram routes only
-    // (sessions/datagram_route.h); bridges and subscribers do not check them.
-    bool unix_dgram_route = e->kind == EndpointKind::UnixDgram && first_to->role != Role::Subscribe &&
-                            kind_is_datagram(first_to->kind);
-    if ((!route.allow_uids.empty() || !route.allow_gids.empty()) && !unix_conn && !unix_dgram_route)
-      return plain_error(where +
-                         ": allow-uids and allow-gids are enforced for unix-stream and unix-seqpacket "
-                         "sources, and for unix-dgram sources of routes to datagram endpoints, only in this "
-                         "version; endpoint " +
-                         describe_endpoint(*e) + " is not one");
-    if (!route.allow_gids.empty() && unix_dgram_route && route.datapath != Datapath::Userspace)
-      return plain_error(where + ": allow-gids on unix-dgram endpoint " + describe_endpoint(*e) +
-                         " needs datapath = \"userspace\": the kernel path cannot learn a sender's gid "
-                         "(its datagrams reach user space without their credentials, and sock_diag gives "
-                         "a socket's owner uid only)");
-  }
-  for (const auto& name : route.from) {
-    for (const auto& to_name : route.to) {
-      const Endpoint* e = config.find_endpoint(name);
-      const Endpoint* to = config.find_endpoint(to_name);
-      // A datagram <-> stream/seqpacket bridge frames per session in user
-      // space (sessions/bridge_route.h): one target, one framing.
-      if (kind_is_datagram(e->kind) != kind_is_datagram(to->kind) && route.to.size() != 1)
-        return plain_error(where + ": endpoint " + describe_endpoint(*e) + " -> " + describe_endpoint(*to) +
-                           ": a route between a datagram kind and a stream/seqpacket kind takes exactly one "
-                           "`to` target");
-    }
-  }
-  return {};
-}
 
 Relay::Relay(std::shared_ptr<const Config> config, EventLoop loop)
     : config_(std::move(config)),
@@ -172,9 +68,6 @@ Relay::Relay(std::shared_ptr<const Config> config, EventLoop loop)
 Relay::~Relay() { shutdown(); }
 
 Result<std::unique_ptr<Relay>> Relay::start(Config config) {
-  for (const auto& route : config.routes)
-    if (auto st = check_runnable(config, route); !st) return st.error();
-
   auto loop = EventLoop::create();
   if (!loop) return loop.error();
   auto shared = std::make_shared<const Config>(std::move(config));
@@ -182,6 +75,7 @@ Result<std::unique_ptr<Relay>> Relay::start(Config config) {
   if (auto st = relay->watch_signals(); !st) return st.error();
   relay->activated_ = ActivatedSockets::take_from_systemd();
   relay->load_bpf_if_needed(*shared);
+  if (auto st = relay->check_plans(*shared); !st) return st.error();
   for (size_t i = 0; i < shared->routes.size(); ++i) {
     auto opened = relay->open_route(shared, i, static_cast<uint32_t>(i));
     if (!opened) return opened.error();
@@ -271,8 +165,8 @@ Result<std::vector<RouteSlot>> Relay::open_route(const std::shared_ptr<const Con
                                  return take_or_open_listener(endpoint, from_systemd);
                                }};
   std::vector<RouteSlot> slots;
-  for (const auto& from_name : route.from) {
-    auto slot = open_route_source(config, route, *config->find_endpoint(from_name), route_id, services);
+  for (size_t from_index = 0; from_index < route.from.size(); ++from_index) {
+    auto slot = open_route_source(config, route, from_index, route_id, services);
     if (!slot) return slot.error();
     slots.push_back(std::move(*slot));
   }
@@ -295,6 +189,12 @@ void Relay::reload() {
     return;
   }
   load_bpf_if_needed(**next);
+  if (auto st = check_plans(**next); !st) {
+    ++reloads_refused_;
+    spdlog::error("reload refused, still running the previous config: {}", st.error().describe());
+    notifier_.ready(status_line());
+    return;
+  }
   size_t stopped = stop_routes_not_in(**next);
   size_t kept = slots_.size();
   Started started = start_new_routes(*next);
@@ -314,10 +214,23 @@ Result<std::shared_ptr<const Config>> Relay::read_reloaded_config() {
   for (const auto& d : parsed.diagnostics)
     (d.severity == Severity::Error ? spdlog::error("{}", d.format()) : spdlog::warn("{}", d.format()));
   if (parsed.has_errors()) return plain_error(path + " has errors (above)");
-  for (const auto& route : parsed.config.routes)
-    if (auto st = check_runnable(parsed.config, route); !st) return st.error();
   if (!setup_level_ok(parsed.config.relay.log_level)) return plain_error("bad log-level");
   return std::make_shared<const Config>(std::move(parsed.config));
+}
+
+// Every route source of `config` planned as it would open now: a route the
+// plan refuses (e.g. datapath = "kernel" while BPF is unavailable) refuses
+// the whole config, so `run` starts nothing and a reload changes nothing.
+Status Relay::check_plans(const Config& config) const {
+  const std::string unavailable = bpf_ ? std::string() : bpf_unavailable_;
+  for (uint32_t id = 0; id < config.routes.size(); ++id) {
+    const Route& route = config.routes[id];
+    for (size_t from_index = 0; from_index < route.from.size(); ++from_index) {
+      const RoutePlan plan = plan_route(config, route, from_index, unavailable);
+      if (plan.choice.refused) return plain_error("route " + std::to_string(id) + ": " + plan.choice.reason);
+    }
+  }
+  return {};
 }
 
 // Stops and closes the routes `next` does not have; returns how many.

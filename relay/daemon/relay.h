@@ -25,10 +25,6 @@
 
 namespace sockrelay {
 
-// What this version can run; everything else is refused by name (`run`
-// and `check` both ask).
-Status check_runnable(const Config& config, const Route& route);
-
 class Relay {
  public:
   // Everything up to serving: BPF loaded when a route wants the kernel
@@ -56,6 +52,7 @@ class Relay {
   // Reload, step by step.
   void reload();
   Result<std::shared_ptr<const Config>> read_reloaded_config();
+  Status check_plans(const Config& config) const;
   size_t stop_routes_not_in(const Config& next);
   struct Started {
     size_t routes = 0;

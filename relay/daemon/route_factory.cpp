@@ -4,7 +4,6 @@
 
 #include <vector>
 
-#include "matrix/matrix.h"
 #include "sessions/bridge_route.h"
 #include "sessions/datagram_route.h"
 #include "sessions/peer_policy.h"
@@ -20,7 +19,7 @@ struct SourceBuild {
   const Config& config;
   const Route& route;
   const Endpoint& from;
-  RouteKind kind;
+  RouteEngine engine;
   uint32_t route_id;
   bool kernel;
   const RouteServices& services;
@@ -60,7 +59,7 @@ std::unique_ptr<LiveRoute> build_stream(const SourceBuild& b, Fd listener) {
                                        b.services.budget);
 }
 
-// A bridge frames in user space whatever the choice says (sessions/bridge_route.h).
+// A bridge frames in user space: the matrix never gives it the kernel path.
 std::unique_ptr<LiveRoute> build_bridge(const SourceBuild& b, Fd listener) {
   BridgeRouteSpec spec;
   spec.route_id = b.route_id;
@@ -87,14 +86,14 @@ Result<std::unique_ptr<LiveRoute>> build_subscribers(const SourceBuild& b, Fd li
 }
 
 Result<std::unique_ptr<LiveRoute>> build_route(const SourceBuild& b, Fd listener) {
-  switch (b.kind) {
-    case RouteKind::Datagram:
+  switch (b.engine) {
+    case RouteEngine::Datagram:
       return build_datagram(b, std::move(listener));
-    case RouteKind::Stream:
+    case RouteEngine::Stream:
       return build_stream(b, std::move(listener));
-    case RouteKind::Bridge:
+    case RouteEngine::Bridge:
       return build_bridge(b, std::move(listener));
-    case RouteKind::Subscribers:
+    case RouteEngine::Subscribers:
       return build_subscribers(b, std::move(listener));
   }
   return plain_error("unknown route kind");
@@ -112,21 +111,12 @@ Result<std::unique_ptr<SourceFilter>> attach_source_filter(const SourceBuild& b,
     if (!filter) return filter.error().wrap(where + ": allow-sources");
     return filter;
   }
-  if (b.kind == RouteKind::Subscribers)
-    return plain_error(where +
-                       ": allow-sources on a route to subscribers needs the BPF socket filter, and BPF is "
-                       "unavailable: " +
-                       b.services.kernel_unavailable);
+  // Without BPF: the route checks in user space (routes to subscribers
+  // cannot, and their plan refused them already).
   return std::unique_ptr<SourceFilter>();
 }
 
 }  // namespace
-
-RouteKind route_kind(const Endpoint& from, const Endpoint& first_to) {
-  if (first_to.role == Role::Subscribe) return RouteKind::Subscribers;
-  if (kind_is_datagram(from.kind) != kind_is_datagram(first_to.kind)) return RouteKind::Bridge;
-  return kind_is_datagram(from.kind) ? RouteKind::Datagram : RouteKind::Stream;
-}
 
 std::string route_identity(const Config& config, const Route& route) {
   std::string id = std::string(mode_name(route.mode)) + "|" + std::string(datapath_name(route.datapath)) +
@@ -141,38 +131,21 @@ std::string route_identity(const Config& config, const Route& route) {
   return id;
 }
 
-DatapathChoice choose_for_source(const Config& config, const Route& route, const Endpoint& from,
-                                 const std::string& kernel_unavailable) {
-  const Endpoint* to = config.find_endpoint(route.to[0]);
-  if (to->role == Role::Subscribe)
-    return choose_subscriber_datapath(
-        route.datapath, route.balance,
-        route.mode == Mode::Ingress ? nullptr : &matrix_cell(from.kind, to->kind, route.mode),
-        kernel_unavailable);
-  DatapathChoice choice;
-  for (const auto& name : route.to) {
-    choice =
-        choose_datapath(route.datapath, matrix_cell(from.kind, config.find_endpoint(name)->kind, route.mode),
-                        kernel_unavailable);
-    if (!choice.kernel) break;
-  }
-  return choice;
-}
-
 Result<RouteSlot> open_route_source(const std::shared_ptr<const Config>& config, const Route& route,
-                                    const Endpoint& from, uint32_t route_id, const RouteServices& services) {
+                                    size_t from_index, uint32_t route_id, const RouteServices& services) {
   const std::string where = "route " + std::to_string(route_id);
+  const RoutePlan plan = plan_route(*config, route, from_index, services.kernel_unavailable);
+  const Endpoint& from = *plan.from;
   RouteSlot slot;
   slot.identity = route_identity(*config, route);
   slot.route_id = route_id;
   slot.config = config;
-  slot.choice = choose_for_source(*config, route, from, services.kernel_unavailable);
+  slot.choice = plan.choice;
   if (slot.choice.refused) return plain_error(where + ": " + slot.choice.reason);
   bool from_systemd = false;
   auto listener = services.take_listener(from, &from_systemd);
   if (!listener) return listener.error();
-  const RouteKind kind = route_kind(from, *config->find_endpoint(route.to[0]));
-  const SourceBuild build{*config, route, from, kind, route_id, slot.choice.kernel, services};
+  const SourceBuild build{*config, route, from, plan.engine, route_id, slot.choice.kernel, services};
   auto filter = attach_source_filter(build, listener->get());
   if (!filter) return filter.error();
   slot.source_filter = std::move(*filter);

@@ -15,7 +15,7 @@
 #include "common/result.h"
 #include "config/model.h"
 #include "loop/event_loop.h"
-#include "matrix/datapath_choice.h"
+#include "matrix/route_plan.h"
 #include "sessions/live_route.h"
 #include "sessions/session_budget.h"
 
@@ -44,27 +44,14 @@ struct RouteServices {
   std::function<Result<Fd>(const Endpoint&, bool* from_systemd)> take_listener;
 };
 
-enum class RouteKind {
-  Datagram,     // datagram kinds both ways (sessions/datagram_route.h)
-  Stream,       // stream/seqpacket kinds both ways (sessions/stream_route.h)
-  Bridge,       // a datagram kind to a stream/seqpacket kind, or back (sessions/bridge_route.h)
-  Subscribers,  // datagrams to a subscribe endpoint (sessions/subscriber_route.h)
-};
-RouteKind route_kind(const Endpoint& from, const Endpoint& first_to);
-
 // What makes a route the same route across a reload: every field that
 // shapes its sockets and its data path, endpoints included.
 std::string route_identity(const Config& config, const Route& route);
 
-// The data path of one source of a route: the kernel only if every pairing
-// of the route allows it. `kernel_unavailable`: empty when BPF is loaded.
-DatapathChoice choose_for_source(const Config& config, const Route& route, const Endpoint& from,
-                                 const std::string& kernel_unavailable);
-
-// Opens the source `from` of `route` under `route_id`: data path chosen
-// (refused: an error), listener taken, allow-sources filter attached, the
+// Opens the source route.from[from_index] under `route_id`: planned
+// (matrix/route_plan.h; refused: an error), listener taken, allow-sources filter attached, the
 // route built for its kind and started; logs the route's line.
 Result<RouteSlot> open_route_source(const std::shared_ptr<const Config>& config, const Route& route,
-                                    const Endpoint& from, uint32_t route_id, const RouteServices& services);
+                                    size_t from_index, uint32_t route_id, const RouteServices& services);
 
 }  // namespace sockrelay

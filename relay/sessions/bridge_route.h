@@ -39,7 +39,7 @@ struct BridgeRouteSpec {
   const Endpoint* from = nullptr;
   const Endpoint* to = nullptr;
   PeerPolicy policy;
-  std::chrono::milliseconds idle_timeout{120'000};
+  std::chrono::milliseconds idle_timeout = kDefaultIdleTimeout;
   std::chrono::milliseconds connect_timeout{5'000};
 };
 

@@ -65,14 +65,9 @@ Status DatagramRoute::start() {
   listener_cookie_ = *cookie;
   listener_inode_ = socket_inode(listener_.get());
   if (unix_listener() && unix_ids_policy()) {
-    // The verdict program's redirect re-sends a new sender's datagram from
-    // kernel context: what arrives on the new-client socket carries no
-    // credentials of the sender, and sock_diag knows the socket's owner
-    // uid but no gid. check refuses this too; this is the backstop.
-    if (spec_.kernel && !spec_.allow_gids.empty())
-      return plain_error("listener " + spec_.from->name +
-                         ": allow-gids on a unix-dgram source needs datapath = \"userspace\" (the kernel "
-                         "path cannot learn a sender's gid)");
+    // allow-gids never reaches here on the kernel path: the config's route
+    // rules refuse it (config/route_rules.cpp), since a redirected datagram
+    // carries no credentials and sock_diag knows an owner uid, no gid.
     // Every datagram read here carries its sender's credentials, which
     // allow-uids/allow-gids are checked against. Set before the first read:
     // a datagram queued before carries none and is refused.

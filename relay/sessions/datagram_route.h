@@ -62,7 +62,7 @@ struct DatagramRouteSpec {
   // no gid there, so start() refuses allow_gids on it.
   std::vector<uint32_t> allow_uids, allow_gids;
   bool kernel = true;  // kernel data path; false: user space carries it all
-  std::chrono::milliseconds idle_timeout{120'000};
+  std::chrono::milliseconds idle_timeout = kDefaultIdleTimeout;
 };
 
 class DatagramRoute final : public LiveRoute {

@@ -81,7 +81,7 @@ struct StreamRouteSpec {
   Balance balance = Balance::Single;  // round-robin or hash over `to`, per connection
   bool kernel = true;                 // kernel data path; false: user space carries it all
   PeerPolicy policy;                  // who may open a session
-  std::chrono::milliseconds idle_timeout{120'000};
+  std::chrono::milliseconds idle_timeout = kDefaultIdleTimeout;
   std::chrono::milliseconds connect_timeout{5'000};
 };
 
