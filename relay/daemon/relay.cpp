@@ -9,6 +9,7 @@
 
 #include <algorithm>
 
+#include "common/quote.h"
 #include "config/config.h"
 #include "daemon/privileges.h"
 #include "endpoints/activation.h"
@@ -129,7 +130,7 @@ Status Relay::open_control(const std::string& path) {
   return control_->attach(loop_, [this](const std::string& request) {
     if (request == "status json") return format_status_json(snapshot());
     if (request == "status") return format_status_text(snapshot());
-    return std::string("unknown request \"") + request + "\"; known: status, status json\n";
+    return "error: unknown request " + quoted(request) + "; known: status, status json\n";
   });
 }
 
