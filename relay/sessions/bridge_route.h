@@ -53,7 +53,7 @@ class BridgeRoute final : public LiveRoute {
   Status start() override;
   void expire_idle();
   void stop() override;
-  // expire_idle(); and what `status` shows: bridge_route_report.cpp.
+  // tick() runs expire_idle(); both it and report() are in bridge_route_report.cpp.
   void tick() override;
   RouteReport report() const override;
 

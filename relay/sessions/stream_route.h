@@ -99,7 +99,7 @@ class StreamRoute final : public LiveRoute {
   void expire_idle();
   // Removes every map entry and closes every session socket.
   void stop() override;
-  // expire_idle(); and what `status` shows: stream_route_report.cpp.
+  // tick() runs expire_idle(); both it and report() are in stream_route_report.cpp.
   void tick() override;
   RouteReport report() const override;
 

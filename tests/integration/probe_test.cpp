@@ -96,7 +96,7 @@ TEST(Probe, UdpToUnixDgramEgressDeliversByteExact) {
 TEST(Probe, UnixSenderCookieKeysTheFlow) {
   SOCKRELAY_REQUIRE_ROOT();
   SOCKRELAY_PRIVATE_NETNS();
-  // Both AF_UNIX source kinds, keyed by their sender (DESIGN.md).
+  // Both AF_UNIX source kinds, keyed by their sender (ARCHITECTURE.md, "Kernel facts").
   for (EndpointKind s : {EndpointKind::UnixDgram, EndpointKind::UnixStream}) {
     ProbeResult r = probe_cell(s, EndpointKind::Udp, Mode::Egress);
     EXPECT_EQ(r.outcome, ProbeResult::Delivered) << label(r) << ": " << r.detail;

@@ -16,50 +16,12 @@
 #include <set>
 
 #include "common/socket_cookie.h"
+#include "fake_maps.h"
 #include "relay_shared.h"
 #include "sessions/peer_policy.h"
 
 namespace sockrelay {
 namespace {
-
-class FakeMaps : public MapWriter {
- public:
-  Status add_target(uint64_t cookie, int fd) override {
-    targets.insert(cookie);
-    target_fds[cookie] = fd;
-    return {};
-  }
-  void remove_target(uint64_t cookie) override {
-    targets.erase(cookie);
-    target_fds.erase(cookie);
-  }
-  Status add_source(uint64_t cookie, int) override {
-    if (fail_add_source) return plain_error("add_source refused by the test");
-    sources.insert(cookie);
-    return {};
-  }
-  void remove_source(uint64_t cookie) override { sources.erase(cookie); }
-  Status add_private_source(uint64_t id, int, const PrivateProgram& program) override {
-    if (fail_add_private_source) return plain_error("add_private_source refused by the test");
-    privates[id] = program;
-    return {};
-  }
-  void remove_private_source(uint64_t id) override { privates.erase(id); }
-  Status set_flow(uint64_t key, const FlowEntry& entry) override {
-    flows[key] = entry;
-    return {};
-  }
-  void remove_flow(uint64_t key) override { flows.erase(key); }
-  uint64_t flow_last_ns(uint64_t) override { return 0; }
-
-  bool empty() const { return targets.empty() && sources.empty() && privates.empty() && flows.empty(); }
-
-  bool fail_add_source = false, fail_add_private_source = false;
-  std::set<uint64_t> targets, sources;
-  std::map<uint64_t, int> target_fds;  // what the verdict program would redirect to
-  std::map<uint64_t, PrivateProgram> privates;
-  std::map<uint64_t, FlowEntry> flows;
-};
 
 // An endpoint bound on loopback (UDP, port chosen by the kernel) or at a
 // path in a temp dir (unix-dgram), with its socket.

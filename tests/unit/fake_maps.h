@@ -24,16 +24,19 @@ class FakeMaps : public MapWriter {
     bool operator==(const Call&) const = default;
   };
 
-  Status add_target(uint64_t cookie, int) override {
+  Status add_target(uint64_t cookie, int fd) override {
     record("add_target", cookie);
     targets.insert(cookie);
+    target_fds[cookie] = fd;
     return {};
   }
   void remove_target(uint64_t cookie) override {
     record("remove_target", cookie);
     targets.erase(cookie);
+    target_fds.erase(cookie);
   }
   Status add_source(uint64_t cookie, int) override {
+    if (fail_add_source) return plain_error("add_source refused by the test");
     record("add_source", cookie);
     sources.insert(cookie);
     return {};
@@ -43,6 +46,7 @@ class FakeMaps : public MapWriter {
     sources.erase(cookie);
   }
   Status add_private_source(uint64_t id, int, const PrivateProgram& program) override {
+    if (fail_add_private_source) return plain_error("add_private_source refused by the test");
     record("add_private_source", id);
     privates[id] = program;
     return {};
@@ -86,7 +90,10 @@ class FakeMaps : public MapWriter {
     return calls.size();
   }
 
+  // Set by a test: the next add_source / add_private_source fails.
+  bool fail_add_source = false, fail_add_private_source = false;
   std::set<uint64_t> targets, sources;
+  std::map<uint64_t, int> target_fds;  // what the verdict program would redirect to
   std::map<uint64_t, PrivateProgram> privates;
   std::map<uint64_t, FlowEntry> flows;
   std::vector<Call> calls;
