@@ -45,7 +45,6 @@
 #include "config/model.h"
 #include "loop/event_loop.h"
 #include "sessions/admission.h"
-#include "sessions/datagram_route.h"
 #include "sessions/live_route.h"
 #include "sessions/peer_policy.h"
 #include "sessions/session_budget.h"

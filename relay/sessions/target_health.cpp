@@ -21,7 +21,8 @@ bool TargetHealth::failed(uint64_t now_ns) {
 
 int64_t TargetHealth::retry_in_ms(uint64_t now_ns) const {
   if (!down_ || now_ns >= retry_at_ns_) return 0;
-  return static_cast<int64_t>((retry_at_ns_ - now_ns) / 1'000'000ull);
+  // Rounded up: "0" must mean the retry is due, not "due within a ms".
+  return static_cast<int64_t>((retry_at_ns_ - now_ns + 999'999ull) / 1'000'000ull);
 }
 
 }  // namespace sockrelay
