@@ -47,34 +47,11 @@
 #include <utility>
 #include <vector>
 
+#include "load_common.h"
+
+using namespace bench;
+
 namespace {
-
-volatile std::sig_atomic_t g_stop = 0;
-
-void on_signal(int) { g_stop = 1; }
-
-[[noreturn]] void die(const std::string& what) {
-  std::fprintf(stderr, "sockrelay_stream_load: %s\n", what.c_str());
-  std::exit(2);
-}
-
-[[noreturn]] void die_errno(const std::string& what) { die(what + ": " + std::strerror(errno)); }
-
-// CPU-seconds this process used, user + system (softirq work that ran in its
-// context included), so that the script can add up what the benchmark itself
-// cost on a machine that other users share.
-double cpu_seconds() {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  auto seconds = [](const timeval& tv) { return static_cast<double>(tv.tv_sec) + tv.tv_usec / 1e6; };
-  return seconds(ru.ru_utime) + seconds(ru.ru_stime);
-}
-
-uint64_t now_ns() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
 
 // A move-only owned fd: every fd closes, also the per-connection ones.
 class Fd {
@@ -201,34 +178,6 @@ bool write_all(int fd, const char* data, size_t size) {
   return true;
 }
 
-struct Options {
-  std::map<std::string, std::string> values;
-
-  std::string text(const std::string& key) const {
-    auto it = values.find(key);
-    if (it == values.end()) die("missing --" + key);
-    return it->second;
-  }
-  double number(const std::string& key, double fallback) const {
-    auto it = values.find(key);
-    if (it == values.end()) return fallback;
-    char* end = nullptr;
-    double v = std::strtod(it->second.c_str(), &end);
-    if (end == it->second.c_str() || *end != '\0' || v < 0) die("--" + key + " wants a number >= 0");
-    return v;
-  }
-};
-
-Options parse_options(int argc, char** argv) {
-  Options o;
-  for (int i = 2; i < argc; ++i) {
-    std::string_view arg = argv[i];
-    if (arg.substr(0, 2) != "--" || i + 1 >= argc) die("expected --key value, got " + std::string(arg));
-    o.values[std::string(arg.substr(2))] = argv[++i];
-  }
-  return o;
-}
-
 // Accepts one connection and reads it to EOF. The throughput is measured
 // here, from the first byte to the last: what arrived, not what was written.
 // Gives up (complete=0) after --idle-s without a byte or EOF: a stalled path
@@ -342,12 +291,6 @@ int run_echo(const Options& o) {
   return 0;
 }
 
-double percentile(const std::vector<double>& sorted, double p) {
-  if (sorted.empty()) return 0;
-  auto index = static_cast<size_t>(p / 100.0 * static_cast<double>(sorted.size() - 1) + 0.5);
-  return sorted[std::min(index, sorted.size() - 1)];
-}
-
 // One --size message out, wait until all of it is back, --count times (after
 // --warmup rounds that are not measured: the first ones pay for the path's
 // connection set-up). A round with no reply in --timeout-s is fatal: on a
@@ -398,16 +341,12 @@ void usage() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  start_tool("sockrelay_stream_load");
   if (argc < 2) {
     usage();
     return 2;
   }
-  struct sigaction sa {};
-  sa.sa_handler = on_signal;  // no SA_RESTART: blocking calls return EINTR
-  sigaction(SIGTERM, &sa, nullptr);
-  sigaction(SIGINT, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);  // a peer that went away is an EPIPE to report
-  setvbuf(stdout, nullptr, _IOLBF, 0);
 
   const std::string role = argv[1];
   if (role == "--help" || role == "-h") {
@@ -415,10 +354,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   const Options o = parse_options(argc, argv);
-  // One name per role, so that `perf report --comms load-source` tells the
-  // source from the sink.
-  const std::string comm = "load-" + role;
-  prctl(PR_SET_NAME, comm.c_str(), 0, 0, 0);
+  name_process(role);
   if (role == "sink") return run_sink(o);
   if (role == "source") return run_source(o);
   if (role == "echo") return run_echo(o);

@@ -39,35 +39,11 @@
 #include <string_view>
 #include <vector>
 
+#include "load_common.h"
+
+using namespace bench;
+
 namespace {
-
-volatile std::sig_atomic_t g_stop = 0;
-
-void on_signal(int) { g_stop = 1; }
-
-[[noreturn]] void die(const std::string& what) {
-  std::fprintf(stderr, "sockrelay_udp_load: %s\n", what.c_str());
-  std::exit(2);
-}
-
-[[noreturn]] void die_errno(const std::string& what) { die(what + ": " + std::strerror(errno)); }
-
-uint64_t now_ns() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
-
-// This process's user + system CPU time so far, in seconds: the scripts
-// cannot read it from /proc once the process has exited.
-double cpu_seconds() {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  auto seconds = [](const timeval& tv) {
-    return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6;
-  };
-  return seconds(ru.ru_utime) + seconds(ru.ru_stime);
-}
 
 void sleep_until_ns(uint64_t deadline) {
   timespec ts{};
@@ -135,35 +111,6 @@ void bind_client(int fd, const std::string& from) {
 void connect_to(int fd, const std::string& address) {
   sockaddr_in sa = parse_address(address);
   if (connect(fd, reinterpret_cast<const sockaddr*>(&sa), sizeof(sa)) != 0) die_errno("connect " + address);
-}
-
-struct Options {
-  std::map<std::string, std::string> values;
-
-  std::string text(const std::string& key, const std::string& fallback = {}) const {
-    auto it = values.find(key);
-    if (it != values.end()) return it->second;
-    if (fallback.empty()) die("missing --" + key);
-    return fallback;
-  }
-  double number(const std::string& key, double fallback) const {
-    auto it = values.find(key);
-    if (it == values.end()) return fallback;
-    char* end = nullptr;
-    double v = std::strtod(it->second.c_str(), &end);
-    if (end == it->second.c_str() || *end != '\0' || v < 0) die("--" + key + " wants a number >= 0");
-    return v;
-  }
-};
-
-Options parse_options(int argc, char** argv) {
-  Options o;
-  for (int i = 2; i < argc; ++i) {
-    std::string_view arg = argv[i];
-    if (arg.substr(0, 2) != "--" || i + 1 >= argc) die("expected --key value, got " + std::string(arg));
-    o.values[std::string(arg.substr(2))] = argv[++i];
-  }
-  return o;
 }
 
 constexpr int kMaxBatch = 256;
@@ -350,12 +297,6 @@ int run_echo(const Options& o) {
   return 0;
 }
 
-double percentile(const std::vector<double>& sorted, double p) {
-  if (sorted.empty()) return 0;
-  auto index = static_cast<size_t>(p / 100.0 * static_cast<double>(sorted.size() - 1) + 0.5);
-  return sorted[std::min(index, sorted.size() - 1)];
-}
-
 // One datagram out, wait for it back, --count times (after --warmup rounds
 // that are not measured: the first datagrams set up the relay's flow).
 int run_ping(const Options& o) {
@@ -423,15 +364,11 @@ void usage() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  start_tool("sockrelay_udp_load");
   if (argc < 2) {
     usage();
     return 2;
   }
-  struct sigaction sa {};
-  sa.sa_handler = on_signal;  // no SA_RESTART: blocking calls return EINTR
-  sigaction(SIGTERM, &sa, nullptr);
-  sigaction(SIGINT, &sa, nullptr);
-  setvbuf(stdout, nullptr, _IOLBF, 0);
 
   const std::string role = argv[1];
   if (role == "--help" || role == "-h") {
@@ -439,10 +376,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   const Options o = parse_options(argc, argv);
-  // One name per role, so that `perf report --comms load-send` tells the
-  // sender from the sink.
-  const std::string comm = "load-" + role;
-  prctl(PR_SET_NAME, comm.c_str(), 0, 0, 0);
+  name_process(role);
   if (role == "sink") return run_sink(o);
   if (role == "send") return run_send(o);
   if (role == "echo") return run_echo(o);
