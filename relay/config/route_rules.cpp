@@ -58,15 +58,26 @@ class RouteRules {
         break;
       }
       // A datagram <-> stream/seqpacket bridge frames per session in user
-      // space (sessions/bridge_route.h): one target, one framing.
-      if (kind_is_datagram(from.kind) != kind_is_datagram(first_to_.kind) && route_.to.size() != 1) {
-        refuse(route_.keys.to,
-               "endpoint " + describe_endpoint(from) + " -> " + describe_endpoint(first_to_) +
-                   ": a route between a datagram kind and a stream/seqpacket kind takes exactly "
-                   "one `to` target");
-        break;
-      }
+      // space (sessions/bridge_route.h): one target, one framing. Every
+      // target counts: the engine is chosen from the first, so a mixed list
+      // would hand a stream target to a datagram route or the reverse.
+      if (route_.to.size() != 1 && refuse_mixed_targets(from)) break;
     }
+  }
+
+  // True (and refused) when a target of `from` is of the other family
+  // (datagram vs stream/seqpacket).
+  bool refuse_mixed_targets(const Endpoint& from) {
+    for (const auto& to_name : route_.to) {
+      const Endpoint& to = endpoint(to_name);
+      if (kind_is_datagram(from.kind) == kind_is_datagram(to.kind)) continue;
+      refuse(route_.keys.to,
+             "endpoint " + describe_endpoint(from) + " -> " + describe_endpoint(to) +
+                 ": a route between a datagram kind and a stream/seqpacket kind takes exactly "
+                 "one `to` target");
+      return true;
+    }
+    return false;
   }
 
   // A route to a subscribe endpoint (sessions/subscriber_route.h): one
@@ -85,7 +96,8 @@ class RouteRules {
                                  " routes; give each route a subscribe endpoint of its own");
     for (const auto& name : route_.from) {
       if (!kind_is_datagram(endpoint(name).kind))
-        refuse(route_.keys.from, "subscribers receive datagrams; endpoint " + describe_endpoint(endpoint(name)) +
+        refuse(route_.keys.from, "subscribers receive datagrams; endpoint " +
+                                     describe_endpoint(endpoint(name)) +
                                      " is not a datagram source (use udp or unix-dgram)");
     }
     if (route_.balance == Balance::Hash || route_.balance == Balance::Single)

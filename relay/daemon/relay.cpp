@@ -127,11 +127,15 @@ Status Relay::open_control(const std::string& path) {
   if (!control) return control.error();
   control_.reset();  // the old socket (a reload may move it) goes first
   control_.emplace(std::move(*control));
-  return control_->attach(loop_, [this](const std::string& request) {
+  Status attached = control_->attach(loop_, [this](const std::string& request) {
     if (request == "status json") return format_status_json(snapshot());
     if (request == "status") return format_status_text(snapshot());
     return "error: unknown request " + quoted(request) + "; known: status, status json\n";
   });
+  // A socket that listens but is not on the loop would take clients and
+  // never answer them: none is better.
+  if (!attached) control_.reset();
+  return attached;
 }
 
 // A failed load is no failure of the relay: it is logged once, and each

@@ -1103,6 +1103,9 @@ TEST(RouteRules, EachIsReportedAtTheKeyToChange) {
        "allow-gids on unix-dgram endpoint d (unix-dgram @d) needs datapath = \"userspace\""},
       {"from = \"u\"\nto = [\"so\", \"to\"]\n", 36, 6,
        "a route between a datagram kind and a stream/seqpacket kind takes exactly one `to` target"},
+      // The other family second in the list: every target counts, not the first only.
+      {"from = \"u\"\nto = [\"uo\", \"to\"]\n", 36, 6,
+       "a route between a datagram kind and a stream/seqpacket kind takes exactly one `to` target"},
   };
   for (const RuleCase& c : cases) {
     SCOPED_TRACE(c.route);
