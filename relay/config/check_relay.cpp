@@ -1,8 +1,11 @@
 // [relay]: the settings of the relay as a whole.
 #include <sys/un.h>
 
+#include <chrono>
 #include <cstdint>
 #include <limits>
+#include <optional>
+#include <string>
 
 #include "config/checker.h"
 
@@ -12,25 +15,47 @@ namespace config_check {
 
 namespace {
 
-constexpr std::string_view kRelayKeys[] = {"log-level", "idle-timeout", "max-sessions", "control"};
+constexpr std::string_view kRelayKeys[] = {"log-level", "idle-timeout", "unreplied-timeout", "max-sessions",
+                                           "control"};
 constexpr std::string_view kLogLevels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
 constexpr int64_t kMaxSessionsLimit = 1'000'000;
 
-void check_idle_timeout(Checker& c, const toml::node& n, RelaySettings& out) {
+// idle-timeout, unreplied-timeout: a duration > 0 (`example` in messages).
+std::optional<std::chrono::milliseconds> check_timeout(Checker& c, const toml::node& n,
+                                                       const std::string& key, const std::string& example) {
   if (!n.is_string()) {
-    c.error(pos_of(n), "idle-timeout must be a string with a unit, e.g. \"120s\", got " +
+    c.error(pos_of(n), key + " must be a string with a unit, e.g. \"" + example + "\", got " +
                            std::string(type_name(n.type())));
-    return;
+    return std::nullopt;
   }
   const std::string& text = n.as_string()->get();
   auto d = parse_duration(text);
   if (!d) {
-    c.error(pos_of(n), "idle-timeout " + quoted(text) + ": " + d.error().message);
+    c.error(pos_of(n), key + " " + quoted(text) + ": " + d.error().message);
   } else if (d->count() <= 0) {
-    c.error(pos_of(n), "idle-timeout must be greater than 0, e.g. \"120s\"");
+    c.error(pos_of(n), key + " must be greater than 0, e.g. \"" + example + "\"");
   } else {
-    out.idle_timeout = *d;
+    return *d;
   }
+  return std::nullopt;
+}
+
+std::string duration_text(std::chrono::milliseconds d) {
+  return d.count() % 1000 == 0 ? std::to_string(d.count() / 1000) + "s" : std::to_string(d.count()) + "ms";
+}
+
+// A flow that saw no reply may not outlive one that did.
+void check_unreplied_timeout(Checker& c, const toml::node& n, RelaySettings& out) {
+  auto d = check_timeout(c, n, "unreplied-timeout", "30s");
+  if (!d) return;
+  if (*d > out.idle_timeout) {
+    c.error(pos_of(n), "unreplied-timeout " + quoted(n.as_string()->get()) +
+                           " is longer than idle-timeout (" + duration_text(out.idle_timeout) +
+                           "): a flow without a reply would outlive an established one; make it at most "
+                           "idle-timeout");
+    return;
+  }
+  out.unreplied_timeout = *d;
 }
 
 void check_max_sessions(Checker& c, const toml::node& n, RelaySettings& out) {
@@ -76,7 +101,9 @@ void check_relay(Checker& c, const toml::node& node, RelaySettings& out) {
   if (const toml::node* n = table->get("log-level")) {
     if (auto v = c.enum_value(*n, "log-level", kLogLevels)) out.log_level = *v;
   }
-  if (const toml::node* n = table->get("idle-timeout")) check_idle_timeout(c, *n, out);
+  if (const toml::node* n = table->get("idle-timeout"))
+    if (auto d = check_timeout(c, *n, "idle-timeout", "120s")) out.idle_timeout = *d;
+  if (const toml::node* n = table->get("unreplied-timeout")) check_unreplied_timeout(c, *n, out);
   if (const toml::node* n = table->get("max-sessions")) check_max_sessions(c, *n, out);
   if (const toml::node* n = table->get("control")) check_control(c, *n, out);
 }

@@ -4,6 +4,7 @@
 
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -67,6 +68,9 @@ inline constexpr std::size_t kMaxTargets = 8;
 // How long a flow or session may stay silent before it is closed, unless
 // [relay] idle-timeout says otherwise. Every route spec starts from it.
 inline constexpr std::chrono::milliseconds kDefaultIdleTimeout{120'000};
+// A datagram flow that never saw a reply is closed after this, unless
+// [relay] unreplied-timeout says otherwise (never later than idle-timeout).
+inline constexpr std::chrono::milliseconds kDefaultUnrepliedTimeout{30'000};
 
 // Where a value came from, for "FILE:LINE:COL: message".
 struct SourcePos {
@@ -130,7 +134,12 @@ struct Route {
 struct RelaySettings {
   std::string log_level = "info";  // trace|debug|info|warn|error|critical|off
   std::chrono::milliseconds idle_timeout = kDefaultIdleTimeout;
+  // Datagram flows without a reply; unset: min(30 s, idle_timeout).
+  std::optional<std::chrono::milliseconds> unreplied_timeout;
   uint32_t max_sessions = 4096;
+  std::chrono::milliseconds unreplied_or_default() const {
+    return unreplied_timeout.value_or(std::min(kDefaultUnrepliedTimeout, idle_timeout));
+  }
   std::string control = "/run/sockrelay/control.sock";
 };
 

@@ -45,7 +45,8 @@ void route_text(std::ostringstream& out, const RouteReport& r) {
   out << "route " << r.id << ": " << r.from << " -> " << r.to << "\n"
       << label("datapath") << r.datapath << " (" << r.datapath_reason << ")\n"
       << label("sessions") << r.sessions << " open, " << r.sessions_created << " created, "
-      << r.sessions_expired << " expired, " << r.sessions_failed << " failed\n"
+      << r.sessions_expired << " expired, " << r.sessions_failed << " failed"
+      << (r.evicts ? ", " + std::to_string(r.sessions_evicted) + " evicted" : "") << "\n"
       << label("kernel") << "packets " << r.kernel.packets << ", bytes " << r.kernel.bytes << "\n"
       << label("user") << "packets " << r.user_packets << ", bytes " << r.user_bytes << "\n"
       << label("drops") << counts_text(r.drops) << "\n";
@@ -105,6 +106,7 @@ void route_json(JsonWriter& j, const RouteReport& r) {
       .field("sessions-created", r.sessions_created)
       .field("sessions-expired", r.sessions_expired)
       .field("sessions-failed", r.sessions_failed);
+  if (r.evicts) j.field("sessions-evicted", r.sessions_evicted);
   // Scripts read "kernel":{"packets":N,"bytes":N and "user":{"packets":N
   // (tests/bench): keep these first, in this order.
   j.key("kernel").begin_object();

@@ -319,7 +319,8 @@ Status Relay::run() {
                config_->routes.size(), config_->relay.control);
   // Tick often enough for idle expiry, target retries and the watchdog.
   auto period =
-      std::min<std::chrono::milliseconds>(std::chrono::milliseconds(1000), config_->relay.idle_timeout / 2);
+      std::min<std::chrono::milliseconds>({std::chrono::milliseconds(1000), config_->relay.idle_timeout / 2,
+                                           config_->relay.unreplied_or_default() / 2});
   if (notifier_.watchdog_period().count() > 0) period = std::min(period, notifier_.watchdog_period());
   Status st = loop_.run(std::max(period, std::chrono::milliseconds(50)), [this] { tick(); });
   notifier_.stopping();

@@ -42,6 +42,7 @@ std::unique_ptr<LiveRoute> build_datagram(const SourceBuild& b, Fd listener) {
   spec.allow_gids = b.route.allow_gids;
   spec.kernel = b.kernel;
   spec.idle_timeout = b.config.relay.idle_timeout;
+  spec.unreplied_timeout = b.config.relay.unreplied_or_default();
   return std::make_unique<DatagramRoute>(spec, std::move(listener), b.services.maps, b.services.loop,
                                          b.services.budget);
 }

@@ -62,6 +62,9 @@ struct RouteReport {
   uint64_t sessions_created = 0;
   uint64_t sessions_expired = 0;
   uint64_t sessions_failed = 0;
+  // Routes that evict at max-sessions (datagram flows): how many.
+  bool evicts = false;
+  uint64_t sessions_evicted = 0;
   uint64_t user_packets = 0;  // what user space carried
   uint64_t user_bytes = 0;
   KernelCounts kernel;

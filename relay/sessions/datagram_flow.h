@@ -42,7 +42,8 @@ struct DatagramRoute::Upstream {
   bool watched = false;  // in the event loop (see watch_upstream())
 };
 
-struct DatagramRoute::Flow {
+// In the route's FlowTable (its base), which times it out and evicts it.
+struct DatagramRoute::Flow : FlowTable::Node {
   std::string key;           // in flows_: see flow_key()
   sockaddr_storage peer{};   // where replies go...
   socklen_t peer_len = 0;    // ...0 when the client has no address
@@ -64,6 +65,7 @@ struct DatagramRoute::Flow {
   bool kernel = false;
   bool settled = false;  // see settle()
   uint64_t last_user_ns = 0;
+  bool replied_in_user_space = false;  // user space sent the client a reply (the kernel's: probe())
 
   bool replyable() const { return peer_len > 0; }
   std::string peer_text() const {

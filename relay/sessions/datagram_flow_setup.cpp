@@ -101,9 +101,14 @@ bool DatagramRoute::source_allowed(const Flow& flow, const sockaddr_storage& pee
 
 bool DatagramRoute::take_session(const Flow& flow) {
   if (budget_.try_take()) return true;
+  if (evict_one(flow) && budget_.try_take()) return true;
   if (count_and_log_now(counters_.refused_max_sessions))
-    spdlog::warn("route {}: max-sessions ({}) reached, dropping datagrams from new client {} (counted)",
-                 spec_.route_id, budget_.max(), flow.peer_text());
+    spdlog::warn(
+        "route {}: max-sessions ({}) reached and no flow of this route may be evicted ({} unreplied, "
+        "{} established, none of them silent for the last {} ms): dropping datagrams from new client {} "
+        "(counted)",
+        spec_.route_id, budget_.max(), table_.unreplied(), table_.established(),
+        table_.rules().protect_ns / 1'000'000, flow.peer_text());
   return false;
 }
 
@@ -295,6 +300,7 @@ DatagramRoute::Flow* DatagramRoute::add_flow(std::unique_ptr<Flow> flow, std::st
     if (alias != raw->key) unix_address_alias_[alias] = raw->key;
   }
   flows_[raw->key] = std::move(flow);
+  table_.insert(*raw, raw->last_user_ns);
   ++counters_.flows_created;
   spdlog::debug("route {}: new flow from {} ({} path)", spec_.route_id, raw->peer_text(),
                 raw->kernel ? "kernel" : "user-space");

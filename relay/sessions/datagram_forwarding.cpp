@@ -70,6 +70,7 @@ void DatagramRoute::send_or_queue(Flow& flow, size_t target, const char* data, s
 
 void DatagramRoute::send_to_client(Flow& flow, const char* data, size_t len) {
   flow.last_user_ns = monotonic_ns();
+  flow.replied_in_user_space = true;
   ssize_t sent;
   if (flow.client_socket)
     sent = send(flow.client_socket.get(), data, len, MSG_DONTWAIT | MSG_NOSIGNAL);

@@ -36,6 +36,21 @@ uint32_t overflow_id(const char* path) {
   return id;
 }
 
+// An established flow active within the last second (or idle-timeout, if
+// shorter) is never evicted: see flow_table.h.
+constexpr uint64_t kEvictionProtectNs = 1'000'000'000;
+
+FlowTable::Rules table_rules(const DatagramRouteSpec& spec) {
+  FlowTable::Rules rules;
+  rules.established_ns = ms_to_ns(static_cast<uint64_t>(spec.idle_timeout.count()));
+  // Never longer than idle-timeout (the config refuses it; a spec built
+  // with a short idle_timeout only means it).
+  rules.unreplied_ns =
+      std::min(rules.established_ns, ms_to_ns(static_cast<uint64_t>(spec.unreplied_timeout.count())));
+  rules.protect_ns = std::min(kEvictionProtectNs, rules.established_ns);
+  return rules;
+}
+
 bool no_credentials(const ucred& cred) {
   static const uint32_t uid = overflow_id("/proc/sys/kernel/overflowuid");
   static const uint32_t gid = overflow_id("/proc/sys/kernel/overflowgid");
@@ -51,6 +66,7 @@ DatagramRoute::DatagramRoute(DatagramRouteSpec spec, Fd listener, MapWriter* map
       maps_(maps),
       loop_(loop),
       budget_(budget),
+      table_(table_rules(spec_), [this](FlowTable::Node& node) { return probe(static_cast<Flow&>(node)); }),
       targets_(spec_.to.size()),
       buffer_(new char[kBatchBufferSize]),
       listener_buffer_(new char[kBatchBufferSize]) {}
@@ -220,34 +236,57 @@ void DatagramRoute::destroy_flow(const std::string& key, const std::string& fail
   for (size_t t = 0; t < flow.upstreams.size(); ++t) close_upstream(flow, t);
   if (flow.client_socket_is_udp) loop_.remove(flow.client_socket.get());  // a no-op if not watched
   if (flow.replyable()) unix_address_alias_.erase("addr:" + address_bytes(flow.peer, flow.peer_len));
+  table_.erase(flow);
   flows_.erase(it);
   budget_.give_back();
 }
 
-uint64_t DatagramRoute::last_activity_ns(const Flow& flow) const {
-  uint64_t last = flow.last_user_ns;
-  if (flow.kernel) {
-    for (const auto& up : flow.upstreams)
-      if (up.fd) last = std::max(last, maps_->flow_last_ns(up.cookie));
-    if (flow.client_key) last = std::max(last, maps_->flow_last_ns(flow.client_key));
-  }
-  return last;
+FlowTable::Seen DatagramRoute::probe(const Flow& flow) const {
+  FlowTable::Seen seen{flow.last_user_ns, flow.replied_in_user_space};
+  if (!flow.kernel) return seen;
+  // A reply flow (upstream socket -> client socket) is stamped only when a
+  // target sent something back through the verdict program.
+  for (const auto& up : flow.upstreams)
+    if (up.fd)
+      if (uint64_t last = maps_->flow_last_ns(up.cookie)) {
+        seen.replied = true;
+        seen.last_ns = std::max(seen.last_ns, last);
+      }
+  if (flow.client_key) seen.last_ns = std::max(seen.last_ns, maps_->flow_last_ns(flow.client_key));
+  return seen;
 }
 
 void DatagramRoute::expire_idle() {
   uint64_t now = monotonic_ns();
-  uint64_t idle = ms_to_ns(static_cast<uint64_t>(spec_.idle_timeout.count()));
-  std::vector<std::string> expired;
-  for (const auto& [key, flow] : flows_)
-    if (now - std::min(now, last_activity_ns(*flow)) > idle) expired.push_back(key);
-  for (const auto& key : expired) {
-    destroy_flow(key, "");
+  size_t before = flows_.size();
+  table_.expire(now, [this](FlowTable::Node& node) {
+    Flow& flow = static_cast<Flow&>(node);
     ++counters_.flows_expired;
-  }
+    if (!flow.replied()) ++counters_.expired_unreplied;
+    destroy_flow(std::string(flow.key), "");
+  });
+  uint64_t idle = ms_to_ns(static_cast<uint64_t>(spec_.idle_timeout.count()));
   if (unix_steering_) unix_steering_->forget_idle(now, idle);
-  if (!expired.empty())
-    spdlog::debug("route {}: {} idle flow(s) expired, {} left", spec_.route_id, expired.size(),
+  if (flows_.size() < before)
+    spdlog::debug("route {}: {} silent flow(s) expired, {} left", spec_.route_id, before - flows_.size(),
                   flows_.size());
+}
+
+// The table's choice (flow_table.h): an unreplied flow, oldest first, else
+// the least recently active established one not active within the
+// protection window; none: the newcomer is refused.
+bool DatagramRoute::evict_one(const Flow& newcomer) {
+  FlowTable::Node* node = table_.victim(monotonic_ns());
+  if (!node) return false;
+  Flow& victim = static_cast<Flow&>(*node);
+  // The first and every 1000th at info, each at debug (a flood must not
+  // flood the log).
+  spdlog::log(count_and_log_now(counters_.flows_evicted) ? spdlog::level::info : spdlog::level::debug,
+              "route {}: max-sessions ({}) reached: flow from {} ({}) evicted for new client {} (counted)",
+              spec_.route_id, budget_.max(), victim.peer_text(),
+              victim.replied() ? "established" : "unreplied", newcomer.peer_text());
+  destroy_flow(std::string(victim.key), "");
+  return true;
 }
 
 }  // namespace sockrelay

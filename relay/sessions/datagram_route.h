@@ -27,6 +27,7 @@
 #include "common/fd.h"
 #include "config/model.h"
 #include "loop/event_loop.h"
+#include "sessions/flow_table.h"
 #include "sessions/live_route.h"
 #include "sessions/session_budget.h"
 #include "sessions/target_health.h"
@@ -39,7 +40,9 @@ struct DatagramCounters {
   uint64_t user_packets = 0;  // datagrams user space forwarded (either way)
   uint64_t user_bytes = 0;
   uint64_t flows_created = 0;
-  uint64_t flows_expired = 0;          // idle for idle-timeout
+  uint64_t flows_expired = 0;          // silent for unreplied-timeout or idle-timeout
+  uint64_t expired_unreplied = 0;      // ...of them, never replied to
+  uint64_t flows_evicted = 0;          // closed at max-sessions for a new client (flow_table.h)
   uint64_t flows_failed = 0;           // torn down on a socket error
   uint64_t refused_max_sessions = 0;   // datagrams dropped: max-sessions reached
   uint64_t drop_setup_failed = 0;      // datagrams dropped: upstream socket could not be opened
@@ -62,7 +65,8 @@ struct DatagramRouteSpec {
   // no gid there, so start() refuses allow_gids on it.
   std::vector<uint32_t> allow_uids, allow_gids;
   bool kernel = true;  // kernel data path; false: user space carries it all
-  std::chrono::milliseconds idle_timeout = kDefaultIdleTimeout;
+  std::chrono::milliseconds idle_timeout = kDefaultIdleTimeout;            // a flow that saw a reply
+  std::chrono::milliseconds unreplied_timeout = kDefaultUnrepliedTimeout;  // one that did not
 };
 
 class DatagramRoute final : public LiveRoute {
@@ -74,15 +78,17 @@ class DatagramRoute final : public LiveRoute {
   DatagramRoute& operator=(const DatagramRoute&) = delete;
 
   Status start() override;
-  // Periodic work: tears down flows idle for longer than idle_timeout or
-  // whose steered sockets report an error, and retries failed targets whose
-  // back-off has passed.
+  // Periodic work: tears down flows silent for longer than their timeout
+  // (unreplied_timeout or idle_timeout, see flow_table.h) or whose steered
+  // sockets report an error, and retries failed targets whose back-off has
+  // passed.
   void tick() override;
   // Removes every map entry and closes every socket but the listener.
   void stop() override;
   RouteReport report() const override;  // datagram_route_report.cpp
 
   size_t flow_count() const { return flows_.size(); }
+  const FlowTable& flow_table() const { return table_; }
   const DatagramCounters& counters() const { return counters_; }
   std::vector<TargetReport> targets() const;
   const DatagramRouteSpec& spec() const { return spec_; }
@@ -126,7 +132,12 @@ class DatagramRoute final : public LiveRoute {
   // `failure` empty: an orderly close (idle, stop); else why it failed.
   void destroy_flow(const std::string& key, const std::string& failure);
   void expire_idle();
-  uint64_t last_activity_ns(const Flow& flow) const;
+  // What the flow table reads of a flow: its last activity either way and
+  // whether a target ever answered (user space's, and the verdict
+  // program's stamps on the client's and on the reply flows).
+  FlowTable::Seen probe(const Flow& flow) const;
+  // max-sessions reached: closes the flow the table names, if any.
+  bool evict_one(const Flow& newcomer);
 
   // datagram_flow_setup.cpp: a new client's flow, one named step each.
   Flow* create_flow(const std::string& key, const sockaddr_storage& peer, socklen_t peer_len,
@@ -187,6 +198,7 @@ class DatagramRoute final : public LiveRoute {
   // kernel path (the verdict program knows senders by cookie) or by
   // "addr:BYTES" on the user-space path.
   std::unordered_map<std::string, std::unique_ptr<Flow>> flows_;
+  FlowTable table_;  // the same flows, by activity: expiry and eviction
   std::unordered_map<std::string, std::string> unix_address_alias_;  // "addr:..." -> "cookie:..." key
   // A unix listener on the kernel path: steered by its own program instance.
   std::unique_ptr<UnixListenerSteering> unix_steering_;

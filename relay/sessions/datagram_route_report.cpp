@@ -10,6 +10,8 @@ RouteReport DatagramRoute::report() const {
   r.sessions_created = c.flows_created;
   r.sessions_expired = c.flows_expired;
   r.sessions_failed = c.flows_failed;
+  r.evicts = true;
+  r.sessions_evicted = c.flows_evicted;
   r.user_packets = c.user_packets;
   r.user_bytes = c.user_bytes;
   r.drops = {
@@ -22,6 +24,14 @@ RouteReport DatagramRoute::report() const {
       {"target-full", c.drop_target_full},
       // One policy count, whether user space or the verdict program refused.
       {kPolicyDrop, c.refused_policy + r.kernel.drop_policy},
+  };
+  // The flow table (flow_table.h): open flows by state, and the expired
+  // ones that never saw a reply.
+  r.detail_name = "flows";
+  r.detail = {
+      {"unreplied", table_.unreplied()},
+      {"established", table_.established()},
+      {"expired-unreplied", c.expired_unreplied},
   };
   if (spec_.to.size() > 1) {
     r.targets = targets();

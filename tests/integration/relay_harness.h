@@ -21,6 +21,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <optional>
 #include <regex>
 #include <sstream>
@@ -191,10 +192,13 @@ inline Fd bound_dgram(const Addr& addr) {
   return s;
 }
 
-// Echoes every datagram back to its sender until destroyed.
+// Echoes every datagram back to its sender until destroyed; with `answer`,
+// only those it accepts (the others are read and ignored).
 class DgramEcho {
  public:
-  explicit DgramEcho(const Addr& addr) : sock_(bound_dgram(addr)) {
+  using Answer = std::function<bool(const char* data, size_t len)>;
+  explicit DgramEcho(const Addr& addr, Answer answer = nullptr)
+      : sock_(bound_dgram(addr)), answer_(std::move(answer)) {
     thread_ = std::thread([this] { loop(); });
   }
   ~DgramEcho() {
@@ -214,12 +218,13 @@ class DgramEcho {
       socklen_t flen = sizeof(from);
       ssize_t n =
           recvfrom(sock_.get(), buf, sizeof(buf), MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&from), &flen);
-      if (n < 0) continue;
+      if (n < 0 || (answer_ && !answer_(buf, static_cast<size_t>(n)))) continue;
       if (sendto(sock_.get(), buf, static_cast<size_t>(n), 0, reinterpret_cast<sockaddr*>(&from), flen) == n)
         ++echoed_;
     }
   }
   Fd sock_;
+  Answer answer_;
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> echoed_{0};
   std::thread thread_;

@@ -206,7 +206,8 @@ TEST(Config, UnknownRelayKey) {
       parse(with_relay("log-levl = \"info\"\nthreads = 4")),
       {err(2, 1, R"(unknown key "log-levl" in [relay]: did you mean "log-level"?)"),
        err(3, 1,
-           R"(unknown key "threads" in [relay]; valid keys: log-level, idle-timeout, max-sessions, control)")});
+           R"(unknown key "threads" in [relay]; valid keys: log-level, idle-timeout, unreplied-timeout, )"
+           R"(max-sessions, control)")});
 }
 
 TEST(Config, UnknownEndpointKey) {
@@ -328,6 +329,28 @@ TEST(Config, IdleTimeout) {
   auto o = parse(with_relay("idle-timeout = \"2m\""));
   ASSERT_TRUE(o.diagnostics.empty()) << dump(o);
   EXPECT_EQ(o.config.relay.idle_timeout, std::chrono::minutes(2));
+}
+
+// A flow that never saw a reply: 30 s unless idle-timeout is shorter, never
+// longer than idle-timeout, the same syntax.
+TEST(Config, UnrepliedTimeout) {
+  auto o = parse(with_relay(""));
+  ASSERT_TRUE(o.diagnostics.empty()) << dump(o);
+  EXPECT_EQ(o.config.relay.unreplied_or_default(), std::chrono::seconds(30));
+  o = parse(with_relay("idle-timeout = \"10s\""));
+  EXPECT_EQ(o.config.relay.unreplied_or_default(), std::chrono::seconds(10)) << "never past idle-timeout";
+  o = parse(with_relay("unreplied-timeout = \"300ms\"\nidle-timeout = \"2s\""));
+  ASSERT_TRUE(o.diagnostics.empty()) << dump(o);
+  EXPECT_EQ(o.config.relay.unreplied_or_default(), std::chrono::milliseconds(300));
+  expect_diags(parse(with_relay("unreplied-timeout = \"0s\"")),
+               {err(2, 21, R"(unreplied-timeout must be greater than 0, e.g. "30s")")});
+  expect_diags(parse(with_relay("unreplied-timeout = 30")),
+               {err(2, 21, R"(unreplied-timeout must be a string with a unit, e.g. "30s", got integer)")});
+  expect_diags(
+      parse(with_relay("idle-timeout = \"1m\"\nunreplied-timeout = \"2m\"")),
+      {err(3, 21,
+           R"(unreplied-timeout "2m" is longer than idle-timeout (60s): a flow without a reply would )"
+           R"(outlive an established one; make it at most idle-timeout)")});
 }
 
 TEST(Config, ParseDuration) {

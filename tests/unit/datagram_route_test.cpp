@@ -13,8 +13,10 @@
 
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <set>
 
+#include "common/clock.h"
 #include "common/socket_cookie.h"
 #include "fake_maps.h"
 #include "relay_shared.h"
@@ -146,22 +148,105 @@ TEST_F(DatagramRouteTest, UdpClientGetsFlowSocketAndUpstreamInBothDirections) {
   EXPECT_EQ(budget.used(), 0u);
 }
 
-TEST_F(DatagramRouteTest, MaxSessionsRefusesNewClientsAndCounts) {
+// max-sessions = 1, taken by client c1's flow on the kernel path; c2 is
+// the newcomer.
+class FullRouteTest : public DatagramRouteTest {
+ protected:
+  void SetUp() override {
+    DatagramRouteTest::SetUp();
+    route_ = std::make_unique<DatagramRoute>(spec(0, listener_, {&server_}, true, std::chrono::seconds(60)),
+                                             std::move(listener_.fd), &maps_, *loop_, budget_);
+    ASSERT_TRUE(route_->start().ok());
+    send(c1_, "a");
+    ASSERT_TRUE(pump([&] { return route_->flow_count() == 1; }));
+  }
+  void send(const Bound& client, const char* data) {
+    const auto& to = listener_.endpoint.address;
+    ASSERT_EQ(sendto(client.fd.get(), data, 1, 0, to.sa(), to.length), 1);
+  }
+  Bound listener_ = udp_endpoint("front", Role::Listen);
+  Bound server_ = udp_endpoint("back", Role::Connect);
+  Bound c1_ = udp_endpoint("c1", Role::Connect), c2_ = udp_endpoint("c2", Role::Connect);
+  SessionBudget budget_{1};
+  std::unique_ptr<DatagramRoute> route_;
+};
+
+TEST_F(FullRouteTest, MaxSessionsRefusesNewClientsAndCounts) {
+  // The target answered through the verdict program just now: both flow
+  // entries stamped. An established flow active within the last second is
+  // never evicted (flow_table.h).
+  for (const auto& [key, entry] : maps_.flows) maps_.last_ns[key] = monotonic_ns();
+  send(c2_, "b");
+  send(c2_, "c");
+  ASSERT_TRUE(pump([&] { return route_->counters().refused_max_sessions == 2; }));
+  EXPECT_EQ(route_->flow_count(), 1u);
+  EXPECT_EQ(route_->counters().flows_evicted, 0u);
+  EXPECT_EQ(maps_.flows.size(), 2u) << "only the admitted client's flow is in the map";
+}
+
+// A flow the target never answered gives way to a new client at
+// max-sessions; what it wrote to the maps goes with it.
+TEST_F(FullRouteTest, MaxSessionsEvictsAnUnrepliedFlowForANewClient) {
+  std::set<uint64_t> first_keys;
+  for (const auto& [key, entry] : maps_.flows) first_keys.insert(key);
+  send(c2_, "b");
+  ASSERT_TRUE(pump([&] { return route_->counters().flows_evicted == 1; }));
+  EXPECT_EQ(route_->flow_count(), 1u);
+  EXPECT_EQ(route_->counters().refused_max_sessions, 0u);
+  EXPECT_EQ(budget_.used(), 1u);
+  for (uint64_t key : first_keys)
+    EXPECT_EQ(maps_.flows.count(key), 0u) << "the evicted flow's entries stayed";
+  RouteReport r = route_->report();
+  EXPECT_TRUE(r.evicts);
+  EXPECT_EQ(r.sessions_evicted, 1u);
+  EXPECT_EQ(r.detail_name, "flows");
+  char buf[4];
+  ASSERT_EQ(recv_now(server_.fd, buf, sizeof(buf)), 1);
+  ASSERT_EQ(recv_now(server_.fd, buf, sizeof(buf)), 1)
+      << "the new client's first datagram reaches the target";
+  EXPECT_EQ(buf[0], 'b');
+}
+
+// unreplied-timeout: a flow the target never answered goes first; one it
+// answered (through user space here) stays until idle-timeout.
+TEST_F(DatagramRouteTest, UnrepliedFlowExpiresBeforeAnAnsweredOne) {
   Bound listener = udp_endpoint("front", Role::Listen);
   Bound server = udp_endpoint("back", Role::Connect);
-  SessionBudget budget(1);
-  DatagramRoute route(spec(0, listener, {&server}, true, std::chrono::seconds(60)), std::move(listener.fd),
-                      &maps_, *loop_, budget);
+  SessionBudget budget(8);
+  DatagramRouteSpec s = spec(0, listener, {&server}, false, std::chrono::seconds(60));
+  s.unreplied_timeout = std::chrono::milliseconds(50);
+  DatagramRoute route(s, std::move(listener.fd), nullptr, *loop_, budget);
   ASSERT_TRUE(route.start().ok());
-  Bound c1 = udp_endpoint("c1", Role::Connect), c2 = udp_endpoint("c2", Role::Connect);
+  Bound answered = udp_endpoint("c1", Role::Connect), silent = udp_endpoint("c2", Role::Connect);
   const auto& to = listener.endpoint.address;
-  ASSERT_EQ(sendto(c1.fd.get(), "a", 1, 0, to.sa(), to.length), 1);
-  ASSERT_TRUE(pump([&] { return route.flow_count() == 1; }));
-  ASSERT_EQ(sendto(c2.fd.get(), "b", 1, 0, to.sa(), to.length), 1);
-  ASSERT_EQ(sendto(c2.fd.get(), "c", 1, 0, to.sa(), to.length), 1);
-  ASSERT_TRUE(pump([&] { return route.counters().refused_max_sessions == 2; }));
-  EXPECT_EQ(route.flow_count(), 1u);
-  EXPECT_EQ(maps_.flows.size(), 2u) << "only the admitted client's flow is in the map";
+  ASSERT_EQ(sendto(answered.fd.get(), "a", 1, 0, to.sa(), to.length), 1);
+  ASSERT_EQ(sendto(silent.fd.get(), "b", 1, 0, to.sa(), to.length), 1);
+  ASSERT_TRUE(pump([&] { return route.flow_count() == 2; }));
+  // The target answers client "a" only (its upstream socket is the sender
+  // of "a").
+  char buf[4];
+  for (int i = 0; i < 2; ++i) {
+    sockaddr_storage from{};
+    socklen_t len = sizeof(from);
+    ssize_t n = -1;
+    for (int t = 0; t < 100 && n < 0; ++t)
+      if ((n = recvfrom(server.fd.get(), buf, sizeof(buf), MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&from),
+                        &len)) < 0)
+        usleep(10000);
+    ASSERT_EQ(n, 1);
+    if (buf[0] == 'a') {
+      ASSERT_EQ(sendto(server.fd.get(), "r", 1, 0, reinterpret_cast<sockaddr*>(&from), len), 1);
+    }
+  }
+  bool got = false;  // pump() asks again at the end: the reply is read once
+  ASSERT_TRUE(
+      pump([&] { return got = got || recv(answered.fd.get(), buf, sizeof(buf), MSG_DONTWAIT) == 1; }));
+  usleep(200000);
+  route.tick();
+  EXPECT_EQ(route.flow_count(), 1u) << "the unreplied flow expired, the answered one stays";
+  EXPECT_EQ(route.counters().flows_expired, 1u);
+  EXPECT_EQ(route.counters().expired_unreplied, 1u);
+  EXPECT_EQ(route.flow_table().established(), 1u);
 }
 
 TEST_F(DatagramRouteTest, IdleFlowsExpireAndLeaveNothingBehind) {
