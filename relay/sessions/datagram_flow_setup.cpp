@@ -101,14 +101,15 @@ bool DatagramRoute::source_allowed(const Flow& flow, const sockaddr_storage& pee
 
 bool DatagramRoute::take_session(const Flow& flow) {
   if (budget_.try_take()) return true;
-  if (evict_one(flow) && budget_.try_take()) return true;
+  // One eviction makes room only when the budget is exactly full (a reload
+  // that lowered max-sessions leaves it over until sessions end).
+  if (budget_.used() == budget_.max() && evict_one(flow) && budget_.try_take()) return true;
   if (count_and_log_now(counters_.refused_max_sessions))
     spdlog::warn(
-        "route {}: max-sessions ({}) reached and no flow of this route may be evicted ({} unreplied, "
-        "{} established, none of them silent for the last {} ms): dropping datagrams from new client {} "
-        "(counted)",
-        spec_.route_id, budget_.max(), table_.unreplied(), table_.established(),
-        table_.rules().protect_ns / 1'000'000, flow.peer_text());
+        "route {}: max-sessions ({}) reached and none of this route's {} flow(s) may be evicted (none "
+        "unreplied, none silent for the last {} ms): dropping datagrams from new client {} (counted)",
+        spec_.route_id, budget_.max(), table_.size(), table_.rules().protect_ns / 1'000'000,
+        flow.peer_text());
   return false;
 }
 
