@@ -57,9 +57,13 @@ struct {
 	__type(value, __u64);
 } relay_private SEC(".maps");
 
+/* Sized from the config at load (bpf_loader/map_sizes.h); elements are
+ * allocated as user space inserts them, not all at load (max-sessions may
+ * ask for millions). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, RELAY_MAX_SOCKETS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u64);
 	__type(value, struct relay_flow);
 } relay_flows SEC(".maps");
@@ -116,6 +120,22 @@ static __always_inline int to_user_space(struct __sk_buff *skb, __u64 sender)
 		return SK_DROP;
 	}
 	return SK_PASS;
+}
+
+/*
+ * The hash balance = "hash" picks a target by. A client's own flow carries
+ * its address's hash; a one-way listener's flow serves every sender, so the
+ * hash is the sender's socket cookie, which the program sees for AF_UNIX
+ * only (user space runs a udp one-way route with hash itself).
+ */
+static __always_inline __u32 balance_hash(struct __sk_buff *skb, const struct relay_flow *flow)
+{
+	__u64 sender;
+
+	if (!(flow->flags & RELAY_FLOW_ONE_WAY))
+		return flow->client_hash;
+	sender = bpf_get_socket_cookie(skb);
+	return (__u32)(sender ^ (sender >> 32));
 }
 
 SEC("sk_skb")
@@ -176,7 +196,7 @@ int relay_verdict(struct __sk_buff *skb)
 		 * client sticks to one target while the set of live targets
 		 * stays the same. */
 		__u32 first = flow->balance == RELAY_BALANCE_HASH
-				  ? flow->client_hash
+				  ? balance_hash(skb, flow)
 				  : (__u32)__sync_fetch_and_add(&flow->next, 1);
 		__u32 n = flow->n_targets;
 		__u32 slot;

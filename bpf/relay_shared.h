@@ -37,6 +37,9 @@ typedef __u64 relay_u64;
 #define RELAY_FLOW_REFUSED (1u << 2) /* a sender the route's policy refused: dropped and counted */
 /* relay_flow.bytes not kept: datagram flows, whose total nobody reads */
 #define RELAY_FLOW_NO_BYTES (1u << 3)
+/* A one-way route's listener: one flow for every sender, so RELAY_BALANCE_HASH
+ * hashes the sender the skb shows (see one_way_hash in relay.bpf.c) */
+#define RELAY_FLOW_ONE_WAY (1u << 4)
 
 /*
  * relay_flows: key = the socket cookie the verdict program sees for an skb

@@ -39,22 +39,47 @@ Status update_sock(int map_fd, const void* key, int sock_fd, const char* map_nam
 
 void SkeletonDeleter::operator()(struct relay* skel) const { relay__destroy(skel); }
 
-BpfRelay::BpfRelay(RelaySkeleton skel) : skel_(std::move(skel)), ncpus_(libbpf_num_possible_cpus()) {}
+BpfRelay::BpfRelay(RelaySkeleton skel, const MapSizes& sizes)
+    : skel_(std::move(skel)), ncpus_(libbpf_num_possible_cpus()), sizes_(sizes) {}
 
 BpfRelay::~BpfRelay() {
   // Private instances first: their programs reference the shared maps.
   private_.clear();
 }
 
-Result<std::unique_ptr<BpfRelay>> BpfRelay::load() {
+namespace {
+
+// Before load: a loaded map's size is fixed.
+Status set_map_sizes(struct relay* skel, const MapSizes& sizes) {
+  const struct {
+    struct bpf_map* map;
+    uint32_t entries;
+  } sized[] = {
+      {skel->maps.relay_sources, sizes.sockets},
+      {skel->maps.relay_targets, sizes.sockets},
+      {skel->maps.relay_flows, sizes.flows},
+      {skel->maps.relay_route_stats, sizes.route_slots},
+      {skel->maps.relay_target_stats, sizes.route_slots * RELAY_MAX_TARGETS},
+  };
+  for (const auto& s : sized)
+    if (int ret = bpf_map__set_max_entries(s.map, s.entries); ret != 0)
+      return bpf_error(ret,
+                       std::string("size map ") + bpf_map__name(s.map) + " to " + std::to_string(s.entries));
+  return {};
+}
+
+}  // namespace
+
+Result<std::unique_ptr<BpfRelay>> BpfRelay::load(const MapSizes& sizes) {
   RelaySkeleton skel(relay__open());
   if (!skel) return bpf_error(-errno, "open BPF object relay.bpf.o");
+  if (auto st = set_map_sizes(skel.get(), sizes); !st) return st.error();
   if (int ret = relay__load(skel.get()); ret != 0) return bpf_error(ret, "load BPF program relay_verdict");
   // Debian 12's libbpf (1.1) has no sk_skb bpf_link: attach to the map.
   if (bpf_prog_attach(bpf_program__fd(skel->progs.relay_verdict), bpf_map__fd(skel->maps.relay_sources),
                       BPF_SK_SKB_VERDICT, 0) != 0)
     return bpf_error(-errno, "attach relay_verdict to relay_sources (BPF_SK_SKB_VERDICT)");
-  return std::unique_ptr<BpfRelay>(new BpfRelay(std::move(skel)));
+  return std::unique_ptr<BpfRelay>(new BpfRelay(std::move(skel), sizes));
 }
 
 Status BpfRelay::add_target(uint64_t cookie, int fd) {

@@ -8,6 +8,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "bpf_loader/map_sizes.h"
 #include "bpf_loader/map_writer.h"
 #include "common/result.h"
 #include "common/socket_cookie.h"
@@ -27,9 +28,9 @@ using RelaySkeleton = std::unique_ptr<struct relay, SkeletonDeleter>;
 
 class BpfRelay final : public MapWriter {
  public:
-  // Loads and attaches. Fails with a message naming the missing privilege
-  // or kernel feature.
-  static Result<std::unique_ptr<BpfRelay>> load();
+  // Loads and attaches, with the maps made `sizes` large (map_sizes.h).
+  // Fails with a message naming the missing privilege or kernel feature.
+  static Result<std::unique_ptr<BpfRelay>> load(const MapSizes& sizes = MapSizes::compiled_in());
   ~BpfRelay() override;
 
   Status add_target(uint64_t cookie, int fd) override;
@@ -50,14 +51,17 @@ class BpfRelay final : public MapWriter {
   // Packets and bytes sent to `to[target_index]` of a balanced route.
   KernelCounts target_counters(uint32_t route_id, uint32_t target_index) const override;
   GlobalCounters global_counters() const;
+  // What the maps were sized for at load; a loaded map cannot grow.
+  const MapSizes& sizes() const { return sizes_; }
 
  private:
-  explicit BpfRelay(RelaySkeleton skel);
+  BpfRelay(RelaySkeleton skel, const MapSizes& sizes);
 
   RelaySkeleton skel_;
   // Private program instances by key; each owns its program and its map.
   std::unordered_map<uint64_t, RelaySkeleton> private_;
   int ncpus_;
+  MapSizes sizes_;
 };
 
 }  // namespace sockrelay

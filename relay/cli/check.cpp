@@ -2,11 +2,14 @@
 // config's own errors come from parse_config (config/config.h), each route
 // source's data path from plan_route (matrix/route_plan.h), with the kernel
 // path measured by a probe of each cell the config uses.
+#include <sys/sysinfo.h>
+
 #include <cstdio>
 #include <map>
 #include <optional>
 #include <tuple>
 
+#include "bpf_loader/map_sizes.h"
 #include "cli/commands.h"
 #include "common/json.h"
 #include "config/config.h"
@@ -30,6 +33,10 @@ are printed as FILE:LINE:COL: severity: message.
                       is an error;
   datapath = "auto"   that falls back to user space is a warning;
   a pairing with a caveat (e.g. stream -> datagram boundaries) is a note.
+
+It also prints the BPF map sizes `run` would load for max-sessions and the
+routes, and an estimate of their kernel memory (config/README.md, "BPF map
+sizes"): a reload cannot grow them past what the relay started with.
 
 Options:
   --config FILE   the config to check (default /etc/sockrelay/sockrelay.toml)
@@ -126,6 +133,9 @@ struct Verdict {
 struct Judgement {
   std::vector<Diagnostic> diagnostics;
   std::vector<Verdict> verdicts;
+  std::optional<MapSizes> maps;  // what `run` would size the BPF maps to
+  MapMemory memory;
+  uint32_t max_sessions = 0;
   bool ok() const {
     for (const auto& d : diagnostics)
       if (d.severity == Severity::Error) return false;
@@ -207,7 +217,18 @@ void print_json(const std::string& path, const Judgement& judgement) {
         .field("probe", v.probe)
         .end_object();
   }
-  j.end_array().end_object();
+  j.end_array();
+  if (judgement.maps) {
+    j.key("maps")
+        .begin_object()
+        .field("sockets", judgement.maps->sockets)
+        .field("flows", judgement.maps->flows)
+        .field("route-slots", judgement.maps->route_slots)
+        .field("estimated-kernel-bytes-at-start", judgement.memory.at_load)
+        .field("estimated-kernel-bytes-when-full", judgement.memory.when_full)
+        .end_object();
+  }
+  j.end_object();
   std::printf("%s\n", j.str().c_str());
 }
 
@@ -218,6 +239,15 @@ void print_text(const std::string& path, const Judgement& judgement) {
     if (choice.refused) continue;
     std::printf("route %u: %s -> %s: %s path (%s)\n", v.route_id, v.pairing.from->name.c_str(),
                 v.pairing.to->name.c_str(), choice.kernel ? "kernel" : "user-space", choice.reason.c_str());
+  }
+  if (judgement.maps) {
+    auto mib = [](uint64_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0); };
+    std::printf(
+        "BPF maps sized for max-sessions = %u: %s; kernel memory (an estimate from key/value sizes x "
+        "entries): %.1f MiB at "
+        "start, up to %.1f MiB when full\n",
+        judgement.max_sessions, describe_map_sizes(*judgement.maps).c_str(), mib(judgement.memory.at_load),
+        mib(judgement.memory.when_full));
   }
   std::printf("%s: %s\n", path.c_str(), judgement.ok() ? "OK, would run" : "would NOT run");
 }
@@ -230,7 +260,12 @@ int check_command(const Args& args) {
   ParseOutcome parsed = load_config(options.config_path);
   Judgement judgement;
   judgement.diagnostics = parsed.diagnostics;
-  if (!parsed.has_errors()) judge_routes(parsed.config, options.probe, judgement);
+  if (!parsed.has_errors()) {
+    judge_routes(parsed.config, options.probe, judgement);
+    judgement.maps = map_sizes_for(parsed.config);
+    judgement.max_sessions = parsed.config.relay.max_sessions;
+    judgement.memory = estimate_map_memory(*judgement.maps, static_cast<uint32_t>(get_nprocs_conf()));
+  }
   if (options.json)
     print_json(options.config_path, judgement);
   else

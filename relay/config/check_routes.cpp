@@ -20,7 +20,8 @@ namespace sockrelay::config_check {
 namespace {
 
 constexpr std::string_view kRouteKeys[] = {
-    "from", "to", "mode", "datapath", "balance", "allow-sources", "allow-cids", "allow-uids", "allow-gids"};
+    "from",          "to",         "mode",       "datapath",   "balance",
+    "allow-sources", "allow-cids", "allow-uids", "allow-gids", "one-way"};
 constexpr std::string_view kModes[] = {"egress", "ingress"};
 constexpr std::string_view kDatapaths[] = {"auto", "kernel", "userspace"};
 constexpr std::string_view kMultiBalances[] = {"round-robin", "hash", "broadcast"};
@@ -286,6 +287,19 @@ void check_modes(RouteReading& r) {
   }
 }
 
+// `one-way`: a boolean; what it may be combined with is judged in
+// route_rules.cpp.
+void check_one_way(RouteReading& r) {
+  const toml::node* n = r.table.get("one-way");
+  if (n == nullptr) return;
+  if (auto b = n->as_boolean()) {
+    r.route.one_way = b->get();
+    return;
+  }
+  r.c.error(pos_of(*n),
+            r.where + ": one-way must be true or false, got " + std::string(type_name(n->type())));
+}
+
 void check_access(RouteReading& r) {
   if (const toml::node* n = r.table.get("allow-sources")) check_allow_sources(r.c, *n, r.where, r.route);
   if (const toml::node* n = r.table.get("allow-cids"))
@@ -302,9 +316,9 @@ RouteKeyPositions key_positions(const toml::table& t, SourcePos table) {
     const toml::node* n = t.get(key);
     return n != nullptr ? pos_of(*n) : table;
   };
-  return RouteKeyPositions{at("from"),       at("to"),         at("mode"),
-                           at("datapath"),   at("balance"),    at("allow-sources"),
-                           at("allow-cids"), at("allow-uids"), at("allow-gids")};
+  return RouteKeyPositions{
+      at("from"),          at("to"),         at("mode"),       at("datapath"),   at("balance"),
+      at("allow-sources"), at("allow-cids"), at("allow-uids"), at("allow-gids"), at("one-way")};
 }
 
 }  // namespace
@@ -344,6 +358,7 @@ std::vector<Route> check_routes(Checker& c, const toml::node& node, std::vector<
     check_modes(r);
     check_balance(r, directory, to_ok);
     check_access(r);
+    check_one_way(r);
     unresolved = unresolved || r.unresolved;
     out.push_back(std::move(r.route));
   }

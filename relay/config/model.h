@@ -112,6 +112,7 @@ struct SourceNetwork {
 // [[routes]] table itself.
 struct RouteKeyPositions {
   SourcePos from, to, mode, datapath, balance, allow_sources, allow_cids, allow_uids, allow_gids;
+  SourcePos one_way;
 };
 
 struct Route {
@@ -127,6 +128,10 @@ struct Route {
   std::vector<uint32_t> allow_cids;
   std::vector<uint32_t> allow_uids;
   std::vector<uint32_t> allow_gids;
+  // `one-way = true`: datagrams go to the target(s) and no reply is
+  // expected, so no client gets a flow or a socket of its own
+  // (sessions/one_way_route.h).
+  bool one_way = false;
   SourcePos pos;  // of the [[routes]] table
   RouteKeyPositions keys;
 };

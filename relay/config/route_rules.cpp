@@ -27,6 +27,7 @@ class RouteRules {
     check_allow_sources();
     check_allow_cids();
     check_allow_ids();
+    check_one_way();
   }
 
  private:
@@ -164,6 +165,37 @@ class RouteRules {
         return;
       }
     }
+  }
+
+  // one-way = true (sessions/one_way_route.h): the listener itself is the
+  // one flow of every client, steered straight to a datagram target.
+  void check_one_way() {
+    if (!route_.one_way) return;
+    const SourcePos at = route_.keys.one_way;
+    for (const auto& name : route_.from)
+      if (!kind_is_datagram(endpoint(name).kind))
+        return refuse(
+            at, "one-way carries datagrams that get no reply; endpoint " + describe_endpoint(endpoint(name)) +
+                    " is a connection source, and a connection always has a way back: remove one-way");
+    if (first_to_.role == Role::Subscribe)
+      return refuse(at,
+                    "one-way does not apply to a route to subscribers: subscribers never reply, and each one "
+                    "already has its own socket; remove one-way");
+    for (const auto& name : route_.to)
+      if (!kind_is_datagram(endpoint(name).kind))
+        return refuse(at, "one-way sends each datagram on as it is; endpoint " +
+                              describe_endpoint(endpoint(name)) +
+                              " is a stream/seqpacket target, which needs a framed session per client (a "
+                              "bridge): remove one-way");
+    if (route_.balance == Balance::Broadcast)
+      return refuse(route_.keys.balance,
+                    "balance = \"broadcast\" on a one-way route: the verdict program redirects an skb to one "
+                    "socket only, and a one-way route has no flow user space could copy from; use "
+                    "\"round-robin\" or \"hash\", or remove one-way");
+    if (!route_.allow_uids.empty() || !route_.allow_gids.empty())
+      refuse(route_.allow_uids.empty() ? route_.keys.allow_gids : route_.keys.allow_uids,
+             "allow-uids/allow-gids check a sender when its flow is set up, and a one-way route sets up no "
+             "flow per sender: remove them, or remove one-way");
   }
 
   const Config& config_;

@@ -143,8 +143,11 @@ Status Relay::open_control(const std::string& path) {
 // space instead, or refused with this reason).
 void Relay::load_bpf_if_needed(const Config& config) {
   if (bpf_ || !wants_kernel(config)) return;
-  auto bpf = BpfRelay::load();
+  const MapSizes sizes = map_sizes_for(config);
+  auto bpf = BpfRelay::load(sizes);
   if (bpf) {
+    spdlog::info("BPF maps sized for max-sessions {}: {}", config.relay.max_sessions,
+                 describe_map_sizes(sizes));
     bpf_ = std::move(*bpf);
     bpf_unavailable_.clear();
   } else {
@@ -235,6 +238,11 @@ Status Relay::check_plans(const Config& config) const {
       if (plan.choice.refused) return plain_error("route " + std::to_string(id) + ": " + plan.choice.reason);
     }
   }
+  // A loaded map cannot grow (bpf_loader/map_sizes.h): a reload that needs
+  // more entries than the maps were sized for at start is refused.
+  if (bpf_)
+    if (std::string why = maps_too_small(bpf_->sizes(), map_sizes_for(config)); !why.empty())
+      return plain_error("the BPF maps are too small for this config: " + why);
   return {};
 }
 

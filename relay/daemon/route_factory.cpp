@@ -6,6 +6,7 @@
 
 #include "sessions/bridge_route.h"
 #include "sessions/datagram_route.h"
+#include "sessions/one_way_route.h"
 #include "sessions/peer_policy.h"
 #include "sessions/stream_route.h"
 #include "sessions/subscriber_route.h"
@@ -71,6 +72,18 @@ std::unique_ptr<LiveRoute> build_bridge(const SourceBuild& b, Fd listener) {
   return std::make_unique<BridgeRoute>(spec, std::move(listener), b.services.loop, b.services.budget);
 }
 
+// No session per client: the listener and a socket per target.
+std::unique_ptr<LiveRoute> build_one_way(const SourceBuild& b, Fd listener) {
+  OneWayRouteSpec spec;
+  spec.route_id = b.route_id;
+  spec.from = &b.from;
+  spec.to = targets_of(b.config, b.route);
+  spec.balance = b.route.balance;
+  spec.allow_sources = b.route.allow_sources;
+  spec.kernel = b.kernel;
+  return std::make_unique<OneWayRoute>(spec, std::move(listener), b.services.maps, b.services.loop);
+}
+
 // Two listeners: the source, and the subscribe endpoint consumers join on.
 Result<std::unique_ptr<LiveRoute>> build_subscribers(const SourceBuild& b, Fd listener) {
   SubscriberRouteSpec spec;
@@ -96,6 +109,8 @@ Result<std::unique_ptr<LiveRoute>> build_route(const SourceBuild& b, Fd listener
       return build_bridge(b, std::move(listener));
     case RouteEngine::Subscribers:
       return build_subscribers(b, std::move(listener));
+    case RouteEngine::OneWay:
+      return build_one_way(b, std::move(listener));
   }
   return plain_error("unknown route kind");
 }
@@ -121,7 +136,7 @@ Result<std::unique_ptr<SourceFilter>> attach_source_filter(const SourceBuild& b,
 
 std::string route_identity(const Config& config, const Route& route) {
   std::string id = std::string(mode_name(route.mode)) + "|" + std::string(datapath_name(route.datapath)) +
-                   "|" + std::string(balance_name(route.balance));
+                   "|" + std::string(balance_name(route.balance)) + (route.one_way ? "|one-way" : "");
   auto add = [&](const char* side, const std::string& name) {
     const Endpoint* e = config.find_endpoint(name);
     id += std::string("|") + side + ":" + e->name + "/" + std::string(kind_name(e->kind)) + "/" +

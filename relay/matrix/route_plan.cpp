@@ -64,6 +64,24 @@ void plan_targets(const Route& route, RoutePlan& plan, const KernelCheck& kernel
   }
 }
 
+// A one-way udp listener is one flow for every client, and the verdict
+// program sees the listener, not the client's address: it cannot hash
+// clients apart (a unix-dgram sender it sees, by cookie).
+void plan_one_way_hash(const Route& route, RoutePlan& plan) {
+  if (plan.engine != RouteEngine::OneWay || route.balance != Balance::Hash ||
+      plan.from->kind != EndpointKind::Udp || !plan.choice.kernel)
+    return;
+  const std::string why =
+      "one-way balance = \"hash\" on a udp source: the verdict program sees the listener, not the client's "
+      "address, so user space hashes each datagram's source address";
+  if (route.datapath == Datapath::Kernel)
+    plan.choice = DatapathChoice{
+        false, true, false, why + "; use datapath = \"auto\" or \"userspace\", or balance = \"round-robin\""};
+  else
+    plan.choice = DatapathChoice{false, false, true, "user space because " + why};
+  for (PairingPlan& p : plan.pairings) p.choice = plan.choice;
+}
+
 }  // namespace
 
 std::string_view engine_name(RouteEngine engine) {
@@ -76,6 +94,8 @@ std::string_view engine_name(RouteEngine engine) {
       return "bridge";
     case RouteEngine::Subscribers:
       return "subscribers";
+    case RouteEngine::OneWay:
+      return "one-way";
   }
   return "unknown";
 }
@@ -90,13 +110,14 @@ RoutePlan plan_route(const Config& config, const Route& route, size_t from_index
   RoutePlan plan;
   plan.from = config.find_endpoint(route.from.at(from_index));
   const Endpoint& first_to = *config.find_endpoint(route.to.front());
-  plan.engine = engine_for(*plan.from, first_to);
+  plan.engine = route.one_way ? RouteEngine::OneWay : engine_for(*plan.from, first_to);
   for (const std::string& name : route.to)
     plan.pairings.push_back(pairing(route, *plan.from, *config.find_endpoint(name)));
   if (plan.engine == RouteEngine::Subscribers)
     plan_subscribers(route, plan, kernel_check);
   else
     plan_targets(route, plan, kernel_check);
+  plan_one_way_hash(route, plan);
   return plan;
 }
 

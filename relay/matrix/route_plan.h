@@ -23,8 +23,9 @@ enum class RouteEngine {
   Stream,       // stream/seqpacket to stream/seqpacket: a session per connection
   Bridge,       // datagram <-> stream/seqpacket: a session per client or connection, in user space
   Subscribers,  // datagrams to the consumers of a subscribe endpoint
+  OneWay,       // one-way datagrams: the listener is the one flow, no session per client
 };
-std::string_view engine_name(RouteEngine engine);  // "datagram", "stream", "bridge", "subscribers"
+std::string_view engine_name(RouteEngine engine);  // "datagram", "stream", "bridge", "subscribers", "one-way"
 
 // One source and one target of a route.
 struct PairingPlan {

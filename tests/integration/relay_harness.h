@@ -150,6 +150,24 @@ class RelayProcess {
   int exit_status_ = -1;
 };
 
+// Writes the relay's config anew (the [relay] table RelayProcess wrote, then
+// `body`), for a SIGHUP to read.
+inline void rewrite(const RelayProcess& relay, const std::string& body) {
+  std::ofstream(relay.config_path()) << "[relay]\nlog-level = \"debug\"\ncontrol = \"" << relay.control()
+                                     << "\"\n"
+                                     << body;
+}
+
+// Waits until `status json` shows `reloads` (or `reloads-refused`) >= n.
+inline bool wait_reloads(RelayProcess& relay, const std::string& key, uint64_t n) {
+  for (int i = 0; i < 100; ++i) {
+    std::string s = relay.status_json();
+    if (!s.empty() && json_number(s, key) >= n && json_number(s, key) != UINT64_MAX) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+  }
+  return false;
+}
+
 // A socket address from "127.0.0.1:PORT" or a UNIX path.
 struct Addr {
   sockaddr_storage ss{};

@@ -20,22 +20,6 @@ constexpr const char* kRouteB =
     "[endpoints.b]\ntype = \"udp\"\nlisten = \"127.0.0.1:5400\"\n"
     "[[routes]]\nfrom = \"b\"\nto = \"echo\"\n";
 
-void rewrite(const RelayProcess& relay, const std::string& body) {
-  std::ofstream(relay.config_path()) << "[relay]\nlog-level = \"debug\"\ncontrol = \"" << relay.control()
-                                     << "\"\n"
-                                     << body;
-}
-
-// Waits until `status json` shows `reloads` (or `reloads-refused`) >= n.
-bool wait_reloads(RelayProcess& relay, const std::string& key, uint64_t n) {
-  for (int i = 0; i < 100; ++i) {
-    std::string s = relay.status_json();
-    if (!s.empty() && json_number(s, key) >= n && json_number(s, key) != UINT64_MAX) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(30));
-  }
-  return false;
-}
-
 TEST(Reload, KeepsUnchangedRoutesRefusesBadConfigsAppliesDifferences) {
   SOCKRELAY_REQUIRE_ROOT();
   SOCKRELAY_PRIVATE_NETNS();
