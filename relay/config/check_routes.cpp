@@ -20,10 +20,12 @@ namespace sockrelay::config_check {
 namespace {
 
 constexpr std::string_view kRouteKeys[] = {
-    "from", "to", "mode", "datapath", "balance", "allow-sources", "allow-cids", "allow-uids", "allow-gids"};
+    "from",          "to",         "mode",       "datapath",   "balance",
+    "allow-sources", "allow-cids", "allow-uids", "allow-gids", "when-full"};
 constexpr std::string_view kModes[] = {"egress", "ingress"};
 constexpr std::string_view kDatapaths[] = {"auto", "kernel", "userspace"};
 constexpr std::string_view kMultiBalances[] = {"round-robin", "hash", "broadcast"};
+constexpr std::string_view kWhenFull[] = {"reset", "wait"};
 
 struct NameRef {
   std::string name;
@@ -284,6 +286,10 @@ void check_modes(RouteReading& r) {
     if (auto v = r.c.enum_value(*n, r.where + ": datapath", kDatapaths))
       r.route.datapath = *datapath_from_name(*v);
   }
+  if (const toml::node* n = r.table.get("when-full")) {
+    if (auto v = r.c.enum_value(*n, r.where + ": when-full", kWhenFull))
+      r.route.when_full = *v == "wait" ? WhenFull::Wait : WhenFull::Reset;
+  }
 }
 
 void check_access(RouteReading& r) {
@@ -302,9 +308,9 @@ RouteKeyPositions key_positions(const toml::table& t, SourcePos table) {
     const toml::node* n = t.get(key);
     return n != nullptr ? pos_of(*n) : table;
   };
-  return RouteKeyPositions{at("from"),       at("to"),         at("mode"),
-                           at("datapath"),   at("balance"),    at("allow-sources"),
-                           at("allow-cids"), at("allow-uids"), at("allow-gids")};
+  return RouteKeyPositions{
+      at("from"),          at("to"),         at("mode"),       at("datapath"),   at("balance"),
+      at("allow-sources"), at("allow-cids"), at("allow-uids"), at("allow-gids"), at("when-full")};
 }
 
 }  // namespace

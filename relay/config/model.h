@@ -108,7 +108,13 @@ struct SourceNetwork {
 // [[routes]] table itself.
 struct RouteKeyPositions {
   SourcePos from, to, mode, datapath, balance, allow_sources, allow_cids, allow_uids, allow_gids;
+  SourcePos when_full;
 };
+
+// A connection source at max-sessions: accept and close each new
+// connection (Reset), or leave them in the listen backlog until a session
+// ends (Wait).
+enum class WhenFull { Reset, Wait };
 
 struct Route {
   std::vector<std::string> from;  // endpoint names
@@ -123,6 +129,7 @@ struct Route {
   std::vector<uint32_t> allow_cids;
   std::vector<uint32_t> allow_uids;
   std::vector<uint32_t> allow_gids;
+  WhenFull when_full = WhenFull::Reset;
   SourcePos pos;  // of the [[routes]] table
   RouteKeyPositions keys;
 };
@@ -131,6 +138,7 @@ struct RelaySettings {
   std::string log_level = "info";  // trace|debug|info|warn|error|critical|off
   std::chrono::milliseconds idle_timeout = kDefaultIdleTimeout;
   uint32_t max_sessions = 4096;
+  SourcePos max_sessions_pos{1, 1};  // where max-sessions was written (the file's start if not)
   std::string control = "/run/sockrelay/control.sock";
 };
 

@@ -27,6 +27,7 @@ class RouteRules {
     check_allow_sources();
     check_allow_cids();
     check_allow_ids();
+    check_when_full();
   }
 
  private:
@@ -163,6 +164,24 @@ class RouteRules {
                 "reach user space without their credentials, and sock_diag gives a socket's owner uid only)");
         return;
       }
+    }
+  }
+
+  // Only a connection can wait in a listen backlog: a datagram client's
+  // next datagram is simply dropped (counted) at max-sessions.
+  void check_when_full() {
+    if (route_.when_full != WhenFull::Wait) return;
+    for (const auto& name : route_.from) {
+      const Endpoint& e = endpoint(name);
+      if (!kind_is_datagram(e.kind)) continue;
+      refuse(
+          route_.keys.when_full,
+          "when-full = \"wait\" applies to connection sources (tcp, unix-stream, unix-seqpacket, vsock-*); "
+          "endpoint " +
+              describe_endpoint(e) +
+              " is a datagram source, whose new clients' datagrams are dropped (counted as max-sessions) "
+              "when the relay is full: remove when-full");
+      return;
     }
   }
 

@@ -282,7 +282,7 @@ TEST(Config, UnknownRouteKey) {
       parse(valid_plus("balanse = \"hash\"\nweight = 2\n")),
       {err(12, 1, R"(unknown key "balanse" in route #1: did you mean "balance"?)"),
        err(13, 1,
-           R"(unknown key "weight" in route #1; valid keys: from, to, mode, datapath, balance, allow-sources, allow-cids, allow-uids, allow-gids)")});
+           R"(unknown key "weight" in route #1; valid keys: from, to, mode, datapath, balance, allow-sources, allow-cids, allow-uids, allow-gids, when-full)")});
 }
 
 // ---- [relay] values ----
