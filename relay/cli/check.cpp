@@ -13,6 +13,8 @@
 #include "cli/commands.h"
 #include "common/json.h"
 #include "config/config.h"
+#include "config/fd_budget.h"
+#include "daemon/file_limit.h"
 #include "matrix/matrix.h"
 #include "matrix/route_plan.h"
 #include "probe/probe.h"
@@ -184,6 +186,15 @@ void judge_routes(const Config& config, bool probe, Judgement& out) {
   }
 }
 
+// What max-sessions needs in descriptors against the hard limit here
+// (`run` raises its soft limit to it): a warning at max-sessions when it
+// cannot hold them. Under systemd the unit's LimitNOFILE= is the limit.
+void judge_file_budget(const Config& config, Judgement& out) {
+  if (auto warning = fd_budget_warning(config, fd_need(config), hard_file_limit()))
+    out.diagnostics.push_back({config.path, config.relay.max_sessions_pos, Severity::Warning,
+                               *warning + " (the hard limit of this shell)"});
+}
+
 std::string_view datapath_word(const DatapathChoice& choice) {
   return choice.refused ? "refused" : choice.kernel ? "kernel" : "userspace";
 }
@@ -265,6 +276,7 @@ int check_command(const Args& args) {
     judgement.maps = map_sizes_for(parsed.config);
     judgement.max_sessions = parsed.config.relay.max_sessions;
     judgement.memory = estimate_map_memory(*judgement.maps, static_cast<uint32_t>(get_nprocs_conf()));
+    judge_file_budget(parsed.config, judgement);
   }
   if (options.json)
     print_json(options.config_path, judgement);

@@ -71,6 +71,7 @@ void check_max_sessions(Checker& c, const toml::node& n, RelaySettings& out) {
     return;
   }
   out.max_sessions = static_cast<uint32_t>(v);
+  out.max_sessions_pos = pos_of(n);
 }
 
 void check_control(Checker& c, const toml::node& n, RelaySettings& out) {

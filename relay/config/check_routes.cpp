@@ -21,10 +21,11 @@ namespace {
 
 constexpr std::string_view kRouteKeys[] = {
     "from",          "to",         "mode",       "datapath",   "balance",
-    "allow-sources", "allow-cids", "allow-uids", "allow-gids", "one-way"};
+    "allow-sources", "allow-cids", "allow-uids", "allow-gids", "one-way", "when-full"};
 constexpr std::string_view kModes[] = {"egress", "ingress"};
 constexpr std::string_view kDatapaths[] = {"auto", "kernel", "userspace"};
 constexpr std::string_view kMultiBalances[] = {"round-robin", "hash", "broadcast"};
+constexpr std::string_view kWhenFull[] = {"reset", "wait"};
 
 struct NameRef {
   std::string name;
@@ -285,6 +286,10 @@ void check_modes(RouteReading& r) {
     if (auto v = r.c.enum_value(*n, r.where + ": datapath", kDatapaths))
       r.route.datapath = *datapath_from_name(*v);
   }
+  if (const toml::node* n = r.table.get("when-full")) {
+    if (auto v = r.c.enum_value(*n, r.where + ": when-full", kWhenFull))
+      r.route.when_full = *v == "wait" ? WhenFull::Wait : WhenFull::Reset;
+  }
 }
 
 // `one-way`: a boolean; what it may be combined with is judged in
@@ -318,7 +323,7 @@ RouteKeyPositions key_positions(const toml::table& t, SourcePos table) {
   };
   return RouteKeyPositions{
       at("from"),          at("to"),         at("mode"),       at("datapath"),   at("balance"),
-      at("allow-sources"), at("allow-cids"), at("allow-uids"), at("allow-gids"), at("one-way")};
+      at("allow-sources"), at("allow-cids"), at("allow-uids"), at("allow-gids"), at("one-way"), at("when-full")};
 }
 
 }  // namespace

@@ -113,7 +113,13 @@ struct SourceNetwork {
 struct RouteKeyPositions {
   SourcePos from, to, mode, datapath, balance, allow_sources, allow_cids, allow_uids, allow_gids;
   SourcePos one_way;
+  SourcePos when_full;
 };
+
+// A connection source at max-sessions: accept and close each new
+// connection (Reset), or leave them in the listen backlog until a session
+// ends (Wait).
+enum class WhenFull { Reset, Wait };
 
 struct Route {
   std::vector<std::string> from;  // endpoint names
@@ -132,6 +138,7 @@ struct Route {
   // expected, so no client gets a flow or a socket of its own
   // (sessions/one_way_route.h).
   bool one_way = false;
+  WhenFull when_full = WhenFull::Reset;
   SourcePos pos;  // of the [[routes]] table
   RouteKeyPositions keys;
 };
@@ -145,6 +152,7 @@ struct RelaySettings {
   std::chrono::milliseconds unreplied_or_default() const {
     return unreplied_timeout.value_or(std::min(kDefaultUnrepliedTimeout, idle_timeout));
   }
+  SourcePos max_sessions_pos{1, 1};  // where max-sessions was written (the file's start if not)
   std::string control = "/run/sockrelay/control.sock";
 };
 

@@ -28,6 +28,7 @@ class RouteRules {
     check_allow_cids();
     check_allow_ids();
     check_one_way();
+    check_when_full();
   }
 
  private:
@@ -196,6 +197,24 @@ class RouteRules {
       refuse(route_.allow_uids.empty() ? route_.keys.allow_gids : route_.keys.allow_uids,
              "allow-uids/allow-gids check a sender when its flow is set up, and a one-way route sets up no "
              "flow per sender: remove them, or remove one-way");
+  }
+
+  // Only a connection can wait in a listen backlog: a datagram client's
+  // next datagram is simply dropped (counted) at max-sessions.
+  void check_when_full() {
+    if (route_.when_full != WhenFull::Wait) return;
+    for (const auto& name : route_.from) {
+      const Endpoint& e = endpoint(name);
+      if (!kind_is_datagram(e.kind)) continue;
+      refuse(
+          route_.keys.when_full,
+          "when-full = \"wait\" applies to connection sources (tcp, unix-stream, unix-seqpacket, vsock-*); "
+          "endpoint " +
+              describe_endpoint(e) +
+              " is a datagram source, whose new clients' datagrams are dropped (counted as max-sessions) "
+              "when the relay is full: remove when-full");
+      return;
+    }
   }
 
   const Config& config_;

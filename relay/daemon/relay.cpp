@@ -11,6 +11,8 @@
 
 #include "common/quote.h"
 #include "config/config.h"
+#include "config/fd_budget.h"
+#include "daemon/file_limit.h"
 #include "daemon/privileges.h"
 #include "endpoints/activation.h"
 #include "endpoints/endpoint.h"
@@ -301,6 +303,8 @@ Relay::Started Relay::start_new_routes(const std::shared_ptr<const Config>& next
 void Relay::apply_relay_settings(const std::shared_ptr<const Config>& next) {
   spdlog::set_level(spdlog::level::from_str(next->relay.log_level));
   budget_.set_max(next->relay.max_sessions);
+  if (auto warning = fd_budget_warning(*next, fd_need(*next), hard_file_limit()))
+    spdlog::warn("reload: {}", *warning);
   if (next->relay.control != config_->relay.control)
     if (auto st = open_control(next->relay.control); !st)
       spdlog::error("reload: control socket {}: {}", next->relay.control, st.error().describe());

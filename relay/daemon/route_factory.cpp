@@ -57,6 +57,7 @@ std::unique_ptr<LiveRoute> build_stream(const SourceBuild& b, Fd listener) {
   spec.kernel = b.kernel;
   spec.policy = PeerPolicy::of(b.route);
   spec.idle_timeout = b.config.relay.idle_timeout;
+  spec.wait_when_full = b.route.when_full == WhenFull::Wait;
   return std::make_unique<StreamRoute>(spec, std::move(listener), b.services.maps, b.services.loop,
                                        b.services.budget);
 }
@@ -69,6 +70,7 @@ std::unique_ptr<LiveRoute> build_bridge(const SourceBuild& b, Fd listener) {
   spec.to = b.config.find_endpoint(b.route.to[0]);
   spec.policy = PeerPolicy::of(b.route);
   spec.idle_timeout = b.config.relay.idle_timeout;
+  spec.wait_when_full = b.route.when_full == WhenFull::Wait;
   return std::make_unique<BridgeRoute>(spec, std::move(listener), b.services.loop, b.services.budget);
 }
 

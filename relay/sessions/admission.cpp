@@ -7,6 +7,7 @@
 
 #include "common/io_errors.h"
 #include "config/address.h"
+#include "sessions/fd_limit.h"
 
 namespace sockrelay {
 
@@ -25,17 +26,21 @@ bool Admission::admit(int fd, const sockaddr_storage& peer, const std::string& p
   return true;
 }
 
-void Admission::accept_batch(int listener, const std::function<void(Peer)>& on_admitted) {
+Admission::Outcome Admission::accept_batch(int listener, const std::function<void(Peer)>& on_admitted,
+                                           bool wait_when_full) {
   for (int round = 0; round < kAcceptBatch; ++round) {
+    if (wait_when_full && budget_.used() >= budget_.max()) return {Stop::Full};
     Peer peer;
     socklen_t peer_len = sizeof(peer.addr);
     peer.fd = Fd(
         accept4(listener, reinterpret_cast<sockaddr*>(&peer.addr), &peer_len, SOCK_NONBLOCK | SOCK_CLOEXEC));
     if (!peer.fd) {
+      // The connection stays in the backlog: the route counts and pauses.
+      if (out_of_descriptors(errno)) return {Stop::OutOfDescriptors, errno};
       // ECONNABORTED: the client left before we took it; nothing to tell.
       if (!would_block(errno) && errno != ECONNABORTED)
         spdlog::warn("route {}: accept: {}", route_id_, std::strerror(errno));
-      return;
+      return {};
     }
     // A unix client's address is its (usually unbound, empty) socket name:
     // nothing a log reader could use.
@@ -44,6 +49,14 @@ void Admission::accept_batch(int listener, const std::function<void(Peer)>& on_a
                     : format_address(reinterpret_cast<const sockaddr*>(&peer.addr), peer_len);
     if (admit(peer.fd.get(), peer.addr, peer.text)) on_admitted(std::move(peer));
   }
+  return {};
+}
+
+void Admission::serve(const Listener& listener, const std::function<void(Peer)>& on_admitted) {
+  Outcome outcome = accept_batch(listener.fd, on_admitted, listener.wait_when_full);
+  if (outcome.stop == Stop::OutOfDescriptors)
+    listener.log.hit(route_id_, listener.fd_limit, "accept", outcome.error);
+  if (outcome.stop != Stop::Drained) listener.gate.pause();
 }
 
 }  // namespace sockrelay

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "common/fd.h"
+#include "sessions/fd_limit.h"
 #include "sessions/peer_policy.h"
 #include "sessions/session_budget.h"
 
@@ -44,10 +45,39 @@ class Admission {
     sockaddr_storage addr{};
     std::string text;  // for log lines: its address, or "unix client"
   };
+  // Why accept_batch() stopped.
+  enum class Stop {
+    Drained,           // the backlog is empty, or a batch was taken
+    OutOfDescriptors,  // accept() met the relay's descriptor limit (`error` says which)
+    Full,              // wait_when_full and no session left: nothing accepted
+  };
+  struct Outcome {
+    Stop stop = Stop::Drained;
+    int error = 0;
+  };
   // Accepts what waits on `listener` (up to kAcceptBatch) and hands each
   // admitted connection to `on_admitted`. A refused one is closed at once:
-  // the client sees EOF (tcp: RST if it already sent).
-  void accept_batch(int listener, const std::function<void(Peer)>& on_admitted);
+  // the client sees EOF (tcp: RST if it already sent). With
+  // `wait_when_full`, nothing is accepted while max-sessions is reached:
+  // connections wait in the backlog (the route takes its listener out of
+  // the poll set on Stop::Full).
+  Outcome accept_batch(int listener, const std::function<void(Peer)>& on_admitted,
+                       bool wait_when_full = false);
+
+  // What a connection route's listener answers to, besides its peers.
+  struct Listener {
+    int fd;
+    ListenerGate& gate;  // watches `fd`: paused here
+    FdLimitLog& log;
+    uint64_t& fd_limit;  // the route's fd-limit count
+    bool wait_when_full;
+  };
+  // The listener's readiness handler: accept_batch(), then, out of
+  // descriptors (counted and logged) or full with wait_when_full, the
+  // listener out of the poll set for a pause (it is level-triggered: left
+  // in, it would wake the loop at once, again and again); the connections
+  // wait in its backlog.
+  void serve(const Listener& listener, const std::function<void(Peer)>& on_admitted);
 
  private:
   uint32_t route_id_;

@@ -47,7 +47,8 @@ BridgeRoute::BridgeRoute(BridgeRouteSpec spec, Fd listener, EventLoop& loop, Ses
       loop_(loop),
       budget_(budget),
       admission_(spec_.route_id, spec_.policy, budget, counters_.refused_policy,
-                 counters_.refused_max_sessions) {}
+                 counters_.refused_max_sessions),
+      gate_(loop) {}
 
 BridgeRoute::~BridgeRoute() { stop(); }
 
@@ -60,8 +61,7 @@ bool BridgeRoute::keeps_messages() const {
 }
 
 Status BridgeRoute::start() {
-  if (auto st = loop_.add(listener_.get(), EPOLLIN, [this](uint32_t) { on_listener_readable(); }); !st)
-    return st;
+  if (auto st = gate_.start(listener_.get(), [this](uint32_t) { on_listener_readable(); }); !st) return st;
   started_ = true;
   return {};
 }
@@ -70,7 +70,7 @@ void BridgeRoute::stop() {
   if (!started_) return;
   deliver_before_stop();
   while (!sessions_.empty()) close_session(sessions_.begin()->first, false);
-  loop_.remove(listener_.get());
+  gate_.stop();
   started_ = false;
 }
 
@@ -94,8 +94,8 @@ void BridgeRoute::deliver_before_stop() {
 
 void BridgeRoute::on_listener_readable() {
   if (!datagram_source()) {
-    admission_.accept_batch(listener_.get(),
-                            [this](Admission::Peer client) { open_connection_session(std::move(client)); });
+    admission_.serve({listener_.get(), gate_, fd_limit_log_, counters_.fd_limit, spec_.wait_when_full},
+                     [this](Admission::Peer client) { open_connection_session(std::move(client)); });
     return;
   }
   std::vector<char> buf(kMaxMessage);
@@ -133,8 +133,7 @@ BridgeRoute::Session* BridgeRoute::open_datagram_session(const sockaddr_storage&
   auto conn = open_stream_upstream(*spec_.to);
   if (!conn) {
     budget_.give_back();
-    ++counters_.connect_failed;
-    spdlog::warn("route {}: {}: {} (counted)", spec_.route_id, peer_text, conn.error().describe());
+    count_open_failure(peer_text, conn.error());
     return nullptr;
   }
   auto owned = std::make_unique<Session>();
@@ -159,9 +158,7 @@ void BridgeRoute::open_connection_session(Admission::Peer client) {
   auto dgram = open_datagram_upstream(*spec_.to);
   if (!dgram) {
     budget_.give_back();
-    ++counters_.connect_failed;
-    spdlog::warn("route {}: {}: {}; closing the client (counted)", spec_.route_id, client.text,
-                 dgram.error().describe());
+    count_open_failure(client.text + " (client closed)", dgram.error());
     return;
   }
   auto owned = std::make_unique<Session>();
@@ -175,6 +172,15 @@ void BridgeRoute::open_connection_session(Admission::Peer client) {
     return;
   s->conn_events = EPOLLIN | EPOLLRDHUP;
   watch(*s, s->dgram.get(), EPOLLIN, [this, s](uint32_t) { on_upstream_dgram_readable(*s); });
+}
+
+void BridgeRoute::count_open_failure(const std::string& peer, const Error& error) {
+  if (out_of_descriptors(error.code)) {
+    fd_limit_log_.hit(spec_.route_id, counters_.fd_limit, "upstream socket", error.code);
+    return;
+  }
+  ++counters_.connect_failed;
+  spdlog::warn("route {}: {}: {} (counted)", spec_.route_id, peer, error.describe());
 }
 
 BridgeRoute::Session* BridgeRoute::add_session(std::unique_ptr<Session> owned) {
@@ -329,6 +335,7 @@ void BridgeRoute::close_session(uint64_t id, bool failed) {
   if (!s.client_key.empty()) by_client_.erase(s.client_key);
   sessions_.erase(it);
   budget_.give_back();
+  gate_.resume();  // a session and its descriptors are free again
 }
 
 void BridgeRoute::expire_idle() {

@@ -27,6 +27,7 @@
 #include "config/model.h"
 #include "loop/event_loop.h"
 #include "sessions/admission.h"
+#include "sessions/fd_limit.h"
 #include "sessions/live_route.h"
 #include "sessions/peer_policy.h"
 #include "sessions/session_budget.h"
@@ -41,6 +42,7 @@ struct BridgeRouteSpec {
   PeerPolicy policy;
   std::chrono::milliseconds idle_timeout = kDefaultIdleTimeout;
   std::chrono::milliseconds connect_timeout{5'000};
+  bool wait_when_full = false;  // connection source: see StreamRouteSpec
 };
 
 class BridgeRoute final : public LiveRoute {
@@ -72,6 +74,9 @@ class BridgeRoute final : public LiveRoute {
   void on_datagram(const char* data, size_t len, const sockaddr_storage& peer, socklen_t peer_len);
   Session* open_datagram_session(const sockaddr_storage& peer, socklen_t peer_len, std::string key);
   void open_connection_session(Admission::Peer client);
+  // A socket for a new session could not be opened: counted as fd-limit or
+  // connect-failed.
+  void count_open_failure(const std::string& peer, const Error& error);
   Session* add_session(std::unique_ptr<Session> owned);
   bool watch(Session& s, int fd, uint32_t events, EventLoop::Handler handler);
   void on_connected(Session& s);
@@ -90,6 +95,8 @@ class BridgeRoute final : public LiveRoute {
   SessionBudget& budget_;
   StreamCounters counters_;
   Admission admission_;  // refers to spec_.policy and counters_: declared after them
+  ListenerGate gate_;    // the listener, paused while out of descriptors or full (connection source)
+  FdLimitLog fd_limit_log_;
   std::map<uint64_t, std::unique_ptr<Session>> sessions_;
   std::map<std::string, uint64_t> by_client_;  // datagram source: client address -> session
   uint64_t next_id_ = 1;

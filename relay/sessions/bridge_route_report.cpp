@@ -1,6 +1,7 @@
 // What a datagram <-> stream bridge shows in `sockrelay status`, and its
 // tick. It never enters the maps: it reports no kernel counts of its own.
 #include "sessions/bridge_route.h"
+#include "sessions/fd_limit.h"
 
 namespace sockrelay {
 
@@ -13,6 +14,7 @@ RouteReport BridgeRoute::report() const {
   r.drops = {
       {"max-sessions", counters_.refused_max_sessions},
       {"connect-failed", counters_.connect_failed},
+      {kFdLimitDrop, counters_.fd_limit},
       {"dropped-messages", counters_.dropped_messages},
       {kPolicyDrop, counters_.refused_policy},
   };

@@ -121,17 +121,25 @@ bool DatagramRoute::open_upstreams(Flow& flow) {
   flow.upstreams.resize(spec_.to.size());
   size_t opened = 0;
   std::string why;
+  int out_of_fds = 0;  // EMFILE/ENFILE: the relay's limit, never the target's failure
   for (size_t t = 0; t < spec_.to.size(); ++t) {
     if (!targets_[t].health.up()) continue;
     if (auto st = open_upstream(flow, t); !st) {
       why = st.error().describe();
-      target_failed(t, why);
+      if (out_of_descriptors(st.error().code))
+        out_of_fds = st.error().code;
+      else
+        target_failed(t, why);
     } else {
       ++opened;
     }
   }
   if (opened > 0) return true;
   budget_.give_back();
+  if (out_of_fds) {
+    fd_limit_log_.hit(spec_.route_id, counters_.drop_fd_limit, "new client's upstream socket", out_of_fds);
+    return false;
+  }
   if (count_and_log_now(counters_.drop_setup_failed))
     spdlog::warn("route {}: new client {}: no target reachable{}{} (datagram dropped, counted)",
                  spec_.route_id, flow.peer_text(), why.empty() ? "" : ": ", why);

@@ -28,6 +28,7 @@
 #include "config/model.h"
 #include "loop/event_loop.h"
 #include "sessions/flow_table.h"
+#include "sessions/fd_limit.h"
 #include "sessions/live_route.h"
 #include "sessions/session_budget.h"
 #include "sessions/target_health.h"
@@ -46,6 +47,7 @@ struct DatagramCounters {
   uint64_t flows_failed = 0;           // torn down on a socket error
   uint64_t refused_max_sessions = 0;   // datagrams dropped: max-sessions reached
   uint64_t drop_setup_failed = 0;      // datagrams dropped: upstream socket could not be opened
+  uint64_t drop_fd_limit = 0;          // datagrams dropped: the relay's descriptor limit (EMFILE/ENFILE)
   uint64_t drop_send_error = 0;        // datagrams dropped: send() failed (full queue, refused)
   uint64_t drop_no_reply_path = 0;     // replies dropped: the client has no address to reply to
   uint64_t drop_all_targets_down = 0;  // datagrams dropped in user space: no target up
@@ -203,6 +205,7 @@ class DatagramRoute final : public LiveRoute {
   // A unix listener on the kernel path: steered by its own program instance.
   std::unique_ptr<UnixListenerSteering> unix_steering_;
   DatagramCounters counters_;
+  FdLimitLog fd_limit_log_;
   std::vector<TargetState> targets_;  // by index in spec_.to
   // User-space receive batches (uninitialised: pages are touched only as
   // datagrams fill them). The listener's is its own: a datagram in its batch

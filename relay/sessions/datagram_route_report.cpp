@@ -1,5 +1,6 @@
 // What a datagram route shows in `sockrelay status`.
 #include "sessions/datagram_route.h"
+#include "sessions/fd_limit.h"
 
 namespace sockrelay {
 
@@ -18,6 +19,7 @@ RouteReport DatagramRoute::report() const {
       {"no-target", r.kernel.drop_no_target},
       {"max-sessions", c.refused_max_sessions},
       {"setup-failed", c.drop_setup_failed},
+      {kFdLimitDrop, c.drop_fd_limit},
       {"send-error", c.drop_send_error},
       {"no-reply-path", c.drop_no_reply_path},
       {"all-targets-down", c.drop_all_targets_down},

@@ -68,10 +68,14 @@ void DatagramRoute::retry_targets() {
     health.recovered();
     Status st = reopen_target(t);
     if (!health.up()) continue;  // a read while settling failed it again: target_failed() said so
-    if (!st) {
+    if (!st && !out_of_descriptors(st.error().code)) {
       target_failed(t, st.error().describe());
       continue;
     }
+    // Out of descriptors is the relay's limit, not the target's: it stays
+    // in the rotation (flows that got no socket for it skip it).
+    if (!st)
+      spdlog::warn("route {}: target {}: {}", spec_.route_id, spec_.to[t]->name, st.error().describe());
     spdlog::info("route {}: target {} is back in the rotation", spec_.route_id, spec_.to[t]->name);
     rewrite_forward_flows();
   }

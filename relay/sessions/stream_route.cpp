@@ -37,6 +37,7 @@ StreamRoute::StreamRoute(StreamRouteSpec spec, Fd listener, MapWriter* maps, Eve
       budget_(budget),
       admission_(spec_.route_id, spec_.policy, budget, counters_.refused_policy,
                  counters_.refused_max_sessions),
+      gate_(loop),
       health_(spec_.to.size()),
       target_sessions_(spec_.to.size(), 0) {}
 
@@ -61,20 +62,35 @@ Status StreamRoute::start() {
   timer_ = Fd(timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
   if (!timer_) return errno_error("timerfd_create");
   if (auto st = loop_.add(timer_.get(), EPOLLIN, [this](uint32_t) { on_timer(); }); !st) return st;
-  auto on_readable = [this](uint32_t) {
-    admission_.accept_batch(listener_.get(),
-                            [this](Admission::Peer client) { open_session(std::move(client)); });
-  };
-  if (auto st = loop_.add(listener_.get(), EPOLLIN, on_readable); !st) return st;
+  if (auto st = gate_.start(listener_.get(), [this](uint32_t) { on_listener_readable(); }); !st) {
+    loop_.remove(timer_.get());
+    return st;
+  }
   started_ = true;
   return {};
+}
+
+void StreamRoute::on_listener_readable() {
+  admission_.serve({listener_.get(), gate_, fd_limit_log_, counters_.fd_limit, spec_.wait_when_full},
+                   [this](Admission::Peer client) { open_session(std::move(client)); });
+}
+
+void StreamRoute::session_setup_failed(Session& s, const std::string& what, int err) {
+  if (out_of_descriptors(err)) {
+    fd_limit_log_.hit(spec_.route_id, counters_.fd_limit, what, err);
+  } else {
+    spdlog::warn("route {}: {}: {}: {}; closing the session", spec_.route_id, s.peer, what,
+                 std::strerror(err));
+    ++counters_.sessions_failed;
+  }
+  close_session(s.id, nullptr);
 }
 
 void StreamRoute::stop() {
   if (!started_) return;
   deliver_before_stop();
   while (!sessions_.empty()) close_session(sessions_.begin()->first, nullptr);
-  loop_.remove(listener_.get());
+  gate_.stop();
   loop_.remove(timer_.get());
   started_ = false;
 }
@@ -144,6 +160,11 @@ bool StreamRoute::connect_upstream(Session& s) {
     if (t < 0) break;
     const Endpoint& target = *spec_.to[static_cast<size_t>(t)];
     auto upstream = open_stream_upstream(target);
+    if (!upstream && out_of_descriptors(upstream.error().code)) {
+      // The relay's limit, not the target's failure: it stays in the rotation.
+      session_setup_failed(s, "upstream socket", upstream.error().code);
+      return false;
+    }
     if (!upstream) {
       target_failed(static_cast<size_t>(t), upstream.error().describe());
       spdlog::warn("route {}: {}: {}", spec_.route_id, s.peer, upstream.error().describe());
@@ -240,13 +261,7 @@ bool StreamRoute::start_data_path(Session& s) {
     }
     return true;
   }
-  if (auto st = open_pipes(s); !st) {
-    spdlog::warn("route {}: {}: {}; closing the session", spec_.route_id, s.peer, st.error().describe());
-    ++counters_.sessions_failed;
-    close_session(s.id, nullptr);
-    return false;
-  }
-  return true;
+  return true;  // the user path takes its pipes when bytes come (take_pipe())
 }
 
 // What epoll should report for `side`. Marks `side`'s peer EOF when both
@@ -410,6 +425,7 @@ void StreamRoute::close_session(uint64_t id, const char* why) {
     if (side->registered) loop_.remove(side->fd.get());
   sessions_.erase(it);
   budget_.give_back();
+  gate_.resume();  // a session and its descriptors are free again
 }
 
 uint64_t StreamRoute::last_activity_ns(const Session& s) const {

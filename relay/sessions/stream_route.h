@@ -45,8 +45,10 @@
 #include "config/model.h"
 #include "loop/event_loop.h"
 #include "sessions/admission.h"
+#include "sessions/fd_limit.h"
 #include "sessions/live_route.h"
 #include "sessions/peer_policy.h"
+#include "sessions/pipe_pool.h"
 #include "sessions/session_budget.h"
 #include "sessions/target_health.h"
 
@@ -66,6 +68,8 @@ struct StreamCounters {
   uint64_t user_bytes = 0;            // bytes user space moved (user path)
   uint64_t user_messages = 0;         // seqpacket messages user space moved
   uint64_t dropped_messages = 0;      // datagram <-> stream bridges: a datagram not queued or not sent
+  uint64_t fd_limit = 0;              // the relay's descriptor limit met: accept() paused, or a session
+                                      // closed because its socket or pipe could not be opened
 };
 
 // What stream routes and datagram <-> stream bridges report alike: the
@@ -82,6 +86,10 @@ struct StreamRouteSpec {
   PeerPolicy policy;                  // who may open a session
   std::chrono::milliseconds idle_timeout = kDefaultIdleTimeout;
   std::chrono::milliseconds connect_timeout{5'000};
+  // when-full = "wait": at max-sessions the listener leaves the poll set
+  // and connections wait in its backlog; false ("reset"): each is accepted
+  // and closed, counted as max-sessions.
+  bool wait_when_full = false;
 };
 
 class StreamRoute final : public LiveRoute {
@@ -114,7 +122,11 @@ class StreamRoute final : public LiveRoute {
   struct Sent;
 
   // stream_route.cpp: sessions, their targets, and the events of their sockets.
+  void on_listener_readable();
   void open_session(Admission::Peer client);
+  // A socket or pipe the session needed could not be opened: `err` is the
+  // relay's descriptor limit (counted, fd-limit) or another failure.
+  void session_setup_failed(Session& s, const std::string& what, int err);
   uint32_t client_hash(int fd, const sockaddr_storage& peer) const;
   int pick_target(const Session& s);
   void target_failed(size_t target, const std::string& why);
@@ -140,7 +152,10 @@ class StreamRoute final : public LiveRoute {
   uint64_t backlog(const Side& from, const Side& to) const;
 
   // stream_user_copy.cpp: sessions whose bytes user space moves.
-  Status open_pipes(Session& s);
+  // The pipe toward `to`, taken from pipes_ when it has none. False when
+  // none could be had (the session closed).
+  bool take_pipe(Session& s, Side& to);
+  void release_pipe_if_empty(Side& to);
   // `from_readable`: epoll reported `from` readable (EPOLLIN/RDHUP/HUP).
   void user_copy(Session& s, Side& from, Side& to, bool from_readable = false);
   bool send_queued_messages(Session& s, Side& to, CopyState& state);
@@ -162,13 +177,16 @@ class StreamRoute final : public LiveRoute {
   SessionBudget& budget_;
   StreamCounters counters_;
   Admission admission_;  // refers to spec_.policy and counters_: declared after them
-  Fd timer_;             // fast half-close checks while a session waits to propagate a FIN
+  ListenerGate gate_;    // the listener, out of the poll set while the relay is out of descriptors or full
+  FdLimitLog fd_limit_log_;
+  Fd timer_;  // fast half-close checks while a session waits to propagate a FIN
   bool timer_armed_ = false;
   std::unordered_map<uint64_t, std::unique_ptr<Session>> sessions_;
   uint64_t next_id_ = 1;
   std::vector<TargetHealth> health_;       // one per spec_.to
   std::vector<uint64_t> target_sessions_;  // one per spec_.to: sessions connected to it
   uint64_t next_target_ = 0;               // round-robin position
+  PipePool pipes_;                         // user path, byte streams: pipes only while bytes are in flight
   std::unique_ptr<char[]> recv_buffer_;    // user path, message copies: what one recv() takes in
   bool started_ = false;
 };

@@ -25,7 +25,10 @@ void report_stream_counters(const StreamCounters& c, RouteReport& r) {
   };
 }
 
-void StreamRoute::tick() { expire_idle(); }
+void StreamRoute::tick() {
+  expire_idle();
+  pipes_.trim();
+}
 
 RouteReport StreamRoute::report() const {
   RouteReport r = begin_report(spec_.route_id, *spec_.from, describe_targets(spec_.to, spec_.balance),
@@ -35,6 +38,7 @@ RouteReport StreamRoute::report() const {
       {"no-target", r.kernel.drop_no_target},
       {"max-sessions", counters_.refused_max_sessions},
       {"connect-failed", counters_.connect_failed},
+      {kFdLimitDrop, counters_.fd_limit},
       // One policy count, whether user space or the verdict program refused.
       {kPolicyDrop, counters_.refused_policy + r.kernel.drop_policy},
   };

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/fd.h"
+#include "sessions/pipe_pool.h"
 #include "sessions/stream_route.h"
 
 namespace sockrelay {
@@ -35,14 +36,15 @@ struct StreamRoute::Side {
 
   // User path: data read from the other side, not yet written here.
   std::vector<std::string> messages_q;  // seqpacket messages, one entry each
-  Fd pipe_r, pipe_w;                    // byte streams: splice() through here
+  // Byte streams: splice() through here. Held only while bytes are in it
+  // (sessions/pipe_pool.h): none means room (one is taken to read).
+  Pipe pipe;
   size_t in_pipe = 0;
-  size_t pipe_capacity = 0;  // bytes the pipe takes (F_GETPIPE_SZ)
-  // The pipe has no free slot although in_pipe < pipe_capacity (a slot
+  // The pipe has no free slot although in_pipe < its capacity (a slot
   // holds one piece of an skb, not always a full page): reading waits until
   // a splice out frees some, instead of polling a readable source in vain.
   bool pipe_full = false;
-  bool pipe_room() const { return in_pipe < pipe_capacity && !pipe_full; }
+  bool pipe_room() const { return !pipe || (in_pipe < pipe.capacity && !pipe_full); }
   // User path: bytes read from the other side that wait to be written here.
   bool user_pending() const { return in_pipe > 0 || !messages_q.empty(); }
 

@@ -2,7 +2,7 @@
 // splice() through a pipe per direction for byte streams, and one recv/send
 // per message when either end keeps message boundaries (seqpacket) or
 // splice() is slow into it (vsock).
-#include <fcntl.h>
+#include <fcntl.h>  // splice()
 #include <poll.h>
 #include <sys/socket.h>
 
@@ -16,12 +16,6 @@ namespace sockrelay {
 
 namespace {
 
-// User path: bytes in flight per direction. Not more: every byte in the pipe
-// pins the page the sender's copy filled, and the sink's copy out is then
-// colder. 1 MiB cost the two ends ~0.13 CPU-s/GiB more than 256 KiB on one
-// tcp stream (perf, tests/bench/README.md); 64 KiB cost the relay 0.1 more
-// in splice() calls.
-constexpr size_t kPipeSize = 256 * 1024;
 constexpr size_t kMessageBuffer = 256 * 1024;  // message copies: largest seqpacket message kept whole
 // Rounds of out-then-in per user_copy() call: a busy session yields to the
 // others on the loop after this many.
@@ -29,22 +23,29 @@ constexpr int kCopyRounds = 16;
 
 }  // namespace
 
-// Byte streams: a pipe toward each side. Message copies need none.
-Status StreamRoute::open_pipes(Session& s) {
-  if (s.copies_messages()) return {};
-  for (Side* to : {&s.client, &s.upstream}) {
-    int p[2];
-    if (pipe2(p, O_NONBLOCK | O_CLOEXEC) != 0) return errno_error("pipe2");
-    to->pipe_r = Fd(p[0]);
-    to->pipe_w = Fd(p[1]);
-    // Best effort: a smaller pipe (pipe-max-size) still works, F_GETPIPE_SZ
-    // below says what we got.
-    fcntl(to->pipe_w.get(), F_SETPIPE_SZ, static_cast<int>(kPipeSize));
-    int capacity = fcntl(to->pipe_w.get(), F_GETPIPE_SZ);
-    if (capacity <= 0) return errno_error("F_GETPIPE_SZ");
-    to->pipe_capacity = static_cast<size_t>(capacity);
+// Byte streams: the pipe toward `to`, from the route's pool, when the
+// first bytes are about to go in. Out of descriptors (or pipes), the
+// session closes, counted (fd-limit): nothing it read is lost, since
+// nothing was read into a pipe it does not have.
+bool StreamRoute::take_pipe(Session& s, Side& to) {
+  if (to.pipe) return true;
+  auto pipe = pipes_.take();
+  if (!pipe) {
+    session_setup_failed(s, pipe.error().message, pipe.error().code);
+    return false;
   }
-  return {};
+  to.pipe = std::move(*pipe);
+  to.pipe_full = false;
+  return true;
+}
+
+// An empty pipe goes back to the pool; one with bytes stays (they are this
+// session's, in order).
+void StreamRoute::release_pipe_if_empty(Side& to) {
+  if (!to.pipe || to.in_pipe > 0) return;
+  pipes_.give_back(std::move(to.pipe));
+  to.pipe = Pipe{};
+  to.pipe_full = false;
 }
 
 // Moves what `from` has toward `to`: what is buffered toward `to` goes out,
@@ -104,7 +105,7 @@ bool StreamRoute::splice_out(Session& s, Side& to, CopyState& state) {
   // there is room again.
   size_t offered = to.in_pipe;
   ssize_t n =
-      splice(to.pipe_r.get(), nullptr, to.fd.get(), nullptr, offered, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+      splice(to.pipe.r.get(), nullptr, to.fd.get(), nullptr, offered, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
   if (n < 0) {
     if (!would_block(errno)) {
       fail_session(s.id, to, errno);
@@ -121,6 +122,7 @@ bool StreamRoute::splice_out(Session& s, Side& to, CopyState& state) {
     to.pipe_full = false;
     state.progress = true;
   }
+  release_pipe_if_empty(to);
   return true;
 }
 
@@ -171,9 +173,15 @@ bool StreamRoute::recv_message(Session& s, Side& from, Side& to, CopyState& stat
 // Byte streams, in: `from` into the pipe toward `to`, as much as it has
 // room for. False when the session closed.
 bool StreamRoute::splice_in(Session& s, Side& from, Side& to, CopyState& state) {
-  size_t room = to.pipe_capacity - to.in_pipe;
+  if (!take_pipe(s, to)) return false;
+  size_t room = to.pipe.capacity - to.in_pipe;
   ssize_t n =
-      splice(from.fd.get(), nullptr, to.pipe_w.get(), nullptr, room, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+      splice(from.fd.get(), nullptr, to.pipe.w.get(), nullptr, room, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+  if (n <= 0) {  // nothing came (EAGAIN, EOF): an empty pipe goes back at once
+    int err = errno;
+    release_pipe_if_empty(to);
+    errno = err;
+  }
   if (n < 0) {
     if (!would_block(errno)) {
       fail_session(s.id, from, errno);

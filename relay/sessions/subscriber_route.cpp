@@ -90,6 +90,7 @@ SubscriberRoute::SubscriberRoute(SubscriberRouteSpec spec, Fd source, Fd subscri
       loop_(loop),
       budget_(budget),
       slots_(RELAY_MAX_TARGETS, 0),
+      join_gate_(loop),
       buffer_(kBatch * kMaxDatagram) {}
 
 SubscriberRoute::~SubscriberRoute() { stop(); }
@@ -101,7 +102,7 @@ Status SubscriberRoute::start() {
   // Datagrams queued before we steer the source (systemd may have started
   // us for them) are read below, by user space.
   if (auto st = loop_.add(source_.get(), EPOLLIN, [this](uint32_t) { on_source_readable(); }); !st) return st;
-  if (auto st = loop_.add(subscribe_.get(), EPOLLIN, [this](uint32_t) { on_join(); }); !st) return st;
+  if (auto st = join_gate_.start(subscribe_.get(), [this](uint32_t) { on_join(); }); !st) return st;
   started_ = true;
   if (!spec_.kernel) return {};
 
@@ -164,7 +165,7 @@ void SubscriberRoute::stop() {
       });
   while (!subscribers_.empty()) leave(subscribers_.begin()->first, "the route stopped");
   loop_.remove(source_.get());
-  loop_.remove(subscribe_.get());
+  join_gate_.stop();
   if (stall_timer_) loop_.remove(stall_timer_.get());
   stall_timer_.reset();
   started_ = false;
@@ -186,6 +187,12 @@ void SubscriberRoute::on_join() {
   for (;;) {
     Fd conn(accept4(subscribe_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
     if (!conn) {
+      if (out_of_descriptors(errno)) {
+        // Level-triggered: paused, the joins wait in the backlog.
+        fd_limit_log_.hit(spec_.route_id, counters_.fd_limit, "accept a subscriber", errno);
+        join_gate_.pause();
+        return;
+      }
       if (!would_block(errno))
         spdlog::warn("route {}: accept on {}: {}", spec_.route_id, spec_.to->name, std::strerror(errno));
       return;
@@ -265,6 +272,7 @@ void SubscriberRoute::leave(uint64_t id, const std::string& why) {
   counters_.drop_subscriber_full += sub.queued.entries();
   loop_.remove(sub.connection.get());
   budget_.give_back();
+  join_gate_.resume();
   ++counters_.left;
   spdlog::info("route {}: {} left: {}", spec_.route_id, describe(sub), why);
   subscribers_.erase(it);

@@ -36,6 +36,7 @@
 #include "common/fd.h"
 #include "config/model.h"
 #include "loop/event_loop.h"
+#include "sessions/fd_limit.h"
 #include "sessions/live_route.h"
 #include "sessions/session_budget.h"
 
@@ -52,6 +53,7 @@ struct SubscriberCounters {
   uint64_t drop_no_subscriber = 0;    // user space: a datagram arrived with nobody subscribed
   uint64_t drop_subscriber_full = 0;  // a subscriber's queue was full: its copy dropped
   uint64_t stalls = 0;                // kernel: times a subscriber left the rotation, full
+  uint64_t fd_limit = 0;              // joins paused: accept() met the relay's descriptor limit
 };
 
 struct SubscriberRouteSpec {
@@ -120,6 +122,8 @@ class SubscriberRoute final : public LiveRoute {
   uint64_t next_id_ = 1;
   uint64_t round_robin_ = 0;  // user space's position
   SubscriberCounters counters_;
+  ListenerGate join_gate_;  // the subscribe listener, paused while the relay is out of descriptors
+  FdLimitLog fd_limit_log_;
   std::vector<char> buffer_;
   bool started_ = false;
 };

@@ -18,6 +18,7 @@ RouteReport SubscriberRoute::report() const {
       {"max-sessions", c.refused_max_sessions},
       {"no-subscriber", c.drop_no_subscriber},
       {"queue-full", c.drop_subscriber_full},
+      {kFdLimitDrop, c.fd_limit},
       // allow-sources is enforced in the kernel only (the listener's filter).
       {kPolicyDrop, r.kernel.drop_policy},
   };

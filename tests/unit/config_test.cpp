@@ -283,7 +283,7 @@ TEST(Config, UnknownRouteKey) {
       parse(valid_plus("balanse = \"hash\"\nweight = 2\n")),
       {err(12, 1, R"(unknown key "balanse" in route #1: did you mean "balance"?)"),
        err(13, 1,
-           R"(unknown key "weight" in route #1; valid keys: from, to, mode, datapath, balance, allow-sources, allow-cids, allow-uids, allow-gids, one-way)")});
+           R"(unknown key "weight" in route #1; valid keys: from, to, mode, datapath, balance, allow-sources, allow-cids, allow-uids, allow-gids, one-way, when-full)")});
 }
 
 // ---- [relay] values ----

@@ -117,8 +117,8 @@ TEST(BridgeRouteReport, ListsItsOwnDropsAndNoKernelOnes) {
   EXPECT_EQ(r.to, "back (tcp " + back.endpoint.address.text + ")");
   std::vector<std::string> names;
   for (const auto& d : r.drops) names.push_back(d.name);
-  EXPECT_EQ(names,
-            (std::vector<std::string>{"max-sessions", "connect-failed", "dropped-messages", kPolicyDrop}));
+  EXPECT_EQ(names, (std::vector<std::string>{"max-sessions", "connect-failed", "fd-limit", "dropped-messages",
+                                             kPolicyDrop}));
   EXPECT_EQ(count_named(r.drops, "connect-failed"), 1u);
   EXPECT_EQ(r.detail_name, "stream");
   EXPECT_EQ(r.kernel.packets, 0u);

@@ -71,6 +71,16 @@ pid=$(prop sockrelay.service MainPID)
 say "info  MainPID $pid: $(grep -E '^(Uid|CapEff|CapPrm|CapBnd|CapAmb|NoNewPrivs|Seccomp):' "/proc/$pid/status" | tr -s '\t\n' '  ')"
 uid=$(awk '/^Uid:/ {print $2}' "/proc/$pid/status")
 if [ "${uid:-0}" != 0 ]; then ok "relay runs as a non-root dynamic user (uid $uid)"; else fail "relay runs as non-root (uid ${uid:-?})"; fi
+# The relay raises its soft RLIMIT_NOFILE to the hard one at start (the
+# unit allows setrlimit/prlimit64 back from ~@resources; units/README.md).
+nofile=$(awk '/^Max open files/ {print $4 "/" $5}' "/proc/$pid/limits")
+if [ -n "$nofile" ] && [ "${nofile%/*}" = "${nofile#*/}" ] && [ "${nofile%/*}" != 1024 ]; then
+  ok "relay raised its soft file limit to the hard one (soft/hard $nofile)"
+else
+  fail "relay raised its soft file limit to the hard one (soft/hard ${nofile:-?} in /proc/$pid/limits)"
+fi
+journalctl --no-pager -u sockrelay.service >"$results/journal-limit.txt"
+check "journal: the file limit raise is logged" grep -q "file descriptor limit raised from 1024" "$results/journal-limit.txt"
 
 replies=0
 for client in 1 2 3; do
