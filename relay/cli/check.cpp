@@ -93,6 +93,14 @@ class KernelJudge {
     if (r.outcome == ProbeResult::Delivered || r.outcome == ProbeResult::NotTestableHere) return "";
     return "this kernel did not deliver through it in a probe (" + seen(cell) + ")";
   }
+  // What `check` says of the target-buffer bound: empty without a probe.
+  std::string target_buffer() const {
+    if (!prober_) return "";
+    const std::string& why = prober_->target_bound_unavailable();
+    return why.empty()
+               ? "enforced in the kernel on this machine"
+               : "NOT enforced on this machine (the kernel backlog toward a target is unbounded): " + why;
+  }
   // What the probe saw, or why it did not run.
   std::string seen(const MatrixCell& cell) {
     if (!prober_) return not_probed_;
@@ -126,6 +134,7 @@ struct Verdict {
 struct Judgement {
   std::vector<Diagnostic> diagnostics;
   std::vector<Verdict> verdicts;
+  std::string target_buffer;  // KernelJudge::target_buffer() when a route runs in the kernel
   bool ok() const {
     for (const auto& d : diagnostics)
       if (d.severity == Severity::Error) return false;
@@ -167,6 +176,7 @@ void judge_routes(const Config& config, bool probe, Judgement& out) {
       RoutePlan plan = plan_route(config, route, from, kernel_check);
       report_plan(config, route, plan, out);
       for (PairingPlan& p : plan.pairings) {
+        if (p.choice.kernel && !p.choice.refused) out.target_buffer = judge.target_buffer();
         std::string seen = route.datapath == Datapath::Userspace ? "" : judge.seen(*p.cell);
         out.verdicts.push_back(Verdict{id, plan.engine, std::move(p), std::move(seen)});
       }
@@ -207,7 +217,8 @@ void print_json(const std::string& path, const Judgement& judgement) {
         .field("probe", v.probe)
         .end_object();
   }
-  j.end_array().end_object();
+  j.end_array();
+  j.field("target-buffer", judgement.target_buffer).end_object();
   std::printf("%s\n", j.str().c_str());
 }
 
@@ -219,6 +230,7 @@ void print_text(const std::string& path, const Judgement& judgement) {
     std::printf("route %u: %s -> %s: %s path (%s)\n", v.route_id, v.pairing.from->name.c_str(),
                 v.pairing.to->name.c_str(), choice.kernel ? "kernel" : "user-space", choice.reason.c_str());
   }
+  if (!judgement.target_buffer.empty()) std::printf("target-buffer: %s\n", judgement.target_buffer.c_str());
   std::printf("%s: %s\n", path.c_str(), judgement.ok() ? "OK, would run" : "would NOT run");
 }
 
