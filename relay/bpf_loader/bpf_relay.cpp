@@ -126,7 +126,12 @@ void BpfRelay::remove_source(uint64_t cookie) {
 }
 
 Status BpfRelay::add_private_source(uint64_t id, int fd, const PrivateProgram& program) {
-  RelaySkeleton inst(open_relay(bound_unavailable_.empty()));
+  // Without the bound: the bounded object makes libbpf parse the kernel's
+  // BTF at every load (~100 ms here under load), which a new flow would
+  // wait for. Private instances steer AF_UNIX senders, whose skbs stay
+  // charged to the sender's send buffer until sent on, so their backlog is
+  // bounded by it (TargetBound.* unix_dgram_to_*).
+  RelaySkeleton inst(open_relay(false));
   if (!inst) return bpf_error(-errno, "open private verdict instance");
   inst->rodata->fixed_source = program.fixed_source;
   inst->rodata->new_client_target = program.new_client_target;
