@@ -89,6 +89,8 @@ struct {
 	__type(value, struct relay_target_stats);
 } relay_target_stats SEC(".maps");
 
+#include "target_bound.h"
+
 static __always_inline void count_global(__u32 which)
 {
 	__u64 *counter = bpf_map_lookup_elem(&relay_global_stats, &which);
@@ -223,6 +225,10 @@ int relay_verdict(struct __sk_buff *skb)
 		stats->drop_no_target += 1;
 		return SK_DROP;
 	}
+	if (bound_target(skb, flow, target, route, stats,
+			 flow->balance == RELAY_BALANCE_SINGLE ? -1 : (int)(route * RELAY_MAX_TARGETS + target_index)) !=
+	    SK_PASS)
+		return SK_DROP; /* the target's backlog is full: counted target-full */
 	if (flow->balance != RELAY_BALANCE_SINGLE) {
 		__u32 slot = route * RELAY_MAX_TARGETS + target_index;
 		struct relay_target_stats *ts = bpf_map_lookup_elem(&relay_target_stats, &slot);

@@ -80,6 +80,7 @@ struct relay_flow {
 struct relay_target_stats {
 	relay_u64 packets;
 	relay_u64 bytes;
+	relay_u64 drop_target_full; /* the target's kernel backlog is at its bound */
 };
 
 /*
@@ -105,6 +106,7 @@ struct relay_route_stats {
 	relay_u64 bytes;	  /* their payload bytes */
 	relay_u64 drop_no_target; /* redirect failed: the target socket is gone */
 	relay_u64 drop_policy;	  /* from a sender the route's policy refused */
+	relay_u64 drop_target_full; /* the target's kernel backlog is at its bound */
 };
 
 /*
@@ -125,6 +127,19 @@ enum relay_global_counter {
 	RELAY_GLOBAL_NEW_CLIENT_LOST = 3,  /* the new-client socket is gone: dropped */
 	RELAY_GLOBAL_ALL_TARGETS_DOWN = 4, /* balanced flow with every target down: dropped */
 	RELAY_GLOBAL_MAX = 5,
+};
+
+/*
+ * The bound on what the kernel holds toward one target (route key
+ * `target-buffer`): the skbs waiting in the target socket's psock backlog
+ * (`ingress_skb`), counted by truesize (kernel memory, not payload).
+ * relay_route_limits, an array indexed by route id, holds each route's
+ * bound; 0 there means RELAY_DEFAULT_TARGET_BUFFER.
+ */
+#define RELAY_DEFAULT_TARGET_BUFFER (4u << 20)
+struct relay_route_limit {
+	relay_u32 target_buffer; /* bytes of truesize; 0: the default */
+	relay_u32 _pad;
 };
 
 #endif

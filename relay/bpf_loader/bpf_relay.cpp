@@ -5,10 +5,13 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "relay.skel.h"
 #include "relay_shared.h"
+#include "relay_unbounded.skel.h"
 
 namespace sockrelay {
 
@@ -35,12 +38,47 @@ Status update_sock(int map_fd, const void* key, int sock_fd, const char* map_nam
   return {};
 }
 
+// Opens the verdict object with the target-buffer bound (relay.bpf.c built
+// with RELAY_TARGET_BOUND) or without it. Both objects have the same maps,
+// programs and read-only data, so one skeleton type serves both.
+struct relay* open_relay(bool bounded) {
+  if (bounded) return relay__open();
+  auto* obj = static_cast<struct relay*>(calloc(1, sizeof(struct relay)));
+  if (!obj) return nullptr;
+  if (int err = relay__create_skeleton(obj); err != 0) {
+    relay__destroy(obj);
+    errno = -err;
+    return nullptr;
+  }
+  obj->skeleton->data = const_cast<void*>(relay_unbounded__elf_bytes(&obj->skeleton->data_sz));
+  if (int err = bpf_object__open_skeleton(obj->skeleton, nullptr); err != 0) {
+    relay__destroy(obj);
+    errno = -err;
+    return nullptr;
+  }
+  return obj;
+}
+
+// Why the bounded verdict program did not load, in the words status prints
+// after "target-buffer NOT enforced: ".
+std::string bound_failure(int ret) {
+  int code = ret < 0 ? -ret : errno;
+  if (code == EPERM || code == EACCES)
+    return "the verdict program reads the target's kernel backlog through BTF, which needs CAP_PERFMON "
+           "(units/README.md \"Capabilities\")";
+  return "this kernel cannot load the bound (it needs 6.2+: bpf_cast_to_kern_ctx, bpf_rdonly_cast; " +
+         std::string(strerror(code)) + ")";
+}
+
 }  // namespace
 
 void SkeletonDeleter::operator()(struct relay* skel) const { relay__destroy(skel); }
 
-BpfRelay::BpfRelay(RelaySkeleton skel, const MapSizes& sizes)
-    : skel_(std::move(skel)), ncpus_(libbpf_num_possible_cpus()), sizes_(sizes) {}
+BpfRelay::BpfRelay(RelaySkeleton skel, const MapSizes& sizes, std::string bound_unavailable)
+    : skel_(std::move(skel)),
+      bound_unavailable_(std::move(bound_unavailable)),
+      ncpus_(libbpf_num_possible_cpus()),
+      sizes_(sizes) {}
 
 BpfRelay::~BpfRelay() {
   // Private instances first: their programs reference the shared maps.
@@ -68,18 +106,37 @@ Status set_map_sizes(struct relay* skel, const MapSizes& sizes) {
   return {};
 }
 
+// Opens the bounded (or unbounded) object with its maps sized.
+Result<RelaySkeleton> open_sized(bool bounded, const MapSizes& sizes) {
+  RelaySkeleton skel(open_relay(bounded));
+  if (!skel)
+    return bpf_error(-errno,
+                     bounded ? "open BPF object relay.bpf.o" : "open BPF object relay_unbounded.bpf.o");
+  if (auto st = set_map_sizes(skel.get(), sizes); !st) return st.error();
+  return skel;
+}
+
 }  // namespace
 
 Result<std::unique_ptr<BpfRelay>> BpfRelay::load(const MapSizes& sizes) {
-  RelaySkeleton skel(relay__open());
-  if (!skel) return bpf_error(-errno, "open BPF object relay.bpf.o");
-  if (auto st = set_map_sizes(skel.get(), sizes); !st) return st.error();
-  if (int ret = relay__load(skel.get()); ret != 0) return bpf_error(ret, "load BPF program relay_verdict");
+  auto opened = open_sized(true, sizes);
+  if (!opened) return opened.error();
+  RelaySkeleton skel = std::move(*opened);
+  std::string bound_unavailable;
+  if (int ret = relay__load(skel.get()); ret != 0) {
+    // libbpf has logged the verifier's words; say once what it means.
+    bound_unavailable = bound_failure(ret);
+    auto unbounded = open_sized(false, sizes);
+    if (!unbounded) return unbounded.error();
+    skel = std::move(*unbounded);
+    if (int again = relay__load(skel.get()); again != 0)
+      return bpf_error(again, "load BPF program relay_verdict");
+  }
   // Debian 12's libbpf (1.1) has no sk_skb bpf_link: attach to the map.
   if (bpf_prog_attach(bpf_program__fd(skel->progs.relay_verdict), bpf_map__fd(skel->maps.relay_sources),
                       BPF_SK_SKB_VERDICT, 0) != 0)
     return bpf_error(-errno, "attach relay_verdict to relay_sources (BPF_SK_SKB_VERDICT)");
-  return std::unique_ptr<BpfRelay>(new BpfRelay(std::move(skel), sizes));
+  return std::unique_ptr<BpfRelay>(new BpfRelay(std::move(skel), sizes, std::move(bound_unavailable)));
 }
 
 Status BpfRelay::add_target(uint64_t cookie, int fd) {
@@ -88,6 +145,13 @@ Status BpfRelay::add_target(uint64_t cookie, int fd) {
 
 void BpfRelay::remove_target(uint64_t cookie) {
   bpf_map_delete_elem(bpf_map__fd(skel_->maps.relay_targets), &cookie);
+  bpf_map_delete_elem(bpf_map__fd(skel_->maps.relay_target_backlog), &cookie);
+}
+
+void BpfRelay::set_target_buffer(uint32_t route_id, uint32_t bytes) {
+  struct relay_route_limit limit = {};
+  limit.target_buffer = bytes;
+  bpf_map_update_elem(bpf_map__fd(skel_->maps.relay_route_limits), &route_id, &limit, BPF_ANY);
 }
 
 Status BpfRelay::add_source(uint64_t cookie, int fd) {
@@ -99,7 +163,12 @@ void BpfRelay::remove_source(uint64_t cookie) {
 }
 
 Status BpfRelay::add_private_source(uint64_t id, int fd, const PrivateProgram& program) {
-  RelaySkeleton inst(relay__open());
+  // Without the bound: the bounded object makes libbpf parse the kernel's
+  // BTF at every load (~100 ms here under load), which a new flow would
+  // wait for. Private instances steer AF_UNIX senders, whose skbs stay
+  // charged to the sender's send buffer until sent on, so their backlog is
+  // bounded by it (TargetBound.* unix_dgram_to_*).
+  RelaySkeleton inst(open_relay(false));
   if (!inst) return bpf_error(-errno, "open private verdict instance");
   inst->rodata->fixed_source = program.fixed_source;
   inst->rodata->new_client_target = program.new_client_target;
@@ -114,6 +183,8 @@ Status BpfRelay::add_private_source(uint64_t id, int fd, const PrivateProgram& p
       {inst->maps.relay_route_stats, skel_->maps.relay_route_stats},
       {inst->maps.relay_global_stats, skel_->maps.relay_global_stats},
       {inst->maps.relay_target_stats, skel_->maps.relay_target_stats},
+      {inst->maps.relay_route_limits, skel_->maps.relay_route_limits},
+      {inst->maps.relay_target_backlog, skel_->maps.relay_target_backlog},
   };
   for (auto& r : reuse) {
     if (int ret = bpf_map__reuse_fd(r.mine, bpf_map__fd(r.shared)); ret != 0)
@@ -178,6 +249,7 @@ KernelCounts BpfRelay::route_counters(uint32_t route_id) const {
     sum.bytes += s.bytes;
     sum.drop_no_target += s.drop_no_target;
     sum.drop_policy += s.drop_policy;
+    sum.drop_target_full += s.drop_target_full;
   }
   return sum;
 }
@@ -203,6 +275,7 @@ KernelCounts BpfRelay::target_counters(uint32_t route_id, uint32_t target_index)
   for (const auto& s : per_cpu) {
     sum.packets += s.packets;
     sum.bytes += s.bytes;
+    sum.drop_target_full += s.drop_target_full;
   }
   return sum;
 }

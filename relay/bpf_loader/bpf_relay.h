@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -30,7 +31,17 @@ class BpfRelay final : public MapWriter {
  public:
   // Loads and attaches, with the maps made `sizes` large (map_sizes.h).
   // Fails with a message naming the missing privilege or kernel feature.
+  // The verdict program with the target-buffer bound needs kernel 6.2+ and
+  // CAP_PERFMON; without them the program without the bound is loaded and
+  // target_bound_unavailable() says why.
   static Result<std::unique_ptr<BpfRelay>> load(const MapSizes& sizes = MapSizes::compiled_in());
+
+  // Empty when the verdict program bounds every target's kernel backlog
+  // (route key target-buffer); else why it does not.
+  const std::string& target_bound_unavailable() const { return bound_unavailable_; }
+  // A route's bound on the bytes (truesize) the kernel holds toward one
+  // of its targets.
+  void set_target_buffer(uint32_t route_id, uint32_t bytes);
   ~BpfRelay() override;
 
   Status add_target(uint64_t cookie, int fd) override;
@@ -55,9 +66,10 @@ class BpfRelay final : public MapWriter {
   const MapSizes& sizes() const { return sizes_; }
 
  private:
-  BpfRelay(RelaySkeleton skel, const MapSizes& sizes);
+  BpfRelay(RelaySkeleton skel, const MapSizes& sizes, std::string bound_unavailable);
 
   RelaySkeleton skel_;
+  std::string bound_unavailable_;  // empty: skel_ is the bounded variant
   // Private program instances by key; each owns its program and its map.
   std::unordered_map<uint64_t, RelaySkeleton> private_;
   int ncpus_;

@@ -102,6 +102,14 @@ class KernelJudge {
     if (r.outcome == ProbeResult::Delivered || r.outcome == ProbeResult::NotTestableHere) return "";
     return "this kernel did not deliver through it in a probe (" + seen(cell) + ")";
   }
+  // What `check` says of the target-buffer bound: empty without a probe.
+  std::string target_buffer() const {
+    if (!prober_) return "";
+    const std::string& why = prober_->target_bound_unavailable();
+    return why.empty()
+               ? "enforced in the kernel on this machine"
+               : "NOT enforced on this machine (the kernel backlog toward a target is unbounded): " + why;
+  }
   // What the probe saw, or why it did not run.
   std::string seen(const MatrixCell& cell) {
     if (!prober_) return not_probed_;
@@ -138,6 +146,7 @@ struct Judgement {
   std::optional<MapSizes> maps;  // what `run` would size the BPF maps to
   MapMemory memory;
   uint32_t max_sessions = 0;
+  std::string target_buffer;  // KernelJudge::target_buffer() when a route runs in the kernel
   bool ok() const {
     for (const auto& d : diagnostics)
       if (d.severity == Severity::Error) return false;
@@ -179,6 +188,7 @@ void judge_routes(const Config& config, bool probe, Judgement& out) {
       RoutePlan plan = plan_route(config, route, from, kernel_check);
       report_plan(config, route, plan, out);
       for (PairingPlan& p : plan.pairings) {
+        if (p.choice.kernel && !p.choice.refused) out.target_buffer = judge.target_buffer();
         std::string seen = route.datapath == Datapath::Userspace ? "" : judge.seen(*p.cell);
         out.verdicts.push_back(Verdict{id, plan.engine, std::move(p), std::move(seen)});
       }
@@ -239,7 +249,7 @@ void print_json(const std::string& path, const Judgement& judgement) {
         .field("estimated-kernel-bytes-when-full", judgement.memory.when_full)
         .end_object();
   }
-  j.end_object();
+  j.field("target-buffer", judgement.target_buffer).end_object();
   std::printf("%s\n", j.str().c_str());
 }
 
@@ -260,6 +270,7 @@ void print_text(const std::string& path, const Judgement& judgement) {
         judgement.max_sessions, describe_map_sizes(*judgement.maps).c_str(), mib(judgement.memory.at_load),
         mib(judgement.memory.when_full));
   }
+  if (!judgement.target_buffer.empty()) std::printf("target-buffer: %s\n", judgement.target_buffer.c_str());
   std::printf("%s: %s\n", path.c_str(), judgement.ok() ? "OK, would run" : "would NOT run");
 }
 

@@ -20,8 +20,8 @@ namespace sockrelay::config_check {
 namespace {
 
 constexpr std::string_view kRouteKeys[] = {
-    "from",          "to",         "mode",       "datapath",   "balance",
-    "allow-sources", "allow-cids", "allow-uids", "allow-gids", "one-way", "when-full"};
+    "from",       "to",         "mode",       "datapath", "balance",   "allow-sources",
+    "allow-cids", "allow-uids", "allow-gids", "one-way",  "when-full", "target-buffer"};
 constexpr std::string_view kModes[] = {"egress", "ingress"};
 constexpr std::string_view kDatapaths[] = {"auto", "kernel", "userspace"};
 constexpr std::string_view kMultiBalances[] = {"round-robin", "hash", "broadcast"};
@@ -315,15 +315,60 @@ void check_access(RouteReading& r) {
     check_allow_ids(r.c, *n, r.where, "allow-gids", r.route.allow_gids);
 }
 
+// "4MiB", "512KiB", "1GiB" (also k/M/G, powers of 1024) or a number of bytes.
+std::optional<uint64_t> parse_size(std::string_view text) {
+  uint64_t value = 0;
+  size_t i = 0;
+  for (; i < text.size() && text[i] >= '0' && text[i] <= '9'; ++i) {
+    value = value * 10 + static_cast<uint64_t>(text[i] - '0');
+    if (value > (uint64_t{1} << 40)) return std::nullopt;
+  }
+  if (i == 0) return std::nullopt;
+  const std::string_view unit = text.substr(i);
+  if (unit.empty() || unit == "B") return value;
+  if (unit == "KiB" || unit == "k" || unit == "K") return value << 10;
+  if (unit == "MiB" || unit == "M") return value << 20;
+  if (unit == "GiB" || unit == "G") return value << 30;
+  return std::nullopt;
+}
+
+// target-buffer: kernel memory toward one target (bpf/target_bound.h).
+void check_target_buffer(RouteReading& r) {
+  const toml::node* n = r.table.get("target-buffer");
+  if (n == nullptr) return;
+  r.route.target_buffer_pos = pos_of(*n);
+  std::optional<uint64_t> bytes;
+  if (auto i = n->value<int64_t>(); i && n->is_integer()) {
+    if (*i >= 0) bytes = static_cast<uint64_t>(*i);
+  } else if (auto text = n->value<std::string>()) {
+    bytes = parse_size(*text);
+  }
+  const std::string range = "between 64KiB and 1GiB, e.g. \"4MiB\" (the default)";
+  if (!bytes) {
+    r.c.error(pos_of(*n), r.where +
+                              ": target-buffer must be a size such as \"4MiB\", \"512KiB\" or a number of "
+                              "bytes, " +
+                              range);
+    return;
+  }
+  if (*bytes < kMinTargetBuffer || *bytes > kMaxTargetBuffer) {
+    r.c.error(pos_of(*n),
+              r.where + ": target-buffer " + std::to_string(*bytes) + " bytes is out of range: " + range);
+    return;
+  }
+  r.route.target_buffer = static_cast<uint32_t>(*bytes);
+}
+
 // Where each key's value was written; the route table for the keys it lacks.
 RouteKeyPositions key_positions(const toml::table& t, SourcePos table) {
   auto at = [&](const char* key) {
     const toml::node* n = t.get(key);
     return n != nullptr ? pos_of(*n) : table;
   };
-  return RouteKeyPositions{
-      at("from"),          at("to"),         at("mode"),       at("datapath"),   at("balance"),
-      at("allow-sources"), at("allow-cids"), at("allow-uids"), at("allow-gids"), at("one-way"), at("when-full")};
+  return RouteKeyPositions{at("from"),       at("to"),         at("mode"),
+                           at("datapath"),   at("balance"),    at("allow-sources"),
+                           at("allow-cids"), at("allow-uids"), at("allow-gids"),
+                           at("one-way"),    at("when-full")};
 }
 
 }  // namespace
@@ -364,6 +409,7 @@ std::vector<Route> check_routes(Checker& c, const toml::node& node, std::vector<
     check_balance(r, directory, to_ok);
     check_access(r);
     check_one_way(r);
+    check_target_buffer(r);
     unresolved = unresolved || r.unresolved;
     out.push_back(std::move(r.route));
   }

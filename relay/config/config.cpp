@@ -13,6 +13,8 @@
 
 static_assert(sockrelay::kMaxRoutes == RELAY_MAX_ROUTES, "kMaxRoutes must match bpf/relay_shared.h");
 static_assert(sockrelay::kMaxTargets == RELAY_MAX_TARGETS, "kMaxTargets must match bpf/relay_shared.h");
+static_assert(sockrelay::kDefaultTargetBuffer == RELAY_DEFAULT_TARGET_BUFFER,
+              "kDefaultTargetBuffer must match bpf/relay_shared.h");
 
 namespace sockrelay {
 

@@ -72,6 +72,13 @@ inline constexpr std::chrono::milliseconds kDefaultIdleTimeout{120'000};
 // [relay] unreplied-timeout says otherwise (never later than idle-timeout).
 inline constexpr std::chrono::milliseconds kDefaultUnrepliedTimeout{30'000};
 
+// Route key target-buffer: the bytes (skb truesize) the kernel may hold
+// toward one target of a datagram route before the verdict program drops
+// (target-full). Equals RELAY_DEFAULT_TARGET_BUFFER (config.cpp checks).
+inline constexpr uint32_t kDefaultTargetBuffer = 4u << 20;
+inline constexpr uint32_t kMinTargetBuffer = 64u << 10;
+inline constexpr uint32_t kMaxTargetBuffer = 1u << 30;
+
 // Where a value came from, for "FILE:LINE:COL: message".
 struct SourcePos {
   int line = 0;
@@ -141,6 +148,10 @@ struct Route {
   WhenFull when_full = WhenFull::Reset;
   SourcePos pos;  // of the [[routes]] table
   RouteKeyPositions keys;
+  // Kernel memory toward one target of a datagram route (bytes of skb
+  // truesize); written: target_buffer_pos is the key's position.
+  uint32_t target_buffer = kDefaultTargetBuffer;
+  std::optional<SourcePos> target_buffer_pos;
 };
 
 struct RelaySettings {

@@ -29,6 +29,7 @@ class RouteRules {
     check_allow_ids();
     check_one_way();
     check_when_full();
+    check_target_buffer();
   }
 
  private:
@@ -111,6 +112,21 @@ class RouteRules {
           route_.keys.mode,
           "mode = \"ingress\" redirects each datagram into one subscriber's own socket, and one skb goes to "
           "one socket only: use balance = \"round-robin\", or mode = \"egress\" for broadcast");
+  }
+
+  // The verdict program drops a datagram the target cannot take; a stream
+  // byte it must not drop.
+  void check_target_buffer() {
+    if (!route_.target_buffer_pos) return;
+    for (const auto& name : route_.from) {
+      if (kind_is_datagram(endpoint(name).kind) && kind_is_datagram(first_to_.kind)) continue;
+      refuse(*route_.target_buffer_pos,
+             "target-buffer bounds what the kernel holds toward a datagram target (the verdict program drops "
+             "beyond it); " +
+                 describe_endpoint(endpoint(name)) + " -> " + describe_endpoint(first_to_) +
+                 " carries connections, whose bytes are never dropped: remove target-buffer from this route");
+      return;
+    }
   }
 
   void check_allow_sources() {

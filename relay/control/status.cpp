@@ -27,6 +27,7 @@ std::string counts_text(const std::vector<NamedCount>& counts) {
 void target_text(std::ostringstream& out, const TargetReport& t) {
   out << label("target") << t.name << ": " << (t.up ? "up" : "DOWN") << ", kernel packets "
       << t.kernel.packets << ", user packets " << t.user_packets << ", failures " << t.failures;
+  if (t.kernel.drop_target_full != 0) out << ", target-full " << t.kernel.drop_target_full;
   if (t.has_sessions) out << ", sessions " << t.sessions;
   if (!t.up) out << ", retry in " << t.retry_in_ms << " ms";
   out << "\n";
@@ -72,6 +73,7 @@ void targets_json(JsonWriter& j, const std::vector<TargetReport>& targets) {
         .field("user-packets", t.user_packets)
         .field("user-bytes", t.user_bytes)
         .field("sessions", t.sessions)
+        .field("target-full", t.kernel.drop_target_full)
         .end_object();
   }
   j.end_array();
@@ -139,6 +141,11 @@ std::string format_status_text(const StatusSnapshot& s) {
       << (s.bpf_loaded ? "" : ", BPF not loaded (user-space data path only)") << "\n"
       << "process   capabilities " << s.capabilities << ", reloads " << s.reloads << " (" << s.reloads_refused
       << " refused)\n";
+  if (s.bpf_loaded)
+    out << "kernel    target-buffer "
+        << (s.target_bound_unavailable.empty() ? "enforced per target (bytes the kernel holds toward it)"
+                                               : "NOT enforced: " + s.target_bound_unavailable)
+        << "\n";
   for (const auto& r : s.routes) route_text(out, r);
   out << "global    unknown-source " << s.global.unknown_source << ", bad-route " << s.global.bad_route
       << ", new-client-tag-failed " << s.global.tag_failed << ", new-client-lost " << s.global.new_client_lost
@@ -156,6 +163,8 @@ std::string format_status_json(const StatusSnapshot& s) {
       .field("max-sessions", s.max_sessions)
       .field("bpf-loaded", s.bpf_loaded)
       .field("capabilities", s.capabilities)
+      .field("target-buffer-enforced", s.bpf_loaded && s.target_bound_unavailable.empty())
+      .field("target-buffer-unavailable", s.target_bound_unavailable)
       .field("reloads", s.reloads)
       .field("reloads-refused", s.reloads_refused);
   j.key("global").begin_object();

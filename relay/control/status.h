@@ -20,6 +20,9 @@ struct StatusSnapshot {
   uint32_t max_sessions = 0;
   bool bpf_loaded = false;
   std::string capabilities;  // the effective set, e.g. "cap_net_admin,cap_bpf"
+  // Why the verdict program does not bound the kernel backlog toward each
+  // target (route key target-buffer); empty: it does.
+  std::string target_bound_unavailable;
   uint64_t reloads = 0;
   uint64_t reloads_refused = 0;
   GlobalCounters global;

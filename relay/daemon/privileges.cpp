@@ -47,9 +47,10 @@ const char* cap_name(int cap) {
 
 }  // namespace
 
-std::vector<int> runtime_capabilities(bool binds_privileged_port) {
+std::vector<int> runtime_capabilities(bool binds_privileged_port, bool bounds_target_backlog) {
   std::vector<int> keep = {CAP_BPF, CAP_NET_ADMIN};
   if (binds_privileged_port) keep.push_back(CAP_NET_BIND_SERVICE);
+  if (bounds_target_backlog) keep.push_back(CAP_PERFMON);
   return keep;
 }
 

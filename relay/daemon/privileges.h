@@ -5,8 +5,12 @@
 //   CAP_NET_ADMIN         loading SK_SKB program instances (AF_UNIX flows get
 //                         their own) is a networking program type
 //   CAP_NET_BIND_SERVICE  only if an endpoint listens on a port below 1024
-// Not CAP_PERFMON: without it the verifier also walks speculative paths;
-// relay.bpf.c stays loop-free so it passes anyway (bpf_loader_test checks).
+//   CAP_PERFMON           only while the verdict program bounds the kernel
+//                         backlog toward each target (bpf/target_bound.h): it
+//                         reads kernel structs, and private instances of it
+//                         are loaded at run time
+// Without CAP_PERFMON the verifier also walks speculative paths; relay.bpf.c
+// stays loop-free so it passes anyway (bpf_loader_test checks).
 // Everything else leaves the effective, permitted, inheritable and bounding
 // sets, so not even a later execve() could get it back.
 #pragma once
@@ -19,7 +23,7 @@
 namespace sockrelay {
 
 // Capability numbers to keep (<linux/capability.h> values).
-std::vector<int> runtime_capabilities(bool binds_privileged_port);
+std::vector<int> runtime_capabilities(bool binds_privileged_port, bool bounds_target_backlog);
 
 // Drops every capability not in `keep` from all sets. A process that holds
 // none of them (not root) is left as it is.

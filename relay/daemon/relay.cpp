@@ -89,7 +89,10 @@ Result<std::unique_ptr<Relay>> Relay::start(Config config) {
   if (auto st = relay->open_control(shared->relay.control); !st) return st.error();
 
   // Set-up is done: keep only what the running relay uses (privileges.h).
-  if (auto st = drop_capabilities_except(runtime_capabilities(binds_privileged_port(*shared))); !st)
+  const bool bounds_backlog = relay->bpf_ && relay->bpf_->target_bound_unavailable().empty();
+  if (auto st =
+          drop_capabilities_except(runtime_capabilities(binds_privileged_port(*shared), bounds_backlog));
+      !st)
     spdlog::warn("could not drop capabilities: {}", st.error().describe());
   relay->capabilities_ = effective_capabilities();
   spdlog::info("capabilities from now on: {}", relay->capabilities_);
@@ -152,6 +155,9 @@ void Relay::load_bpf_if_needed(const Config& config) {
                  describe_map_sizes(sizes));
     bpf_ = std::move(*bpf);
     bpf_unavailable_.clear();
+    if (!bpf_->target_bound_unavailable().empty())
+      spdlog::warn("target-buffer NOT enforced (the kernel backlog toward a target is unbounded): {}",
+                   bpf_->target_bound_unavailable());
   } else {
     spdlog::warn("BPF data path unavailable: {}", bpf.error().describe());
     bpf_unavailable_ = bpf.error().describe();
@@ -169,6 +175,7 @@ Result<Fd> Relay::take_or_open_listener(const Endpoint& endpoint, bool* from_sys
 Result<std::vector<RouteSlot>> Relay::open_route(const std::shared_ptr<const Config>& config, size_t index,
                                                  uint32_t route_id) {
   const Route& route = config->routes[index];
+  if (bpf_) bpf_->set_target_buffer(route_id, route.target_buffer);
   const std::string unavailable = bpf_ ? std::string() : bpf_unavailable_;
   const RouteServices services{bpf_.get(), unavailable, loop_, budget_,
                                [this](const Endpoint& endpoint, bool* from_systemd) {
@@ -370,6 +377,7 @@ StatusSnapshot Relay::snapshot() const {
   s.max_sessions = budget_.max();
   s.bpf_loaded = bpf_ != nullptr;
   s.capabilities = capabilities_;
+  if (bpf_) s.target_bound_unavailable = bpf_->target_bound_unavailable();
   s.reloads = reloads_;
   s.reloads_refused = reloads_refused_;
   if (bpf_) s.global = bpf_->global_counters();

@@ -287,6 +287,8 @@ Result<Prober> Prober::create() {
   return Prober(std::move(*loaded));
 }
 
+const std::string& Prober::target_bound_unavailable() const { return bpf_->target_bound_unavailable(); }
+
 ProbeResult Prober::probe_cell(EndpointKind source, EndpointKind target, Mode mode) {
   ProbeResult result{source, target, mode, ProbeResult::Error, {}};
   auto stop = [&](Stop s) {

@@ -45,6 +45,9 @@ class Prober {
   ProbeResult probe_cell(EndpointKind source, EndpointKind target, Mode mode);
   // Every cell, in matrix_cells() order.
   std::vector<ProbeResult> probe_matrix();
+  // Why the loaded verdict program does not bound the kernel backlog toward
+  // a target (BpfRelay::target_bound_unavailable); empty: it does.
+  const std::string& target_bound_unavailable() const;
 
  private:
   explicit Prober(std::unique_ptr<BpfRelay> bpf);

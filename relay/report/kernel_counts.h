@@ -12,7 +12,8 @@ struct KernelCounts {
   uint64_t packets = 0;
   uint64_t bytes = 0;
   uint64_t drop_no_target = 0;
-  uint64_t drop_policy = 0;  // senders the policy refused, dropped in the kernel
+  uint64_t drop_policy = 0;       // senders the policy refused, dropped in the kernel
+  uint64_t drop_target_full = 0;  // the target's kernel backlog was at the route's target-buffer
 };
 
 // Drops the verdict program counts before it knows the route.

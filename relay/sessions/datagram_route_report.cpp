@@ -23,7 +23,9 @@ RouteReport DatagramRoute::report() const {
       {"send-error", c.drop_send_error},
       {"no-reply-path", c.drop_no_reply_path},
       {"all-targets-down", c.drop_all_targets_down},
-      {"target-full", c.drop_target_full},
+      // User space found the target's socket full, or the verdict program
+      // its kernel backlog at target-buffer.
+      {"target-full", c.drop_target_full + r.kernel.drop_target_full},
       // One policy count, whether user space or the verdict program refused.
       {kPolicyDrop, c.refused_policy + r.kernel.drop_policy},
   };

@@ -19,6 +19,8 @@ RouteReport SubscriberRoute::report() const {
       {"no-subscriber", c.drop_no_subscriber},
       {"queue-full", c.drop_subscriber_full},
       {kFdLimitDrop, c.fd_limit},
+      // The verdict program: a subscriber's kernel backlog at target-buffer.
+      {"target-full", r.kernel.drop_target_full},
       // allow-sources is enforced in the kernel only (the listener's filter).
       {kPolicyDrop, r.kernel.drop_policy},
   };

@@ -81,7 +81,7 @@ TEST(BpfRelay, PrivateInstancesLoadWithRuntimeCapabilities) {
     BpfRelay& bpf = **loaded;
     int pair[2];
     socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, pair);
-    Status st = drop_capabilities_except(runtime_capabilities(false));
+    Status st = drop_capabilities_except(runtime_capabilities(false, bpf.target_bound_unavailable().empty()));
     uint64_t ca = *socket_cookie(pair[0]), cb = *socket_cookie(pair[1]);
     MapWriter::PrivateProgram fixed, listener;
     fixed.fixed_source = ca;

@@ -19,7 +19,7 @@ TEST(Privileges, DropKeepsOnlyTheRuntimeCapabilities) {
   pid_t pid = fork();
   if (pid == 0) {
     close(pipefd[0]);
-    Status st = drop_capabilities_except(runtime_capabilities(false));
+    Status st = drop_capabilities_except(runtime_capabilities(false, false));
     std::string result = st ? effective_capabilities() : "error: " + st.error().describe();
     // The bounding set must have lost CAP_SYS_ADMIN too.
     if (prctl(PR_CAPBSET_READ, CAP_SYS_ADMIN, 0, 0, 0) != 0)

@@ -283,7 +283,44 @@ TEST(Config, UnknownRouteKey) {
       parse(valid_plus("balanse = \"hash\"\nweight = 2\n")),
       {err(12, 1, R"(unknown key "balanse" in route #1: did you mean "balance"?)"),
        err(13, 1,
-           R"(unknown key "weight" in route #1; valid keys: from, to, mode, datapath, balance, allow-sources, allow-cids, allow-uids, allow-gids, one-way, when-full)")});
+           R"(unknown key "weight" in route #1; valid keys: from, to, mode, datapath, balance, allow-sources, allow-cids, allow-uids, allow-gids, one-way, when-full, target-buffer)")});
+}
+
+TEST(Config, TargetBuffer) {
+  auto o = parse(kValid);
+  ASSERT_TRUE(o.diagnostics.empty()) << dump(o);
+  EXPECT_EQ(o.config.routes[0].target_buffer, kDefaultTargetBuffer);
+  for (auto [text, bytes] : std::vector<std::pair<std::string, uint32_t>>{
+           {"\"1MiB\"", 1u << 20}, {"\"512KiB\"", 512u << 10}, {"\"1G\"", 1u << 30}, {"65536", 65536}}) {
+    o = parse(valid_plus("target-buffer = " + text + "\n"));
+    ASSERT_TRUE(o.diagnostics.empty()) << text << "\n" << dump(o);
+    EXPECT_EQ(o.config.routes[0].target_buffer, bytes) << text;
+  }
+  const std::string range = R"(between 64KiB and 1GiB, e.g. "4MiB" (the default))";
+  expect_diags(
+      parse(valid_plus("target-buffer = \"4 MB\"\n")),
+      {err(12, 17,
+           R"(route #1: target-buffer must be a size such as "4MiB", "512KiB" or a number of bytes, )" +
+               range)});
+  expect_diags(parse(valid_plus("target-buffer = \"1KiB\"\n")),
+               {err(12, 17, "route #1: target-buffer 1024 bytes is out of range: " + range)});
+  expect_diags(parse(valid_plus("target-buffer = -1\n")), {err_has(12, 17, "target-buffer must be a size")});
+  // A stream route never drops a byte: the key is refused there.
+  expect_diags(
+      parse(R"([endpoints.in]
+type = "tcp"
+listen = "127.0.0.1:5300"
+
+[endpoints.out]
+type = "tcp"
+connect = "127.0.0.1:5301"
+
+[[routes]]
+from = "in"
+to = "out"
+target-buffer = "1MiB"
+)"),
+      {err_has(12, 17, "route #1: target-buffer bounds what the kernel holds toward a datagram target")});
 }
 
 // ---- [relay] values ----

@@ -95,6 +95,7 @@ check "sockrelay status answers" test -s "$results/status.txt"
 check "sockrelay status: route on the kernel path" grep -q "datapath  kernel" "$results/status.txt"
 check "sockrelay status: kernel packets counted" grep -Eq "kernel +packets [1-9]" "$results/status.txt"
 check "sockrelay status: no failed flow" grep -q " 0 failed" "$results/status.txt"
+check "sockrelay status: target-buffer enforced (CAP_PERFMON kept)" grep -q "target-buffer enforced" "$results/status.txt"
 
 # --- reload (issue 5, item 4) ----------------------------------------------------
 # One client keeps its source port, so it stays one flow in the relay: if

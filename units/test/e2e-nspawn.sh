@@ -100,7 +100,7 @@ t=$SECONDS
 set +e
 timeout --kill-after=10 "$timeout_secs" systemd-nspawn --quiet --register=no --keep-unit \
   --directory="$rootfs" --volatile=overlay --private-network \
-  --capability=CAP_BPF,CAP_NET_ADMIN --system-call-filter=bpf \
+  --capability=CAP_BPF,CAP_NET_ADMIN,CAP_PERFMON --system-call-filter=bpf \
   --bind-ro="$stage:/stage" --bind="$results:/results" \
   --bind-ro="$stage/sockrelay-e2e.service:/etc/systemd/system/sockrelay-e2e.service" \
   --boot -- systemd.wants=sockrelay-e2e.service >"$out/console.log" 2>&1 </dev/null

@@ -35,6 +35,21 @@ gtest() {
   [ "$rc" -eq 0 ] && [ "$n_pass" -gt 0 ]
 }
 
+# gtest_skips FILTER: every test FILTER selects skips (a kernel that lacks
+# the feature): SKIP with the first test's reason; FAIL if one ran.
+gtest_skips() {
+  out=/tmp/gtest.$VMTEST_NAME.skips
+  "$TESTS" --gtest_filter="$1" --gtest_color=no >"$out" 2>&1
+  n_run=$(grep -Ec '^\[ +(OK|FAILED) +\]' "$out")
+  reason=$(grep -m 1 -A 1 'Skipped' "$out" | tail -n 1)
+  if [ "$n_run" -ne 0 ]; then
+    echo "gtest '$1': $n_run tests ran where all should skip"
+    return 1
+  fi
+  echo "gtest '$1' skipped: $reason"
+  return 77
+}
+
 # matrix_probe EXPECT: `sockrelay matrix --probe --json`, every cell judged.
 #   vsock-sockmap     every cell agrees with the matrix and the VSOCK cells
 #                     were really probed (over vsock loopback, CID 1)
