@@ -42,12 +42,15 @@ struct {
 
 /*
  * Per target (its relay_targets key): the running total of truesize
- * redirected to it. LRU: user space deletes a target's entry when the
- * target leaves; an entry lost anyway only makes one backlog's count
- * wrong until that backlog has emptied once.
+ * redirected to it; user space deletes a target's entry when the target
+ * leaves. Sized like relay_targets at load (bpf_loader/map_sizes.h), so it
+ * cannot fill; not preallocated (an LRU map would be, ~80 bytes an entry
+ * at load whatever the number of targets). Were it full, the skb passes
+ * unbounded rather than dropped.
  */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, RELAY_MAX_SOCKETS);
 	__type(key, __u64);
 	__type(value, __u64);
@@ -148,7 +151,7 @@ static __always_inline int bound_target(struct __sk_buff *skb, const struct rela
 		bpf_map_update_elem(&relay_target_backlog, &target, &zero, BPF_NOEXIST);
 		total = bpf_map_lookup_elem(&relay_target_backlog, &target);
 		if (!total)
-			return SK_PASS; /* cannot happen with an LRU map */
+			return SK_PASS; /* the map is full: see relay_target_backlog */
 	}
 	waiting = backlog_bytes(kskb, *total);
 	if (waiting != 0 && waiting + size > bound) {

@@ -98,6 +98,8 @@ Status set_map_sizes(struct relay* skel, const MapSizes& sizes) {
       {skel->maps.relay_flows, sizes.flows},
       {skel->maps.relay_route_stats, sizes.route_slots},
       {skel->maps.relay_target_stats, sizes.route_slots * RELAY_MAX_TARGETS},
+      {skel->maps.relay_route_limits, sizes.route_slots},
+      {skel->maps.relay_target_backlog, sizes.sockets},
   };
   for (const auto& s : sized)
     if (int ret = bpf_map__set_max_entries(s.map, s.entries); ret != 0)

@@ -15,6 +15,8 @@ namespace {
 constexpr uint64_t kBucketBytes = 16;
 constexpr uint64_t kSockhashElemBytes = 64;
 constexpr uint64_t kFlowElemBytes = 192;
+// A u64 -> u64 hash element (relay_target_backlog): htab_elem + key + value.
+constexpr uint64_t kBacklogElemBytes = 64;
 // Refused unix-dgram senders UnixListenerSteering gives a flow entry
 // (kMaxRefusedInKernel in sessions/unix_listener_steering.cpp).
 constexpr uint32_t kRefusedSendersInKernel = 4096;
@@ -96,9 +98,11 @@ MapMemory estimate_map_memory(const MapSizes& sizes, uint32_t ncpus) {
   const uint64_t per_cpu = uint64_t{sizes.route_slots} * ncpus *
                            (sizeof(relay_route_stats) + RELAY_MAX_TARGETS * sizeof(relay_target_stats));
   MapMemory m;
-  m.at_load = 2 * socket_buckets + flow_buckets + per_cpu;
-  m.when_full =
-      m.at_load + 2 * uint64_t{sizes.sockets} * kSockhashElemBytes + uint64_t{sizes.flows} * kFlowElemBytes;
+  // relay_sources, relay_targets and relay_target_backlog (target_bound.h)
+  // each hash sockets.
+  m.at_load = 3 * socket_buckets + flow_buckets + per_cpu;
+  m.when_full = m.at_load + 2 * uint64_t{sizes.sockets} * kSockhashElemBytes +
+                uint64_t{sizes.sockets} * kBacklogElemBytes + uint64_t{sizes.flows} * kFlowElemBytes;
   return m;
 }
 
