@@ -197,20 +197,17 @@ void DatagramRoute::open_reply_socket(Flow& flow) {
 // A UDP flow socket is connected to its client before the verdict program
 // steers it. Until connect() it is one more unconnected socket on the
 // listener's address, the newest, so it catches every client's datagrams
-// (measured): those are read back into `strangers`, to be handled as if the
-// listener had received them. Steered while still unconnected, the program
-// would send them up this client's flow (cc0d325 did). Returns why the
-// flow cannot go on, empty when it can.
+// (measured): those are read back into `strangers` right after connect()
+// (bind and connect are back to back, so that window is as short as it
+// gets), to be handled as if the listener had received them; the client's
+// own wait for its leftovers on the listener. Steered while still
+// unconnected, the program would send them up this client's flow (cc0d325
+// did). Returns why the flow cannot go on, empty when it can.
 std::string DatagramRoute::connect_reply_socket(Flow& flow, std::vector<Stranger>& strangers) {
   if (!flow.client_socket_is_udp) return "";
-  // Nothing to learn from its result: an unconnected UDP socket has no
-  // pending error to report (ICMP errors go to connected sockets only).
-  read_batch(flow.client_socket.get(), buffer_.get(),
-             [&](const sockaddr_storage& peer, socklen_t len, const char* d, size_t size) {
-               strangers.push_back({peer, len, std::string(d, size), flow.local, flow.local_len});
-             });
   if (connect(flow.client_socket.get(), reinterpret_cast<const sockaddr*>(&flow.peer), flow.peer_len) != 0)
     return std::string("UDP flow socket: connect: ") + std::strerror(errno);
+  read_before_steering(flow, strangers);
   return "";
 }
 
