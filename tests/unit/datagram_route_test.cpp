@@ -562,6 +562,15 @@ class DatagramHoldTest : public DatagramRouteTest {
       ++maps_.passed[key];
     }
   }
+  // A kernel route from a UDP listener to one UDP server, and a client.
+  void start_udp_route() {
+    listener_ = udp_endpoint("front", Role::Listen);
+    server_ = udp_endpoint("back", Role::Connect);
+    client_ = udp_endpoint("client", Role::Connect);
+    route_ = std::make_unique<DatagramRoute>(spec(3, listener_, {&server_}, true, std::chrono::seconds(60)),
+                                             std::move(listener_.fd), &maps_, *loop_, budget_);
+    ASSERT_TRUE(route_->start().ok());
+  }
   std::vector<std::string> received(const Fd& fd, size_t want) {
     std::vector<std::string> got;
     char buf[64];
@@ -572,19 +581,18 @@ class DatagramHoldTest : public DatagramRouteTest {
     }
     return got;
   }
+
+  Bound listener_, server_, client_;
+  SessionBudget budget_{8};
+  std::unique_ptr<DatagramRoute> route_;
 };
 
 TEST_F(DatagramHoldTest, UdpFlowHeldUntilForwardedEqualsPassedInOrder) {
-  Bound listener = udp_endpoint("front", Role::Listen);
-  Bound server = udp_endpoint("back", Role::Connect);
-  Bound client = udp_endpoint("client", Role::Connect);
-  SessionBudget budget(8);
-  DatagramRoute route(spec(3, listener, {&server}, true, std::chrono::seconds(60)), std::move(listener.fd),
-                      &maps_, *loop_, budget);
-  ASSERT_TRUE(route.start().ok());
-  const auto& to = listener.endpoint.address;
+  start_udp_route();
+  DatagramRoute& route = *route_;
+  Bound& client = client_;
+  const auto& to = listener_.endpoint.address;
   uint64_t held_key = 0;
-  FlowEntry entry_while_held;
   maps_.on_hold = [&](uint64_t key) {
     held_key = key;
     // After connect(), before the flow socket enters the map: the client's
@@ -600,7 +608,7 @@ TEST_F(DatagramHoldTest, UdpFlowHeldUntilForwardedEqualsPassedInOrder) {
   usleep(10000);
   ASSERT_TRUE(pump([&] { return route.flow_count() == 1 && maps_.holds.empty(); })) << "the hold never ended";
   ASSERT_NE(held_key, 0u);
-  EXPECT_EQ(received(server.fd, 5), (std::vector<std::string>{"0", "L", "p", "h1", "h2"}));
+  EXPECT_EQ(received(server_.fd, 5), (std::vector<std::string>{"0", "L", "p", "h1", "h2"}));
   // The entry was written on hold before the socket was steered; the hold
   // went once forwarded (2) equalled passed (2).
   EXPECT_LT(maps_.first("hold_flow", held_key), maps_.first("set_flow", held_key));
@@ -616,20 +624,16 @@ TEST_F(DatagramHoldTest, UdpFlowHeldUntilForwardedEqualsPassedInOrder) {
 // While user space has forwarded fewer than were passed up, the verdict
 // program keeps passing up; a flow that ends on hold leaves no hold entry.
 TEST_F(DatagramHoldTest, FewerForwardedThanPassedKeepsTheHold) {
-  Bound listener = udp_endpoint("front", Role::Listen);
-  Bound server = udp_endpoint("back", Role::Connect);
-  Bound client = udp_endpoint("client", Role::Connect);
-  SessionBudget budget(8);
-  DatagramRoute route(spec(3, listener, {&server}, true, std::chrono::seconds(60)), std::move(listener.fd),
-                      &maps_, *loop_, budget);
-  ASSERT_TRUE(route.start().ok());
+  start_udp_route();
+  DatagramRoute& route = *route_;
+  Bound& client = client_;
   uint64_t held_key = 0;
   // One passed up that never reaches user space (still on its way).
   maps_.on_hold = [&](uint64_t key) {
     held_key = key;
     maps_.passed[key] = 1;
   };
-  const auto& to = listener.endpoint.address;
+  const auto& to = listener_.endpoint.address;
   ASSERT_EQ(sendto(client.fd.get(), "0", 1, 0, to.sa(), to.length), 1);
   ASSERT_TRUE(pump([&] { return maps_.holds.count(held_key) && maps_.holds[held_key].forwarded == 0; }));
   EXPECT_NE(maps_.flows.at(held_key).flags & RELAY_FLOW_HOLD, 0u);
