@@ -68,6 +68,26 @@ struct {
 	__type(value, struct relay_flow);
 } relay_flows SEC(".maps");
 
+/* The hold of flows being set up (relay_shared.h, struct relay_hold):
+ * written by user space only... Sized like relay_flows, not preallocated:
+ * an entry lives only while its flow is set up. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, RELAY_MAX_SOCKETS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64);
+	__type(value, struct relay_hold);
+} relay_hold SEC(".maps");
+
+/* ...and what the verdict program passed up, added to by it alone. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, RELAY_MAX_SOCKETS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64);
+	__type(value, __u64);
+} relay_passed SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, RELAY_MAX_ROUTES);
@@ -100,15 +120,16 @@ static __always_inline void count_global(__u32 which)
 }
 
 /*
- * Hands an AF_UNIX listener's skb to user space whole and with its sender:
- * tagged with the sender's cookie and redirected to the listener's
- * new-client socket (the socket's own queue would merge datagrams and lose
- * the sender).
+ * Hands an skb to user space whole and with its flow's key: tagged with
+ * the key (an AF_UNIX sender's cookie) and redirected to `channel`, a
+ * socket user space reads (the socket's own queue would merge datagrams
+ * and lose the sender).
  */
-static __always_inline int to_user_space(struct __sk_buff *skb, __u64 sender)
+static __always_inline int tag_to_channel(struct __sk_buff *skb, __u64 sender, __u64 channel, __u32 held)
 {
-	struct relay_new_client_tag tag = {.sender_cookie = sender, .sender_uid = bpf_get_socket_uid(skb)};
-	__u64 target = new_client_target;
+	struct relay_new_client_tag tag = {
+		.sender_cookie = sender, .sender_uid = bpf_get_socket_uid(skb), .held = held};
+	__u64 target = channel;
 
 	if (bpf_skb_change_head(skb, sizeof(tag), 0) ||
 	    bpf_skb_store_bytes(skb, 0, &tag, sizeof(tag), 0)) {
@@ -138,6 +159,34 @@ static __always_inline __u32 balance_hash(struct __sk_buff *skb, const struct re
 		return flow->client_hash;
 	sender = bpf_get_socket_cookie(skb);
 	return (__u32)(sender ^ (sender >> 32));
+}
+
+/* An AF_UNIX listener's skb from a sender with no flow: to the listener's
+ * new-client socket. */
+static __always_inline int to_user_space(struct __sk_buff *skb, __u64 sender)
+{
+	return tag_to_channel(skb, sender, new_client_target, 0);
+}
+
+/*
+ * A flow being set up (RELAY_FLOW_HOLD): while user space has not
+ * forwarded every skb passed up before this one, this one is passed up
+ * too, after them, and counted. Returns -1 when it may go straight to its
+ * target.
+ */
+static __always_inline int hold_verdict(struct __sk_buff *skb, __u64 key)
+{
+	struct relay_hold *hold = bpf_map_lookup_elem(&relay_hold, &key);
+	__u64 *passed = bpf_map_lookup_elem(&relay_passed, &key);
+
+	if (!hold || !passed)
+		return -1;
+	/* Counted before the redirect: user space cannot read this skb
+	 * before it sees it counted. */
+	if (*(volatile __u64 *)passed == hold->forwarded)
+		return -1;
+	__sync_fetch_and_add(passed, 1);
+	return tag_to_channel(skb, key, hold->channel, 1);
 }
 
 SEC("sk_skb")
@@ -183,6 +232,12 @@ int relay_verdict(struct __sk_buff *skb)
 		 * datagrams stop here instead of each visiting user space. */
 		stats->drop_policy += 1;
 		return SK_DROP;
+	}
+	if (flow->flags & RELAY_FLOW_HOLD) {
+		int verdict = hold_verdict(skb, key);
+
+		if (verdict >= 0)
+			return verdict;
 	}
 	if (flow->balance == RELAY_BALANCE_BROADCAST && new_client_target) {
 		/* One skb can be redirected to one socket only: user space

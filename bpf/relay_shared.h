@@ -40,6 +40,8 @@ typedef __u64 relay_u64;
 /* A one-way route's listener: one flow for every sender, so RELAY_BALANCE_HASH
  * hashes the sender the skb shows (see one_way_hash in relay.bpf.c) */
 #define RELAY_FLOW_ONE_WAY (1u << 4)
+/* A flow being set up: see struct relay_hold */
+#define RELAY_FLOW_HOLD (1u << 5)
 
 /*
  * relay_flows: key = the socket cookie the verdict program sees for an skb
@@ -97,7 +99,27 @@ struct relay_new_client_tag {
 	 * cannot race the sender closing its socket as a later sock_diag
 	 * lookup would. */
 	relay_u32 sender_uid;
-	relay_u32 _pad;
+	/* 1: a datagram of a held flow (struct relay_hold), counted in
+	 * relay_passed; 0: a sender with no flow entry yet. */
+	relay_u32 held;
+};
+
+/*
+ * The hold: how a new flow's datagrams keep their order while user space
+ * sets the flow up. Its entry in relay_flows carries RELAY_FLOW_HOLD, and
+ * its key has an entry here (written by user space only) and one in
+ * relay_passed (a u64 the verdict program adds to atomically). The verdict
+ * program redirects the flow's skb to its target only when passed ==
+ * forwarded; otherwise it tags it (held = 1), redirects it to `channel`
+ * and adds one to passed. User space forwards, in order, what reached it
+ * before the entry existed, then what the channel brings, and raises
+ * forwarded as it goes: a datagram can go straight to the target only once
+ * every earlier one has left.
+ */
+#define RELAY_HOLD_LEFTOVERS (~0ull) /* forwarded: user space still forwards what came before */
+struct relay_hold {
+	relay_u64 forwarded; /* held datagrams user space forwarded, or RELAY_HOLD_LEFTOVERS */
+	relay_u64 channel;   /* relay_targets key of the socket held datagrams go to */
 };
 
 /* Per-route counters, a per-CPU array indexed by route id. */

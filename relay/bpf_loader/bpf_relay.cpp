@@ -96,6 +96,8 @@ Status set_map_sizes(struct relay* skel, const MapSizes& sizes) {
       {skel->maps.relay_sources, sizes.sockets},
       {skel->maps.relay_targets, sizes.sockets},
       {skel->maps.relay_flows, sizes.flows},
+      {skel->maps.relay_hold, sizes.flows},
+      {skel->maps.relay_passed, sizes.flows},
       {skel->maps.relay_route_stats, sizes.route_slots},
       {skel->maps.relay_target_stats, sizes.route_slots * RELAY_MAX_TARGETS},
       {skel->maps.relay_route_limits, sizes.route_slots},
@@ -182,6 +184,8 @@ Status BpfRelay::add_private_source(uint64_t id, int fd, const PrivateProgram& p
       {inst->maps.relay_sources, skel_->maps.relay_sources},
       {inst->maps.relay_targets, skel_->maps.relay_targets},
       {inst->maps.relay_flows, skel_->maps.relay_flows},
+      {inst->maps.relay_hold, skel_->maps.relay_hold},
+      {inst->maps.relay_passed, skel_->maps.relay_passed},
       {inst->maps.relay_route_stats, skel_->maps.relay_route_stats},
       {inst->maps.relay_global_stats, skel_->maps.relay_global_stats},
       {inst->maps.relay_target_stats, skel_->maps.relay_target_stats},
@@ -239,6 +243,34 @@ uint64_t BpfRelay::flow_bytes(uint64_t key) {
   struct relay_flow value = {};
   if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.relay_flows), &key, &value) != 0) return 0;
   return value.bytes;
+}
+
+Status BpfRelay::hold_flow(uint64_t key, uint64_t channel) {
+  uint64_t zero = 0;
+  if (bpf_map_update_elem(bpf_map__fd(skel_->maps.relay_passed), &key, &zero, BPF_ANY) != 0)
+    return errno_error("update relay_passed");
+  return set_forwarded(key, channel, RELAY_HOLD_LEFTOVERS);
+}
+
+// The whole value of relay_hold: the verdict program only reads it.
+Status BpfRelay::set_forwarded(uint64_t key, uint64_t channel, uint64_t forwarded) {
+  struct relay_hold value = {};
+  value.forwarded = forwarded;
+  value.channel = channel;
+  if (bpf_map_update_elem(bpf_map__fd(skel_->maps.relay_hold), &key, &value, BPF_ANY) != 0)
+    return errno_error("update relay_hold");
+  return {};
+}
+
+uint64_t BpfRelay::held_passed(uint64_t key) {
+  uint64_t passed = 0;
+  bpf_map_lookup_elem(bpf_map__fd(skel_->maps.relay_passed), &key, &passed);
+  return passed;
+}
+
+void BpfRelay::release_hold(uint64_t key) {
+  bpf_map_delete_elem(bpf_map__fd(skel_->maps.relay_hold), &key);
+  bpf_map_delete_elem(bpf_map__fd(skel_->maps.relay_passed), &key);
 }
 
 KernelCounts BpfRelay::route_counters(uint32_t route_id) const {

@@ -99,8 +99,9 @@ MapMemory estimate_map_memory(const MapSizes& sizes, uint32_t ncpus) {
                            (sizeof(relay_route_stats) + RELAY_MAX_TARGETS * sizeof(relay_target_stats));
   MapMemory m;
   // relay_sources, relay_targets and relay_target_backlog (target_bound.h)
-  // each hash sockets.
-  m.at_load = 3 * socket_buckets + flow_buckets + per_cpu;
+  // each hash sockets; relay_flows, relay_hold and relay_passed flows (the
+  // hold's elements live only while a flow is set up: not counted).
+  m.at_load = 3 * socket_buckets + 3 * flow_buckets + per_cpu;
   m.when_full = m.at_load + 2 * uint64_t{sizes.sockets} * kSockhashElemBytes +
                 uint64_t{sizes.sockets} * kBacklogElemBytes + uint64_t{sizes.flows} * kFlowElemBytes;
   return m;

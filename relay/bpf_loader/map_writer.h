@@ -54,6 +54,16 @@ class MapWriter {
   // bpf_ktime_get_coarse_ns(), CLOCK_MONOTONIC at tick resolution, so it
   // compares with monotonic_ns() (common/clock.h) to within a tick.
   virtual uint64_t flow_last_ns(uint64_t key) = 0;
+  // The hold of a flow being set up (bpf/relay_shared.h, struct relay_hold):
+  // hold_flow() starts it (passed 0, forwarded RELAY_HOLD_LEFTOVERS), before
+  // the flow entry with RELAY_FLOW_HOLD is written; set_forwarded() says how
+  // many held datagrams user space forwarded; held_passed() how many the
+  // verdict program passed up; release_hold() ends it (after the flow entry
+  // lost RELAY_FLOW_HOLD).
+  virtual Status hold_flow(uint64_t key, uint64_t channel) = 0;
+  virtual Status set_forwarded(uint64_t key, uint64_t channel, uint64_t forwarded) = 0;
+  virtual uint64_t held_passed(uint64_t key) = 0;
+  virtual void release_hold(uint64_t key) = 0;
   // Payload bytes the verdict program redirected for this flow so far.
   // Not pure: fakes that never redirect need not implement it.
   virtual uint64_t flow_bytes(uint64_t /*key*/) { return 0; }

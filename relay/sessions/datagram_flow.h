@@ -3,6 +3,7 @@
 // datagram_forwarding.cpp, datagram_targets.cpp).
 #pragma once
 
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "config/address.h"
+#include "relay_shared.h"
 #include "sessions/datagram_route.h"
 
 namespace sockrelay {
@@ -25,6 +27,20 @@ inline bool has_reply_address(const sockaddr_storage& peer, socklen_t len) {
 // Counts one more refusal or drop; true for the first and every 1000th
 // after it, the ones worth a log line (a flood must not flood the log).
 inline bool count_and_log_now(uint64_t& counter) { return counter++ % 1000 == 0; }
+
+// 0.0.0.0 or [::]: the listener takes datagrams sent to any local address.
+inline bool wildcard_inet(const sockaddr_storage& a) {
+  if (a.ss_family == AF_INET)
+    return reinterpret_cast<const sockaddr_in&>(a).sin_addr.s_addr == htonl(INADDR_ANY);
+  return a.ss_family == AF_INET6 &&
+         IN6_IS_ADDR_UNSPECIFIED(&reinterpret_cast<const sockaddr_in6&>(a).sin6_addr);
+}
+
+// The port of an AF_INET/AF_INET6 address, in network byte order.
+inline uint16_t& inet_port(sockaddr_storage& a) {
+  return a.ss_family == AF_INET ? reinterpret_cast<sockaddr_in&>(a).sin_port
+                                : reinterpret_cast<sockaddr_in6&>(a).sin6_port;
+}
 
 inline std::string address_bytes(const sockaddr_storage& peer, socklen_t len) {
   return std::string(reinterpret_cast<const char*>(&peer), len);
@@ -48,6 +64,8 @@ struct DatagramRoute::Flow : FlowTable::Node {
   sockaddr_storage peer{};   // where replies go...
   socklen_t peer_len = 0;    // ...0 when the client has no address
   uint64_t unix_cookie = 0;  // an AF_UNIX client's own socket (what the verdict sees)
+  sockaddr_storage local{};  // UDP: what the flow socket is bound to
+  socklen_t local_len = 0;
   bool connected_to_listener = false;
   uint32_t client_hash = 0;
 
@@ -67,6 +85,28 @@ struct DatagramRoute::Flow : FlowTable::Node {
   uint64_t last_user_ns = 0;
   bool replied_in_user_space = false;  // user space sent the client a reply (the kernel's: probe())
 
+  // In order from the first datagram (datagram_hold.cpp). What came before
+  // the flow could catch its datagrams (on the listener; for AF_UNIX, on
+  // the new-client channel) is forwarded first, and until it has been
+  // (`leftovers_done`), what the flow catches waits in `waiting`.
+  struct Waiting {
+    std::string data;
+    bool held = false;  // passed up by the verdict program: counted in relay_passed
+  };
+  bool leftovers_done = true;
+  uint64_t connected_in_read = 0;  // UDP: the listener read during which its flow socket connected
+  std::deque<Waiting> waiting;
+  // On hold (RELAY_FLOW_HOLD): the verdict program passes datagrams up
+  // until user space has forwarded as many as it passed.
+  bool held = false;
+  uint64_t forwarded = 0;                             // held datagrams forwarded
+  uint64_t forwarded_written = RELAY_HOLD_LEFTOVERS;  // ...as relay_hold says it
+  // Datagrams that reached the flow socket after user space read it and
+  // before it entered the map wait there, behind the later ones, until
+  // the client sends more: read once the flow is quiet (see linger_check()).
+  bool may_linger = false;
+  uint64_t linger_last_ns = 0;
+
   bool replyable() const { return peer_len > 0; }
   std::string peer_text() const {
     if (!replyable())
@@ -81,6 +121,8 @@ struct DatagramRoute::Stranger {
   sockaddr_storage peer;
   socklen_t peer_len;
   std::string data;
+  sockaddr_storage local{};  // where it was sent (the flow socket's address)
+  socklen_t local_len = 0;
 };
 
 }  // namespace sockrelay

@@ -22,15 +22,24 @@ namespace sockrelay {
 
 DatagramRoute::Flow* DatagramRoute::create_flow(const std::string& key, const sockaddr_storage& peer,
                                                 socklen_t peer_len, uint64_t tagged_cookie,
-                                                std::optional<uint32_t> owner_uid) {
+                                                std::optional<uint32_t> owner_uid, const DatagramMeta* meta) {
   std::unique_ptr<Flow> flow = identify_client(key, peer, peer_len, tagged_cookie, owner_uid);
+  if (meta && meta->local_len) {
+    flow->local = meta->local;
+    flow->local_len = meta->local_len;
+  }
   if (!owner_allowed(*flow, tagged_cookie, owner_uid) || !source_allowed(*flow, peer) || !take_session(*flow))
     return nullptr;
   if (!open_upstreams(*flow)) return nullptr;  // counted, and the session given back
   open_reply_socket(*flow);
   std::vector<Stranger> strangers;
   std::string setup_error = connect_reply_socket(*flow, strangers);
-  if (spec_.kernel && setup_error.empty()) try_kernel_path(*flow);
+  if (flow->client_socket_is_udp) {
+    // Its client's datagrams on the listener go first (datagram_hold.cpp).
+    flow->leftovers_done = false;
+    flow->connected_in_read = listener_reads_;
+  }
+  if (spec_.kernel && setup_error.empty()) try_kernel_path(*flow, strangers);
   Flow* raw = add_flow(std::move(flow), setup_error);
   start_flow(key, setup_error);
   handle_strangers(strangers);
@@ -162,14 +171,27 @@ Status DatagramRoute::open_upstream(Flow& flow, size_t target) {
   return {};
 }
 
+// The flow socket's local address: the listener's, with the address the
+// client's first datagram was sent to when the listener is a wildcard.
+void DatagramRoute::set_flow_local_address(Flow& flow) const {
+  SocketAddress listen = spec_.from->address;
+  if (flow.local_len == 0) {
+    flow.local = listen.storage;
+    flow.local_len = listen.length;
+  }
+  inet_port(flow.local) = inet_port(listen.storage);
+}
+
 // The reply path: a socket connected to the client, which the kernel can
 // send through. Without one, user space replies from the listener.
 void DatagramRoute::open_reply_socket(Flow& flow) {
   if (flow.replyable() && !unix_listener()) {
+    // Where the client sent to (a wildcard listener), else the listener's
+    // own address.
+    set_flow_local_address(flow);
     // Bound now, connected (connect_reply_socket()) before the verdict
     // program steers it.
-    auto local = spec_.from->address;
-    auto s = bind_udp_flow_socket(local.sa(), local.length);
+    auto s = bind_udp_flow_socket(reinterpret_cast<const sockaddr*>(&flow.local), flow.local_len);
     if (s) {
       flow.client_socket = std::move(*s);
       flow.client_socket_is_udp = true;
@@ -189,28 +211,25 @@ void DatagramRoute::open_reply_socket(Flow& flow) {
 // A UDP flow socket is connected to its client before the verdict program
 // steers it. Until connect() it is one more unconnected socket on the
 // listener's address, the newest, so it catches every client's datagrams
-// (measured): those are read back into `strangers`, to be handled as if the
-// listener had received them. Steered while still unconnected, the program
-// would send them up this client's flow (cc0d325 did). Returns why the
-// flow cannot go on, empty when it can.
+// (measured): those are read back into `strangers` right after connect()
+// (bind and connect are back to back, so that window is as short as it
+// gets), to be handled as if the listener had received them; the client's
+// own wait for its leftovers on the listener. Steered while still
+// unconnected, the program would send them up this client's flow (cc0d325
+// did). Returns why the flow cannot go on, empty when it can.
 std::string DatagramRoute::connect_reply_socket(Flow& flow, std::vector<Stranger>& strangers) {
   if (!flow.client_socket_is_udp) return "";
-  // Nothing to learn from its result: an unconnected UDP socket has no
-  // pending error to report (ICMP errors go to connected sockets only).
-  read_batch(flow.client_socket.get(), buffer_.get(),
-             [&](const sockaddr_storage& peer, socklen_t len, const char* d, size_t size) {
-               strangers.push_back({peer, len, std::string(d, size)});
-             });
   if (connect(flow.client_socket.get(), reinterpret_cast<const sockaddr*>(&flow.peer), flow.peer_len) != 0)
     return std::string("UDP flow socket: connect: ") + std::strerror(errno);
+  read_before_steering(flow, strangers);
   return "";
 }
 
 // The verdict program carries the flow from here on; or, when its map
 // entries cannot be written, user space does, and none of them stays
 // behind.
-void DatagramRoute::try_kernel_path(Flow& flow) {
-  Status st = wire_kernel(flow);
+void DatagramRoute::try_kernel_path(Flow& flow, std::vector<Stranger>& strangers) {
+  Status st = wire_kernel(flow, strangers);
   if (st) return;
   unwire_client(flow);
   for (Upstream& up : flow.upstreams)
@@ -219,7 +238,7 @@ void DatagramRoute::try_kernel_path(Flow& flow) {
                spec_.route_id, flow.peer_text(), st.error().describe());
 }
 
-Status DatagramRoute::wire_kernel(Flow& flow) {
+Status DatagramRoute::wire_kernel(Flow& flow, std::vector<Stranger>& strangers) {
   // Where the client's datagrams show up in the verdict program. A UDP
   // flow socket of a broadcast route stays out of it: user space reads it
   // and copies each datagram to every target.
@@ -233,12 +252,17 @@ Status DatagramRoute::wire_kernel(Flow& flow) {
       if (auto st = wire_upstream(flow, t); !st) return st;
   if (flow.client_socket)
     if (auto st = maps_->add_target(flow.client_socket_cookie, flow.client_socket.get()); !st) return st;
-  // Order: flows and targets first, then sources (which starts the verdict
-  // program on the socket).
-  if (flow.client_key)
+  // Order: the hold, flows and targets first, then sources (which starts
+  // the verdict program on the socket).
+  if (flow.client_key) {
+    if (auto st = begin_hold(flow); !st) return st;
     if (auto st = write_forward_flow(flow); !st) return st;
-  if (flow.client_socket_is_source)
+  }
+  if (flow.client_socket_is_source) {
+    read_before_steering(flow, strangers);
     if (auto st = maps_->add_source(flow.client_socket_cookie, flow.client_socket.get()); !st) return st;
+    note_lingering(flow);
+  }
   flow.kernel = true;
   return {};
 }
@@ -272,6 +296,7 @@ Status DatagramRoute::wire_upstream(Flow& flow, size_t target) {
 // What wire_kernel() wrote for the client's side (removing an entry that
 // is not there is harmless).
 void DatagramRoute::unwire_client(Flow& flow) {
+  forget_hold(flow);
   if (flow.client_socket_is_source) maps_->remove_source(flow.client_socket_cookie);
   if (flow.client_key) maps_->remove_flow(flow.client_key);
   if (flow.client_socket) maps_->remove_target(flow.client_socket_cookie);
@@ -308,6 +333,7 @@ DatagramRoute::Flow* DatagramRoute::add_flow(std::unique_ptr<Flow> flow, std::st
     std::string alias = "addr:" + address_bytes(raw->peer, raw->peer_len);
     if (alias != raw->key) unix_address_alias_[alias] = raw->key;
   }
+  if (!raw->leftovers_done) awaiting_listener_.push_back(raw->key);
   flows_[raw->key] = std::move(flow);
   table_.insert(*raw, raw->last_user_ns);
   ++counters_.flows_created;
@@ -342,33 +368,14 @@ void DatagramRoute::start_flow(const std::string& key, const std::string& setup_
 // the same port is the one case), and nothing can race the read, since the
 // target has not heard from this socket. Reading on would race the verdict
 // program's read_skb for the same queue and send datagrams out of order
-// (measured on the subscriber route: 4 of 63k); a flow used to be read for
-// its first 500 ms.
+// (measured on the subscriber route: 4 of 63k). The client's side needs no
+// read: its flow socket was read just before it entered the map, and the
+// hold keeps the rest in order (datagram_hold.cpp).
 void DatagramRoute::settle(const std::string& key) {
   auto it = flows_.find(key);
   if (it == flows_.end()) return;
   Flow* flow = it->second.get();
   flow->settled = true;
-  if (flow->client_socket_is_source) {
-    // What reached the UDP flow socket between connect() and its insertion
-    // would lag behind for the whole flow (the program takes one queued skb
-    // per arriving one) and its last datagrams would never leave: read to
-    // the end once. A client flooding right now can see its first few
-    // datagrams reordered against the program's; one that slipped in from
-    // another client before connect() goes where the listener would send it.
-    for (int round = 0; round < 64 && flows_.count(key); ++round) {
-      std::vector<Stranger> others;
-      int n = read_batch(flow->client_socket.get(), buffer_.get(),
-                         [&](const sockaddr_storage& peer, socklen_t len, const char* d, size_t size) {
-                           if (len == flow->peer_len && std::memcmp(&peer, &flow->peer, len) == 0)
-                             send_to_upstream(*flow, d, size);
-                           else
-                             others.push_back({peer, len, std::string(d, size)});
-                         });
-      handle_strangers(others);
-      if (n < kBatch) break;
-    }
-  }
   for (size_t t = 0; t < flow->upstreams.size() && flows_.count(key); ++t)
     if (flow->upstreams[t].fd) settle_upstream(key, t);
 }

@@ -129,7 +129,7 @@ void DatagramRoute::on_client_socket_readable(Flow& flow, uint32_t events) {
   std::string key = flow.key;
   int n = read_batch(flow.client_socket.get(), buffer_.get(),
                      [&](const sockaddr_storage&, socklen_t, const char* d, size_t size) {
-                       send_to_upstream(flow, d, size);
+                       catch_early(flow, d, size, false);
                      });
   if (n < 0 || (events & EPOLLERR)) destroy_flow(key, "client socket error");
 }

@@ -93,6 +93,7 @@ Status DatagramRoute::start() {
   }
   if (spec_.kernel && unix_listener())
     if (auto st = steer_unix_listener(); !st) return st.error().wrap("listener " + spec_.from->name);
+  if (auto st = ask_local_address(); !st) return st.error().wrap("listener " + spec_.from->name);
   // A UDP listener stays out of the map: each client gets a flow socket,
   // so the listener only ever sees first datagrams. A unix listener the
   // verdict program steers is not watched at all: the program hands every
@@ -108,16 +109,37 @@ Status DatagramRoute::start() {
   return {};
 }
 
+// A wildcard UDP listener (0.0.0.0, [::]) is asked for each datagram's
+// destination address, which the client's flow socket is bound to: the
+// kernel's UDP lookup then finds it by its 4-tuple, and replies leave from
+// the address the client sent to (bound to the wildcard, connect() would
+// pick the route's source: 127.0.0.1 for a client of 127.0.0.7, which a
+// connected client does not accept, and its datagrams would keep reaching
+// the listener).
+Status DatagramRoute::ask_local_address() {
+  if (unix_listener() || !wildcard_inet(spec_.from->address.storage)) return {};
+  int one = 1;
+  int family = spec_.from->address.family();
+  if (setsockopt(listener_.get(), IPPROTO_IP, IP_PKTINFO, &one, sizeof(one)) != 0)
+    return errno_error("IP_PKTINFO");
+  if (family == AF_INET6 &&
+      setsockopt(listener_.get(), IPPROTO_IPV6, IPV6_RECVPKTINFO, &one, sizeof(one)) != 0)
+    return errno_error("IPV6_RECVPKTINFO");
+  return {};
+}
+
 // See unix_listener_steering.h. On failure nothing of it stays behind.
 Status DatagramRoute::steer_unix_listener() {
   unix_steering_ =
       std::make_unique<UnixListenerSteering>(spec_.route_id, *maps_, loop_, listener_buffer_.get());
-  auto on_new_sender = [this](uint64_t cookie, uint32_t uid, const char* data, size_t len) {
+  auto on_new_sender = [this](uint64_t cookie, uint32_t uid, bool held, const char* data, size_t len) {
+    if (held) return on_held_datagram(cookie, data, len);
     sockaddr_storage none{};
     handle_client_datagram(none, 0, cookie, uid, nullptr, data, len);
   };
   Status st = unix_steering_->start(
-      listener_.get(), listener_cookie_, [this] { return on_listener_readable(); }, on_new_sender);
+      listener_.get(), listener_cookie_, [this] { return on_listener_readable(); }, on_new_sender,
+      [this] { advance_holds(); });
   if (!st) unix_steering_.reset();
   return st;
 }
@@ -127,11 +149,22 @@ void DatagramRoute::stop() {
   // set up hold map entries and sessions of the budget.
   while (!flows_.empty()) destroy_flow(std::string(flows_.begin()->first), "");
   unix_steering_.reset();  // its destructor removes what it wrote
+  hold_channel_.reset();
+  if (linger_timer_) loop_.remove(linger_timer_.get());
+  linger_timer_ = Fd();
+  lingering_.clear();
+  awaiting_listener_.clear();
   if (started_) loop_.remove(listener_.get());
   started_ = false;
 }
 
 void DatagramRoute::tick() {
+  // What the hold waits for, in case no event brought it: a listener read
+  // that comes back empty, a held datagram stuck on its way.
+  if (!awaiting_listener_.empty() && !unix_steering_) on_listener_readable();
+  for (const auto& [cookie, key] : held_) touched_holds_.push_back(key);
+  advance_holds();
+  if (!lingering_.empty() && !linger_timer_) linger_check();
   poll_errors();
   expire_idle();
   retry_targets();
@@ -140,31 +173,41 @@ void DatagramRoute::tick() {
 bool DatagramRoute::on_listener_readable() {
   // A few batches per wake-up, then back to the loop so one busy route
   // cannot starve the others.
+  // Reads go on while a flow set up by one waits for a read that comes
+  // back empty (datagram_hold.cpp).
   for (int round = 0; round < 8; ++round) {
-    int n = read_batch(
-        listener_.get(), listener_buffer_.get(),
-        [&](const sockaddr_storage& peer, socklen_t len, const char* d, size_t size, const ucred* cred) {
-          handle_client_datagram(peer, len, 0, std::nullopt, cred, d, size);
-        });
-    if (n < kBatch) return true;
+    uint64_t read = ++listener_reads_;
+    int n = read_batch(listener_.get(), listener_buffer_.get(),
+                       [&](const sockaddr_storage& peer, socklen_t len, const char* d, size_t size,
+                           const DatagramMeta& meta) {
+                         handle_client_datagram(peer, len, 0, std::nullopt, &meta, d, size);
+                       });
+    listener_read_done(read, n < kBatch);
+    if (n < kBatch && awaiting_listener_.empty()) return true;
   }
   return false;
 }
 
 void DatagramRoute::handle_client_datagram(const sockaddr_storage& peer, socklen_t peer_len,
                                            uint64_t tagged_cookie, std::optional<uint32_t> tagged_uid,
-                                           const ucred* cred, const char* data, size_t len) {
-  if (unix_listener() && unix_ids_policy() && sender_refused(peer, peer_len, tagged_cookie, cred)) return;
+                                           const DatagramMeta* meta, const char* data, size_t len) {
+  if (unix_listener() && unix_ids_policy() &&
+      sender_refused(peer, peer_len, tagged_cookie, meta ? meta->cred : nullptr))
+    return;
   std::string key = flow_key(peer, peer_len, tagged_cookie);
   Flow* flow = find_flow(key, tagged_cookie);
-  if (!flow) flow = create_flow(key, peer, peer_len, tagged_cookie, tagged_uid);
+  if (!flow) flow = create_flow(key, peer, peer_len, tagged_cookie, tagged_uid, meta);
   if (!flow) return;  // counted by create_flow
   send_to_upstream(*flow, data, len);
 }
 
 void DatagramRoute::handle_strangers(const std::vector<Stranger>& strangers) {
-  for (const Stranger& d : strangers)
-    handle_client_datagram(d.peer, d.peer_len, 0, std::nullopt, nullptr, d.data.data(), d.data.size());
+  for (const Stranger& d : strangers) {
+    DatagramMeta meta;
+    meta.local = d.local;
+    meta.local_len = d.local_len;
+    handle_client_datagram(d.peer, d.peer_len, 0, std::nullopt, &meta, d.data.data(), d.data.size());
+  }
 }
 
 bool DatagramRoute::sender_refused(const sockaddr_storage& peer, socklen_t peer_len, uint64_t tagged_cookie,
@@ -228,7 +271,10 @@ void DatagramRoute::destroy_flow(const std::string& key, const std::string& fail
     ++counters_.flows_failed;
     spdlog::debug("route {}: flow from {} closed: {}", spec_.route_id, flow.peer_text(), failure);
   }
+  // What waited for the flow's earlier datagrams goes now, or never.
+  flush_waiting(flow);
   if (flow.kernel) {
+    forget_hold(flow);
     if (flow.client_socket_is_source) maps_->remove_source(flow.client_socket_cookie);
     if (flow.client_key) maps_->remove_flow(flow.client_key);
     if (flow.client_socket) maps_->remove_target(flow.client_socket_cookie);

@@ -29,7 +29,9 @@
 #include "loop/event_loop.h"
 #include "sessions/flow_table.h"
 #include "sessions/fd_limit.h"
+#include "sessions/datagram_batch.h"
 #include "sessions/live_route.h"
+#include "sessions/pass_up_channel.h"
 #include "sessions/session_budget.h"
 #include "sessions/target_health.h"
 #include "sessions/unix_listener_steering.h"
@@ -114,12 +116,14 @@ class DatagramRoute final : public LiveRoute {
 
   // datagram_route.cpp: the listener, and finding each datagram's flow.
   Status steer_unix_listener();
+  Status ask_local_address();
   bool on_listener_readable();  // true once the listener's queue is empty
   // `tagged_cookie`: the sender's cookie when the verdict program tagged it.
   // `tagged_uid`: the sender socket's owner, when the verdict program tagged it.
-  // `cred`: the datagram's SCM_CREDENTIALS, if the listener asked for them.
+  // `meta`: what the listener learnt besides the sender (datagram_batch.h),
+  // null when it asked for nothing.
   void handle_client_datagram(const sockaddr_storage& peer, socklen_t peer_len, uint64_t tagged_cookie,
-                              std::optional<uint32_t> tagged_uid, const ucred* cred, const char* data,
+                              std::optional<uint32_t> tagged_uid, const DatagramMeta* meta, const char* data,
                               size_t len);
   void handle_strangers(const std::vector<Stranger>& strangers);
   // allow-uids/allow-gids of a unix listener, before a flow is looked up:
@@ -143,7 +147,7 @@ class DatagramRoute final : public LiveRoute {
 
   // datagram_flow_setup.cpp: a new client's flow, one named step each.
   Flow* create_flow(const std::string& key, const sockaddr_storage& peer, socklen_t peer_len,
-                    uint64_t tagged_cookie, std::optional<uint32_t> owner_uid);
+                    uint64_t tagged_cookie, std::optional<uint32_t> owner_uid, const DatagramMeta* meta);
   std::unique_ptr<Flow> identify_client(const std::string& key, const sockaddr_storage& peer,
                                         socklen_t peer_len, uint64_t tagged_cookie,
                                         std::optional<uint32_t>& owner_uid) const;
@@ -152,10 +156,11 @@ class DatagramRoute final : public LiveRoute {
   bool take_session(const Flow& flow);
   bool open_upstreams(Flow& flow);
   Status open_upstream(Flow& flow, size_t target);
+  void set_flow_local_address(Flow& flow) const;
   void open_reply_socket(Flow& flow);
   std::string connect_reply_socket(Flow& flow, std::vector<Stranger>& strangers);
-  void try_kernel_path(Flow& flow);
-  Status wire_kernel(Flow& flow);
+  void try_kernel_path(Flow& flow, std::vector<Stranger>& strangers);
+  Status wire_kernel(Flow& flow, std::vector<Stranger>& strangers);
   Status wire_upstream(Flow& flow, size_t target);
   void unwire_client(Flow& flow);
   void unwire_upstream(Upstream& up);
@@ -163,6 +168,23 @@ class DatagramRoute final : public LiveRoute {
   void start_flow(const std::string& key, const std::string& setup_error);
   void settle(const std::string& key);
   void settle_upstream(const std::string& key, size_t target);
+
+  // datagram_hold.cpp: a new flow's datagrams in order while it is set up.
+  uint64_t hold_channel_key() const;
+  Status open_hold_channel();
+  Status begin_hold(Flow& flow);
+  void read_before_steering(Flow& flow, std::vector<Stranger>& strangers);
+  void note_lingering(Flow& flow);
+  void on_held_datagram(uint64_t key, const char* data, size_t len);
+  void catch_early(Flow& flow, const char* data, size_t len, bool held);
+  void listener_read_done(uint64_t read, bool drained);
+  void leftovers_forwarded(Flow& flow);
+  void flush_waiting(Flow& flow);
+  void advance_holds();
+  void advance_hold(Flow& flow);
+  void end_hold(Flow& flow);
+  void forget_hold(Flow& flow);
+  void linger_check();
 
   // datagram_forwarding.cpp: datagrams user space moves, and the sockets
   // it watches for them.
@@ -204,6 +226,18 @@ class DatagramRoute final : public LiveRoute {
   std::unordered_map<std::string, std::string> unix_address_alias_;  // "addr:..." -> "cookie:..." key
   // A unix listener on the kernel path: steered by its own program instance.
   std::unique_ptr<UnixListenerSteering> unix_steering_;
+  // The hold (datagram_hold.cpp): where a UDP listener's held datagrams
+  // are passed up (a unix listener's come on its new-client channel), the
+  // flows on hold by the key the verdict program sees, those a held
+  // datagram came for since the last sync, those that wait for a listener
+  // read to come back empty, those that may have datagrams lingering.
+  std::unique_ptr<PassUpChannel> hold_channel_;
+  std::unordered_map<uint64_t, std::string> held_;
+  std::vector<std::string> touched_holds_;
+  std::vector<std::string> awaiting_listener_;
+  std::vector<std::string> lingering_;
+  uint64_t listener_reads_ = 0;
+  Fd linger_timer_;
   DatagramCounters counters_;
   FdLimitLog fd_limit_log_;
   std::vector<TargetState> targets_;  // by index in spec_.to

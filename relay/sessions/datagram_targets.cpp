@@ -124,7 +124,7 @@ void DatagramRoute::close_upstream(Flow& flow, size_t target) {
 Status DatagramRoute::write_forward_flow(Flow& flow) {
   FlowEntry entry;
   entry.route_id = spec_.route_id;
-  entry.flags = RELAY_FLOW_NO_BYTES;
+  entry.flags = RELAY_FLOW_NO_BYTES | (flow.held ? RELAY_FLOW_HOLD : 0u);
   if (spec_.to.size() == 1 && !broadcast()) {
     entry.target_cookie = flow.upstreams[0].cookie;
   } else {

@@ -24,19 +24,26 @@ constexpr size_t kMaxRefusedInKernel = 4096;
 
 UnixListenerSteering::UnixListenerSteering(uint32_t route_id, MapWriter& maps, EventLoop& loop,
                                            char* batch_buffer)
-    : route_id_(route_id), maps_(maps), loop_(loop), batch_buffer_(batch_buffer) {}
+    : route_id_(route_id), maps_(maps), channel_(maps, loop, batch_buffer) {}
 
 Status UnixListenerSteering::start(int listener_fd, uint64_t listener_cookie,
-                                   const DrainListener& drain_listener, NewSender on_new_sender) {
-  on_new_sender_ = std::move(on_new_sender);
+                                   const DrainListener& drain_listener, NewSender on_new_sender,
+                                   PassUpChannel::OnBatchEnd on_batch_end) {
   // Datagrams already queued are read with their senders before the
   // verdict program takes over (bounded: senders that never pause must not
   // keep it from starting).
   for (int round = 0; round < 64 && !drain_listener(); ++round) {
   }
-  if (auto st = open_new_client_channel(); !st) return st;
+  auto on_datagram = [on_new_sender = std::move(on_new_sender)](const relay_new_client_tag& tag,
+                                                                const char* d, size_t size) {
+    // No SO_PASSCRED on the channel: credentials arriving there would be
+    // the kernel worker's that re-sent the datagram (measured: pid of a
+    // kworker, uid 0, gid 0, whoever the sender), never the sender's.
+    on_new_sender(tag.sender_cookie, tag.sender_uid, tag.held != 0, d, size);
+  };
+  if (auto st = channel_.open(on_datagram, std::move(on_batch_end)); !st) return st;
   MapWriter::PrivateProgram program;
-  program.new_client_target = new_client_tx_cookie_;
+  program.new_client_target = channel_.key();
   if (auto st = maps_.add_private_source(listener_cookie, listener_fd, program); !st) return st;
   listener_cookie_ = listener_cookie;
   listener_in_map_ = true;
@@ -49,51 +56,13 @@ Status UnixListenerSteering::start(int listener_fd, uint64_t listener_cookie,
   return {};
 }
 
-// Where the listener's program instance sends unknown senders: a socket
-// pair of ours, read like a listener.
-Status UnixListenerSteering::open_new_client_channel() {
-  int pair[2];
-  if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, pair) != 0)
-    return errno_error("socketpair for new clients");
-  new_client_tx_ = Fd(pair[0]);
-  new_client_rx_ = Fd(pair[1]);
-  auto tx_cookie = socket_cookie(new_client_tx_.get());
-  if (!tx_cookie) return tx_cookie.error();
-  new_client_tx_cookie_ = *tx_cookie;
-  if (auto st = maps_.add_target(new_client_tx_cookie_, new_client_tx_.get()); !st) return st;
-  tx_in_map_ = true;
-  if (auto st = loop_.add(new_client_rx_.get(), EPOLLIN, [this](uint32_t) { on_new_client_readable(); }); !st)
-    return st;
-  rx_watched_ = true;
-  return {};
-}
-
 void UnixListenerSteering::stop() {
   while (!refused_.empty()) forget(refused_.begin()->first);
   // The listener first: the program must stop redirecting before its
   // target goes.
   if (listener_in_map_) maps_.remove_private_source(listener_cookie_);
-  if (tx_in_map_) maps_.remove_target(new_client_tx_cookie_);
-  if (rx_watched_) loop_.remove(new_client_rx_.get());
-  listener_in_map_ = tx_in_map_ = rx_watched_ = false;
-}
-
-void UnixListenerSteering::on_new_client_readable() {
-  // A few batches per wake-up, then back to the loop.
-  for (int round = 0; round < 8; ++round) {
-    int n =
-        read_batch(new_client_rx_.get(), batch_buffer_,
-                   [&](const sockaddr_storage&, socklen_t, const char* d, size_t size) {
-                     relay_new_client_tag tag;
-                     if (size < sizeof(tag)) return;  // cannot happen: the verdict program always tags
-                     std::memcpy(&tag, d, sizeof(tag));
-                     // No SO_PASSCRED here: credentials arriving on this socket would be
-                     // the kernel worker's that re-sent the datagram (measured: pid of a
-                     // kworker, uid 0, gid 0, whoever the sender), never the sender's.
-                     on_new_sender_(tag.sender_cookie, tag.sender_uid, d + sizeof(tag), size - sizeof(tag));
-                   });
-    if (n < kBatch) break;
-  }
+  channel_.close();
+  listener_in_map_ = false;
 }
 
 bool UnixListenerSteering::refused_before(uint64_t cookie, uint64_t now_ns) {

@@ -4,7 +4,9 @@
 // senders with a flow (keyed by the sender's cookie) and tags every other
 // sender's datagram with its cookie and owner and redirects it to the
 // new-client channel, a socket pair of ours, where the datagram arrives
-// whole and user space sets up the sender's flow.
+// whole and user space sets up the sender's flow. A flow on hold
+// (datagram_hold.cpp) gets its datagrams passed up the same way, tagged
+// `held`.
 //
 // Senders refused by allow-uids are remembered here (by cookie: never
 // reused), so their next datagrams are dropped without another sock_diag
@@ -22,14 +24,16 @@
 #include "common/fd.h"
 #include "common/result.h"
 #include "loop/event_loop.h"
+#include "sessions/pass_up_channel.h"
 
 namespace sockrelay {
 
 class UnixListenerSteering {
  public:
   // A new sender's datagram, as the verdict program tagged it.
-  using NewSender =
-      std::function<void(uint64_t sender_cookie, uint32_t sender_uid, const char* data, size_t len)>;
+  // `held`: the sender's flow is on hold (else it has no flow entry yet).
+  using NewSender = std::function<void(uint64_t sender_cookie, uint32_t sender_uid, bool held,
+                                       const char* data, size_t len)>;
   // Reads a batch from the listener; true once its queue is empty.
   using DrainListener = std::function<bool()>;
 
@@ -44,10 +48,13 @@ class UnixListenerSteering {
   // Opens the new-client channel and gives the listener its program
   // instance. `drain_listener` reads what was queued before, with its
   // senders (systemd may have started us for it).
+  // `on_batch_end` runs after each batch the new-client channel read.
   Status start(int listener_fd, uint64_t listener_cookie, const DrainListener& drain_listener,
-               NewSender on_new_sender);
+               NewSender on_new_sender, PassUpChannel::OnBatchEnd on_batch_end = {});
   // Removes every map entry start() and refuse() wrote.
   void stop();
+  // Where the listener's program instance passes datagrams up.
+  uint64_t channel_key() const { return channel_.key(); }
 
   // True, and the sender seen now, when `cookie` was refused before.
   bool refused_before(uint64_t cookie, uint64_t now_ns);
@@ -61,19 +68,11 @@ class UnixListenerSteering {
     bool in_map = false;
   };
 
-  Status open_new_client_channel();
-  void on_new_client_readable();
   void forget(uint64_t cookie);
 
   uint32_t route_id_;
   MapWriter& maps_;
-  EventLoop& loop_;
-  char* batch_buffer_;
-  NewSender on_new_sender_;
-
-  Fd new_client_tx_, new_client_rx_;  // the program redirects to tx; user space reads rx
-  uint64_t new_client_tx_cookie_ = 0;
-  bool tx_in_map_ = false, rx_watched_ = false;
+  PassUpChannel channel_;  // the new-client channel
   uint64_t listener_cookie_ = 0;
   bool listener_in_map_ = false;
 

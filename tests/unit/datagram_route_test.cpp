@@ -123,7 +123,7 @@ TEST_F(DatagramRouteTest, UdpClientGetsFlowSocketAndUpstreamInBothDirections) {
   Bound client = udp_endpoint("client", Role::Connect);
   const auto& to = listener.endpoint.address;
   ASSERT_EQ(sendto(client.fd.get(), "first", 5, 0, to.sa(), to.length), 5);
-  ASSERT_TRUE(pump([&] { return route.flow_count() == 1; }));
+  ASSERT_TRUE(pump([&] { return route.flow_count() == 1 && maps_.holds.empty(); }));
 
   char buf[16];
   ASSERT_EQ(recv_now(server.fd, buf, sizeof(buf)), 5) << "the first datagram must reach the upstream";
@@ -139,7 +139,9 @@ TEST_F(DatagramRouteTest, UdpClientGetsFlowSocketAndUpstreamInBothDirections) {
   EXPECT_EQ(b_target, a);
   for (const auto& [key, flow] : maps_.flows) EXPECT_EQ(flow.route_id, 7u);
   EXPECT_EQ(maps_.sources, (std::set<uint64_t>{a, b}));
-  EXPECT_EQ(maps_.targets, (std::set<uint64_t>{a, b}));
+  // ...and the hold channel (datagram_hold.cpp) among the targets.
+  EXPECT_EQ(maps_.targets.size(), 3u);
+  EXPECT_EQ(maps_.targets.count(a) + maps_.targets.count(b), 2u);
   EXPECT_EQ(route.counters().flows_created, 1u);
   EXPECT_EQ(route.counters().user_packets, 1u);
 
@@ -266,8 +268,12 @@ TEST_F(DatagramRouteTest, IdleFlowsExpireAndLeaveNothingBehind) {
   route.tick();
   EXPECT_EQ(route.flow_count(), 0u);
   EXPECT_EQ(route.counters().flows_expired, 1u);
-  EXPECT_TRUE(maps_.empty());
+  // Nothing of the flow; the route's hold channel stays until stop().
+  EXPECT_TRUE(maps_.flows.empty() && maps_.sources.empty() && maps_.holds.empty() && maps_.passed.empty());
+  EXPECT_EQ(maps_.targets.size(), 1u);
   EXPECT_EQ(budget.used(), 0u);
+  route.stop();
+  EXPECT_TRUE(maps_.empty());
 }
 
 // AF_UNIX: the listener gets its own verdict instance pointing unknown
@@ -617,6 +623,138 @@ TEST_F(UnixNewSenderTest, RefusedSenderIsRememberedThenForgotten) {
   usleep(100000);
   route_->tick();
   EXPECT_EQ(maps_.flows.count(client_cookie_), 0u) << "forgotten after idle-timeout";
+  route_->stop();
+  EXPECT_TRUE(maps_.empty());
+}
+
+// The hold (datagram_hold.cpp): a new UDP flow's entry carries
+// RELAY_FLOW_HOLD and its relay_hold entry says "leftovers" until a
+// listener read came back empty; the datagrams the verdict program passed
+// up meanwhile reach the target after the flow's first ones, in order; the
+// hold ends when what user space forwarded is what was passed up.
+class DatagramHoldTest : public DatagramRouteTest {
+ protected:
+  // Plays the verdict program passing `payloads` up for flow `key`.
+  void pass_up(uint64_t key, const std::vector<std::string>& payloads) {
+    int channel = maps_.target_fds.at(maps_.holds.at(key).channel);
+    for (const std::string& p : payloads) {
+      relay_new_client_tag tag{};
+      tag.sender_cookie = key;
+      tag.held = 1;
+      std::string d(reinterpret_cast<const char*>(&tag), sizeof(tag));
+      d += p;
+      ASSERT_EQ(send(channel, d.data(), d.size(), 0), static_cast<ssize_t>(d.size()));
+      ++maps_.passed[key];
+    }
+  }
+  // A kernel route from a UDP listener to one UDP server, and a client.
+  void start_udp_route() {
+    listener_ = udp_endpoint("front", Role::Listen);
+    server_ = udp_endpoint("back", Role::Connect);
+    client_ = udp_endpoint("client", Role::Connect);
+    route_ = std::make_unique<DatagramRoute>(spec(3, listener_, {&server_}, true, std::chrono::seconds(60)),
+                                             std::move(listener_.fd), &maps_, *loop_, budget_);
+    ASSERT_TRUE(route_->start().ok());
+  }
+  std::vector<std::string> received(const Fd& fd, size_t want) {
+    std::vector<std::string> got;
+    char buf[64];
+    while (got.size() < want) {
+      ssize_t n = recv_now(fd, buf, sizeof(buf));
+      if (n < 0) break;
+      got.emplace_back(buf, n);
+    }
+    return got;
+  }
+
+  Bound listener_, server_, client_;
+  SessionBudget budget_{8};
+  std::unique_ptr<DatagramRoute> route_;
+};
+
+TEST_F(DatagramHoldTest, UdpFlowHeldUntilForwardedEqualsPassedInOrder) {
+  start_udp_route();
+  DatagramRoute& route = *route_;
+  Bound& client = client_;
+  const auto& to = listener_.endpoint.address;
+  uint64_t held_key = 0;
+  maps_.on_hold = [&](uint64_t key) {
+    held_key = key;
+    // After connect(), before the flow socket enters the map: the client's
+    // next datagram waits on the flow socket (read just before steering)...
+    ASSERT_EQ(sendto(client.fd.get(), "p", 1, 0, to.sa(), to.length), 1);
+    usleep(10000);
+    // ...and the verdict program passes two up.
+    pass_up(key, {"h1", "h2"});
+  };
+  // Two on the listener before the relay reads: "L" is a leftover there.
+  ASSERT_EQ(sendto(client.fd.get(), "0", 1, 0, to.sa(), to.length), 1);
+  ASSERT_EQ(sendto(client.fd.get(), "L", 1, 0, to.sa(), to.length), 1);
+  usleep(10000);
+  ASSERT_TRUE(pump([&] { return route.flow_count() == 1 && maps_.holds.empty(); })) << "the hold never ended";
+  ASSERT_NE(held_key, 0u);
+  EXPECT_EQ(received(server_.fd, 5), (std::vector<std::string>{"0", "L", "p", "h1", "h2"}));
+  // The entry was written on hold before the socket was steered; the hold
+  // went once forwarded (2) equalled passed (2).
+  EXPECT_LT(maps_.first("hold_flow", held_key), maps_.first("set_flow", held_key));
+  EXPECT_LT(maps_.first("set_flow", held_key), maps_.first("add_source", held_key));
+  EXPECT_LT(maps_.first("set_forwarded", held_key), maps_.first("release_hold", held_key));
+  EXPECT_EQ(maps_.flows.at(held_key).flags & RELAY_FLOW_HOLD, 0u);
+  EXPECT_TRUE(maps_.verdict_redirects(held_key)) << "after the hold, straight to the target";
+  EXPECT_EQ(route.counters().user_packets, 5u);
+  route.stop();
+  EXPECT_TRUE(maps_.empty());
+}
+
+// While user space has forwarded fewer than were passed up, the verdict
+// program keeps passing up; a flow that ends on hold leaves no hold entry.
+TEST_F(DatagramHoldTest, FewerForwardedThanPassedKeepsTheHold) {
+  start_udp_route();
+  DatagramRoute& route = *route_;
+  Bound& client = client_;
+  uint64_t held_key = 0;
+  // One passed up that never reaches user space (still on its way).
+  maps_.on_hold = [&](uint64_t key) {
+    held_key = key;
+    maps_.passed[key] = 1;
+  };
+  const auto& to = listener_.endpoint.address;
+  ASSERT_EQ(sendto(client.fd.get(), "0", 1, 0, to.sa(), to.length), 1);
+  ASSERT_TRUE(pump([&] { return maps_.holds.count(held_key) && maps_.holds[held_key].forwarded == 0; }));
+  EXPECT_NE(maps_.flows.at(held_key).flags & RELAY_FLOW_HOLD, 0u);
+  EXPECT_FALSE(maps_.verdict_redirects(held_key)) << "passed 1, forwarded 0: passed up";
+  EXPECT_EQ(maps_.passed[held_key], 2u);
+  pass_up(held_key, {});  // nothing more: the hold stays
+  route.tick();
+  EXPECT_EQ(maps_.holds.count(held_key), 1u);
+  route.stop();
+  EXPECT_TRUE(maps_.empty()) << "stop() removes the hold's entries too";
+}
+
+// AF_UNIX: datagrams tagged before the flow entry existed come first on
+// the new-client channel; the first held one ends the leftovers.
+TEST_F(UnixNewSenderTest, HeldDatagramsFollowTheUnheldOnes) {
+  start_route({}, std::chrono::seconds(60));
+  maps_.on_hold = [&](uint64_t key) { EXPECT_EQ(key, client_cookie_); };
+  send_tagged(getuid(), "0");
+  send_tagged(getuid(), "1");  // sent before the entry existed: not held
+  ASSERT_TRUE(pump([&] { return route_->flow_count() == 1; }));
+  ASSERT_EQ(maps_.holds.count(client_cookie_), 1u);
+  EXPECT_EQ(maps_.holds[client_cookie_].forwarded, RELAY_HOLD_LEFTOVERS) << "until a held one arrives";
+  relay_new_client_tag tag{};
+  tag.sender_cookie = client_cookie_;
+  tag.held = 1;
+  std::string d(reinterpret_cast<const char*>(&tag), sizeof(tag));
+  d += "2";
+  ASSERT_EQ(send(channel_, d.data(), d.size(), 0), static_cast<ssize_t>(d.size()));
+  maps_.passed[client_cookie_] = 1;
+  ASSERT_TRUE(pump([&] { return maps_.holds.empty(); }));
+  char buf[8];
+  for (const char* want : {"0", "1", "2"}) {
+    ASSERT_EQ(recv_now(server_.fd, buf, sizeof(buf)), 1);
+    EXPECT_EQ(std::string(buf, 1), want);
+  }
+  EXPECT_EQ(maps_.flows[client_cookie_].flags & RELAY_FLOW_HOLD, 0u);
   route_->stop();
   EXPECT_TRUE(maps_.empty());
 }

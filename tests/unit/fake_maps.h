@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <set>
 #include <string>
@@ -72,11 +73,47 @@ class FakeMaps : public MapWriter {
     auto it = redirected.find(key);
     return it == redirected.end() ? 0 : it->second;
   }
+  Status hold_flow(uint64_t key, uint64_t channel) override {
+    record("hold_flow", key);
+    passed[key] = 0;
+    holds[key] = {RELAY_HOLD_LEFTOVERS, channel};
+    if (on_hold) on_hold(key);
+    return {};
+  }
+  Status set_forwarded(uint64_t key, uint64_t channel, uint64_t forwarded) override {
+    record("set_forwarded", key);
+    holds[key] = {forwarded, channel};
+    return {};
+  }
+  uint64_t held_passed(uint64_t key) override {
+    auto it = passed.find(key);
+    return it == passed.end() ? 0 : it->second;
+  }
+  void release_hold(uint64_t key) override {
+    record("release_hold", key);
+    holds.erase(key);
+    passed.erase(key);
+  }
+  // What the verdict program would do with the next skb of flow `key`:
+  // true when it goes straight to the target; false when it is passed up
+  // (counted in `passed`, as the program would).
+  bool verdict_redirects(uint64_t key) {
+    auto flow = flows.find(key);
+    if (flow == flows.end() || !(flow->second.flags & RELAY_FLOW_HOLD)) return true;
+    auto hold = holds.find(key);
+    auto p = passed.find(key);
+    if (hold == holds.end() || p == passed.end() || p->second == hold->second.forwarded) return true;
+    ++p->second;
+    return false;
+  }
   void reset_target_counters(uint32_t route_id, uint32_t target_index) override {
     counter_resets.emplace_back(route_id, target_index);
   }
 
-  bool empty() const { return targets.empty() && sources.empty() && privates.empty() && flows.empty(); }
+  bool empty() const {
+    return targets.empty() && sources.empty() && privates.empty() && flows.empty() && holds.empty() &&
+           passed.empty();
+  }
   // How many calls of `op` were made, for any key.
   size_t count(const std::string& op) const {
     size_t n = 0;
@@ -90,12 +127,21 @@ class FakeMaps : public MapWriter {
     return calls.size();
   }
 
+  // Set by a test: runs when a flow goes on hold, e.g. to play the verdict
+  // program passing datagrams up (send them to holds[key].channel's fd,
+  // tagged held, and raise passed[key]).
+  std::function<void(uint64_t key)> on_hold;
   // Set by a test: the next add_source / add_private_source fails.
   bool fail_add_source = false, fail_add_private_source = false;
   std::set<uint64_t> targets, sources;
   std::map<uint64_t, int> target_fds;  // what the verdict program would redirect to
   std::map<uint64_t, PrivateProgram> privates;
   std::map<uint64_t, FlowEntry> flows;
+  struct Hold {
+    uint64_t forwarded = 0, channel = 0;
+  };
+  std::map<uint64_t, Hold> holds;       // relay_hold
+  std::map<uint64_t, uint64_t> passed;  // relay_passed, as the verdict program would count
   std::vector<Call> calls;
   std::vector<std::pair<uint32_t, uint32_t>> counter_resets;  // (route, target index)
   // What the verdict program would report, set by the test.
