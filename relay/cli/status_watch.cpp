@@ -21,7 +21,14 @@ namespace sockrelay::cli {
 namespace {
 
 volatile std::sig_atomic_t g_watch_stop = 0;
-void on_stop_signal(int) { g_watch_stop = 1; }
+volatile std::sig_atomic_t g_in_request = 0;
+// Between readings the loop sees the flag; during one, the request may wait
+// on a relay that does not answer (control_request has no deadline, and
+// retries on EINTR): end at once. Every block printed is flushed already.
+void on_stop_signal(int) {
+  if (g_in_request) _exit(kExitOk);
+  g_watch_stop = 1;
+}
 
 // SIGINT/SIGTERM end the watch between readings; no SA_RESTART, so the
 // sleep returns at once.
@@ -88,7 +95,9 @@ int watch_status(const std::string& control, double interval, long count) {
   auto before_at = std::chrono::steady_clock::now();
   bool baseline = true;  // the first reading only starts the clock: a rate needs two
   for (long shown = 0; !g_watch_stop;) {
+    g_in_request = 1;
     auto reply = control_request(control, "status prometheus");
+    g_in_request = 0;
     auto now_at = std::chrono::steady_clock::now();
     if (!reply) {
       if (g_watch_stop) break;

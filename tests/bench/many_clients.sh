@@ -132,8 +132,8 @@ relay_nofile=1024:524288
 prlimit "--nofile=$relay_nofile" true 2>/dev/null || relay_nofile=1024:$(ulimit -Hn)
 service_limits=(prlimit "--nofile=$relay_nofile")
 
-# A relay out of descriptors may not answer (measured at c8d76ef: `status`
-# then waits, and does not end on SIGTERM): never wait on it for long.
+# A relay out of descriptors may not answer (measured at c8d76ef), and
+# `status` has no deadline of its own: never wait on it for long.
 relay_status() { timeout -s KILL 5 "$relay_bin" status --json --control "$work/control.sock" 2>/dev/null; }
 
 # write_relay_config FILE TYPE LISTEN CONNECT [MAX_SESSIONS]: one route; the

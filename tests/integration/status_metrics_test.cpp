@@ -22,23 +22,10 @@
 namespace sockrelay::testing {
 namespace {
 
-struct Output {
-  int status;
-  std::string text;
-};
+using Output = CommandOutput;
 
-Output run_shell(const std::string& cmd) {
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  Output out{-1, ""};
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.text.append(buf, n);
-  int st = pclose(p);
-  out.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return out;
-}
-
-Output sockrelay(const std::string& args) { return run_shell(std::string(SOCKRELAY_BINARY) + " " + args); }
+Output run_shell(const std::string& cmd) { return run_command(cmd); }
+Output sockrelay(const std::string& args) { return run_sockrelay(args); }
 
 // promtool: $SOCKRELAY_PROMTOOL, where tests/install-promtool.sh puts it,
 // or on PATH; empty when none.
