@@ -398,11 +398,17 @@ struct StreamTotals {
 void connect_all(std::vector<Session>& sessions, const Address& to, int epoll_fd, uint64_t deadline,
                  StreamTotals& totals) {
   size_t waiting = 0;
+  bool backlog_stuck = false;
   for (auto& s : sessions) {
     s.fd = socket(to.family(), SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     int rc;
-    while ((rc = connect(s.fd, to.sa(), to.len)) != 0 && errno == EAGAIN && now_ns() < deadline) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));  // a unix backlog is full: it drains
+    // A unix listener's full backlog drains as it accepts; one nobody
+    // accepts from stays full: after 5 s without room, the rest of the
+    // sessions fail at once instead of each waiting.
+    const uint64_t give_up = std::min<uint64_t>(deadline, now_ns() + 5000000000ull);
+    while ((rc = connect(s.fd, to.sa(), to.len)) != 0 && errno == EAGAIN && !backlog_stuck) {
+      backlog_stuck = now_ns() >= give_up;
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
     if (s.fd < 0 || (rc != 0 && errno != EINPROGRESS)) {
       ++totals.failed;
