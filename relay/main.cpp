@@ -18,7 +18,8 @@ Commands:
   check    validate a config: syntax, semantics, every pairing against the
            supported-configuration matrix and this kernel
   matrix   print the supported-configuration matrix; --probe tests it here
-  status   routes, sessions and counters of the running relay
+  status   routes, sessions and counters of the running relay; --watch for
+           live rates, --format prometheus for Prometheus metrics
 
 Options:
   --version   print the version
@@ -28,6 +29,7 @@ Examples:
   sockrelay check --config config/sockrelay.toml
   sockrelay run --config config/sockrelay.toml
   sockrelay status --config config/sockrelay.toml
+  sockrelay status --watch 1
   sockrelay matrix --probe
 )";
 

@@ -23,3 +23,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+# promtool (the Cli.StatusPrometheusPassesPromtool test), unpacked from
+# Debian's prometheus package into a cache directory, not installed.
+"$(dirname "$0")/install-promtool.sh" >/dev/null

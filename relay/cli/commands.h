@@ -29,6 +29,9 @@ class OptionScanner {
   bool next(std::string* arg);
   // The value of the option just read (inline "=VALUE" or the next argument).
   bool value(std::string* out);
+  // Whether an optional value follows the option just read: an inline
+  // "=VALUE", or a next argument that is not an option ("--watch 2").
+  bool has_value() const;
 
  private:
   const Args& args_;
@@ -36,6 +39,10 @@ class OptionScanner {
   std::string inline_value_;
   bool has_inline_ = false;
 };
+
+// `status --watch`: per-route rates from the relay at `control`, every
+// `interval` seconds, `count` times (0: until SIGINT/SIGTERM, exit 0).
+int watch_status(const std::string& control, double interval, long count);
 
 int usage_error(const std::string& command, const std::string& message);
 

@@ -31,6 +31,10 @@ bool OptionScanner::value(std::string* out) {
   return true;
 }
 
+bool OptionScanner::has_value() const {
+  return has_inline_ || (index_ < args_.size() && args_[index_].rfind('-', 0) != 0);
+}
+
 int usage_error(const std::string& command, const std::string& message) {
   std::fprintf(stderr, "sockrelay %s: %s\nTry 'sockrelay %s --help'.\n", command.c_str(), message.c_str(),
                command.c_str());

@@ -1,5 +1,6 @@
 // The control socket: a UNIX stream socket answering one request line per
-// connection ("status" or "status json") with the rendered snapshot.
+// connection ("status", "status json" or "status prometheus") with the
+// rendered snapshot.
 //
 // It runs inside the relay's single-threaded event loop, so nothing here may
 // wait: every socket is non-blocking, each client is a small state machine

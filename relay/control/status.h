@@ -25,6 +25,8 @@ struct StatusSnapshot {
   std::string target_bound_unavailable;
   uint64_t reloads = 0;
   uint64_t reloads_refused = 0;
+  uint64_t open_fds = 0;  // descriptors the process holds now
+  uint64_t max_fds = 0;   // its soft RLIMIT_NOFILE
   GlobalCounters global;
   std::vector<RouteReport> routes;
 };

@@ -1,8 +1,10 @@
 #include "daemon/relay.h"
 
+#include <dirent.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
@@ -13,6 +15,7 @@
 #include "config/config.h"
 #include "config/fd_budget.h"
 #include "daemon/file_limit.h"
+#include "control/metrics.h"
 #include "daemon/privileges.h"
 #include "endpoints/activation.h"
 #include "endpoints/endpoint.h"
@@ -46,6 +49,19 @@ void add_filter_drops(RouteReport& report, uint64_t drops) {
   report.kernel.drop_policy += drops;
   for (auto& drop : report.drops)
     if (drop.name == kPolicyDrop) drop.value += drops;
+}
+
+// Descriptors the process holds now (status, metrics): the entries of
+// /proc/self/fd, less the one the listing itself opened.
+uint64_t open_descriptors() {
+  DIR* dir = opendir("/proc/self/fd");
+  if (!dir) return 0;
+  uint64_t count = 0;
+  while (const dirent* entry = readdir(dir)) {
+    if (entry->d_name[0] != '.') ++count;
+  }
+  closedir(dir);
+  return count > 0 ? count - 1 : 0;
 }
 
 bool setup_level_ok(const std::string& level) {
@@ -135,7 +151,8 @@ Status Relay::open_control(const std::string& path) {
   Status attached = control_->attach(loop_, [this](const std::string& request) {
     if (request == "status json") return format_status_json(snapshot());
     if (request == "status") return format_status_text(snapshot());
-    return "error: unknown request " + quoted(request) + "; known: status, status json\n";
+    if (request == "status prometheus") return format_status_prometheus(snapshot());
+    return "error: unknown request " + quoted(request) + "; known: status, status json, status prometheus\n";
   });
   // A socket that listens but is not on the loop would take clients and
   // never answer them: none is better.
@@ -380,6 +397,9 @@ StatusSnapshot Relay::snapshot() const {
   if (bpf_) s.target_bound_unavailable = bpf_->target_bound_unavailable();
   s.reloads = reloads_;
   s.reloads_refused = reloads_refused_;
+  s.open_fds = open_descriptors();
+  rlimit files{};
+  if (getrlimit(RLIMIT_NOFILE, &files) == 0) s.max_fds = files.rlim_cur;
   if (bpf_) s.global = bpf_->global_counters();
   for (const auto& slot : slots_) s.routes.push_back(report(slot));
   return s;

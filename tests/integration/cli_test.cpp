@@ -12,22 +12,9 @@
 namespace sockrelay::testing {
 namespace {
 
-struct Output {
-  int status;
-  std::string text;  // stdout + stderr
-};
+using Output = CommandOutput;  // stdout + stderr, exit status
 
-Output sockrelay(const std::string& args) {
-  std::string cmd = std::string(SOCKRELAY_BINARY) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  Output out{-1, ""};
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.text.append(buf, n);
-  int st = pclose(p);
-  out.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return out;
-}
+Output sockrelay(const std::string& args) { return run_sockrelay(args); }
 
 TEST(Cli, HelpOnEverySubcommandAndVersion) {
   for (const char* sub : {"run", "check", "matrix", "status"}) {

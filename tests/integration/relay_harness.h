@@ -18,6 +18,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -70,6 +71,27 @@ inline uint64_t json_counter(const std::string& json, const std::string& section
   size_t at = json.find("\"" + section + "\":");
   if (at == std::string::npos) return UINT64_MAX;
   return json_number(json, key, at);
+}
+
+// What a shell command printed (stdout and stderr together) and its exit
+// status (-1 if it did not exit).
+struct CommandOutput {
+  int status;
+  std::string text;
+};
+inline CommandOutput run_command(const std::string& cmd) {
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  CommandOutput out{-1, ""};
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.text.append(buf, n);
+  int st = pclose(p);
+  out.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return out;
+}
+// `sockrelay ARGS` (the binary under test).
+inline CommandOutput run_sockrelay(const std::string& args) {
+  return run_command(std::string(SOCKRELAY_BINARY) + " " + args);
 }
 
 // The relay as a child process: `sockrelay run --config DIR/relay.toml`.

@@ -21,7 +21,7 @@ command -v systemd-analyze >/dev/null || { echo "verify.sh: needs systemd-analyz
 
 tmp=$(mktemp -d /tmp/sockrelay-verify.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
-for f in "$units"/*.service "$units"/*.socket; do
+for f in "$units"/*.service "$units"/*.socket "$units"/*.timer; do
   sed "s|/usr/local/bin/sockrelay|$relay|g" "$f" >"$tmp/$(basename "$f")"
 done
 
@@ -40,7 +40,7 @@ check() {  # $1: unit name to verify (a template is verified as instance "verify
     failed=$((failed + 1))
   fi
 }
-for f in "$tmp"/*.service "$tmp"/*.socket; do
+for f in "$tmp"/*.service "$tmp"/*.socket "$tmp"/*.timer; do
   name=$(basename "$f")
   case $name in
     *@.*) check "${name/@./@verify.}" ;;
