@@ -95,9 +95,14 @@ TEST_P(DatagramSteering, FloodOnASteeredFlowStaysInTheKernelInOrder) {
   std::string status = relay.status_json();
   EXPECT_EQ(flood.seqs.size(), kFlood) << status;
   EXPECT_EQ(flood.out_of_order(), 0u) << "datagrams overtook each other";
-  EXPECT_EQ(json_counter(status, "user", "packets"), 1u)
-      << "user space forwarded datagrams of a steered flow: " << status;
-  EXPECT_EQ(json_counter(status, "kernel", "packets"), static_cast<uint64_t>(kFlood)) << status;
+  // While a new flow is on hold (ARCHITECTURE.md, "How a datagram
+  // travels": RELAY_FLOW_HOLD), what user space has not forwarded yet goes up behind it, in
+  // order; once user space has caught up the kernel carries the rest. Every
+  // datagram is counted once, and the flood stays in the kernel.
+  const uint64_t user = json_counter(status, "user", "packets");
+  const uint64_t kernel = json_counter(status, "kernel", "packets");
+  EXPECT_EQ(user + kernel, static_cast<uint64_t>(kFlood) + 1) << status;
+  EXPECT_LE(user, static_cast<uint64_t>(kFlood) / 10) << "user space carried the flood: " << status;
   EXPECT_EQ(relay.terminate(), 0) << relay.log();
 }
 
