@@ -72,8 +72,8 @@ TEST_P(StreamKernelFacts, EofBacklogAndCounters) {
   uint64_t ca = socket_cookie(a).value(), cu = socket_cookie(u).value();
   ASSERT_TRUE(bpf.add_target(ca, a).ok());
   ASSERT_TRUE(bpf.add_target(cu, u).ok());
-  ASSERT_TRUE(bpf.set_flow(ca, FlowEntry{cu, 0, 0}).ok());
-  ASSERT_TRUE(bpf.set_flow(cu, FlowEntry{ca, 0, 0}).ok());
+  ASSERT_TRUE(bpf.set_flow(ca, FlowEntry{cu, 0, RELAY_FLOW_STREAM}).ok());
+  ASSERT_TRUE(bpf.set_flow(cu, FlowEntry{ca, 0, RELAY_FLOW_STREAM}).ok());
   if (family == AF_UNIX) {
     // First: the shared program keyed by the receiving socket's cookie.
     ASSERT_TRUE(bpf.add_source(ca, a).ok());
@@ -171,7 +171,7 @@ TEST_P(StreamKernelFacts, QueuedBytesAndTheRcvlowatKick) {
   for (int i = 0; i < 3; ++i) ASSERT_EQ(send(front.client.get(), "0123456789", 10, 0), 10);
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   ASSERT_TRUE(bpf.add_target(cu, u).ok());
-  ASSERT_TRUE(bpf.set_flow(ca, FlowEntry{cu, 0, 0}).ok());
+  ASSERT_TRUE(bpf.set_flow(ca, FlowEntry{cu, 0, RELAY_FLOW_STREAM}).ok());
   if (family == AF_UNIX)
     ASSERT_TRUE(bpf.add_private_source(ca, a, MapWriter::PrivateProgram{ca, 0}).ok());
   else
