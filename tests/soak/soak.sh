@@ -126,8 +126,9 @@ EOF
   fi
 }
 write_config 0
-ulimit -n 1024  # a systemd service's soft limit
-"$relay" run --config "$work/relay.toml" >"$work/relay.log" 2>&1 &
+# The relay under a systemd service's soft descriptor limit (the load tools
+# keep the script's).
+(ulimit -n 1024 && exec "$relay" run --config "$work/relay.toml") >"$work/relay.log" 2>&1 &
 relay_pid=$!
 status() { "$relay" status "$@" --control "$work/control.sock"; }
 for _ in $(seq 100); do status >/dev/null 2>&1 && break; sleep 0.1; done
@@ -169,8 +170,8 @@ while ((SECONDS < end)); do
   sleep "$((end - SECONDS < fault_every ? end - SECONDS : fault_every))"
   ((SECONDS < end)) || break
   case $((udp_kill == 1 ? faults % 2 : 1)) in
-    0) kill -9 "$udp_echo"; sleep 0.3; start_udp_echo ;;
-    1) kill -9 "$tcp_echo"; sleep 0.3; start_tcp_echo ;;
+    0) kill -9 "$udp_echo" 2>/dev/null || log "the udp echo had died by itself"; sleep 0.3; start_udp_echo ;;
+    1) kill -9 "$tcp_echo" 2>/dev/null || log "the tcp echo had died by itself"; sleep 0.3; start_tcp_echo ;;
   esac
   faults=$((faults + 1))
   extra=$((1 - extra))

@@ -1,11 +1,12 @@
-// The guard in front of toml++ 3.3.0's unreachable branch (config/toml_guard.h):
-// the characters that would reach it are refused with their position where
-// TOML forbids them anyway, and let through where they are plain text.
-#include "config/toml_guard.h"
-
+// What tests/fuzz found, kept: the guard in front of toml++ 3.3.0's
+// unreachable branch (config/toml_guard.h): the characters that would reach it
+// are refused with their position where TOML forbids them anyway, and let
+// through where they are plain text; and "did you mean" on long names.
 #include <gtest/gtest.h>
 
+#include "config/checker.h"
 #include "config/config.h"
+#include "config/toml_guard.h"
 
 namespace sockrelay {
 namespace {
@@ -41,6 +42,16 @@ TEST(TomlGuard, NonAsciiInValuesAndCommentsIsFine) {
       parse_config("[endpoints.in]\ntype = \"unix-dgram\"\nlisten = \"/run/caf\xc3\xa9.sock\"\n", "x.toml");
   for (const auto& d : outcome.diagnostics)
     EXPECT_EQ(d.message.find("U+00E9"), std::string::npos) << d.format();
+}
+
+// A `to` of thousands of characters took over 10 s (the distance table is the
+// product of the lengths); now it is "far" at once, and near names still match.
+TEST(ConfigFuzzFinds, EditDistanceIsExactForNearNamesAndCheapForLongOnes) {
+  EXPECT_EQ(config_check::edit_distance("lsiten", "listen"), 1u);
+  EXPECT_EQ(config_check::edit_distance("abc", "abcdefghijklmnop"), 13u);
+  std::string long_name(8000, '_');
+  EXPECT_GT(config_check::edit_distance(long_name, long_name + "x"), 8u);
+  EXPECT_EQ(config_check::suggest(long_name, std::vector<std::string>{"web-backend"}), std::nullopt);
 }
 
 }  // namespace
