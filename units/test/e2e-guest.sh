@@ -26,6 +26,22 @@ prop() { systemctl show -p "$2" --value "$1"; }
 udp_ask() {  # udp_ask PORT TEXT -> the reply
   printf '%s\n' "$2" | timeout 10 socat -T3 - "UDP4:127.0.0.1:$1" 2>>"$results/diag"
 }
+# udp_ask for a datagram that starts (or restarts) the relay: the reply may
+# come later than socat's wait after its input ends (-t, 0.5 s) on a loaded
+# machine, so socat runs in the background and the reply is polled for.
+# Sets $reply and $reply_ms.
+udp_ask_starting() {  # udp_ask_starting PORT TEXT SECONDS
+  local out=$results/starting.$$.txt pid t0
+  : >"$out"
+  t0=$(date +%s%N)
+  printf '%s\n' "$2" | timeout "$(($3 + 5))" socat -t"$3" -T"$3" - "UDP4:127.0.0.1:$1" >"$out" 2>>"$results/diag" &
+  pid=$!
+  for _ in $(seq "$(($3 * 10))"); do [ -s "$out" ] && break; sleep 0.1; done
+  reply_ms=$((($(date +%s%N) - t0) / 1000000))
+  kill "$pid" 2>/dev/null
+  wait "$pid"
+  reply=$(cat "$out")
+}
 finish() {
   say "SUMMARY $passed passed, $failed failed"
   journalctl --no-pager -o short-monotonic -u 'sockrelay*' -u echo-server >"$results/journal.txt" 2>&1
@@ -48,16 +64,8 @@ ip link set lo up
 check "sockrelay-udp.socket starts" systemctl start sockrelay-udp.socket
 check "sockrelay.service not running before the first datagram" \
   test "$(prop sockrelay.service ActiveState)" = inactive
-# The reply may take longer than socat's wait after its input ends (-t, 0.5 s)
-# on a loaded machine: wait for it in the background.
-t0=$(date +%s%N)
-printf 'first datagram\n' | timeout 20 socat -t15 -T15 - UDP4:127.0.0.1:5300 >"$results/first.txt" 2>>"$results/diag" &
-first_pid=$!
-for _ in $(seq 150); do [ -s "$results/first.txt" ] && break; sleep 0.1; done
-first_ms=$((($(date +%s%N) - t0) / 1000000))
-kill "$first_pid" 2>/dev/null
-wait "$first_pid"
-reply=$(cat "$results/first.txt")
+udp_ask_starting 5300 "first datagram" 15
+first_ms=$reply_ms
 if [ "$reply" = "first datagram" ]; then
   ok "first datagram started the service and was answered (${first_ms} ms)"
 else
@@ -131,7 +139,8 @@ if [ "$stopped" = "inactive Result=success ExecMainStatus=0" ]; then ok "stopped
 journalctl --no-pager -u sockrelay.service >"$results/journal-2.txt"
 check "journal: \"stopped cleanly\"" grep -q "stopped cleanly" "$results/journal-2.txt"
 check "the socket unit is still listening" test "$(prop sockrelay-udp.socket ActiveState)" = active
-if [ "$(udp_ask 5300 "after stop")" = "after stop" ]; then
+udp_ask_starting 5300 "after stop" 15
+if [ "$reply" = "after stop" ]; then
   ok "a datagram after the stop starts the service again and is answered"
 else
   fail "a datagram after the stop starts the service again and is answered"
@@ -229,16 +238,11 @@ fi
 check "SIGKILL: a datagram answered before" test "$(udp_ask 5300 "before the kill")" = "before the kill"
 old_pid=$(prop sockrelay.service MainPID)
 kill -9 "$old_pid"
-t0=$(date +%s%N)
-printf 'queued while dead\n' | timeout 30 socat -t25 -T25 - UDP4:127.0.0.1:5300 >"$results/kill-udp.txt" 2>>"$results/diag" &
-udp_pid=$!
 timeout 30 runuser -u monitor -- "$relay" status >"$results/kill-status.txt" 2>&1 &
 status_pid=$!
-# socat waits out its -t after the reply: the time is when the reply landed.
-for _ in $(seq 300); do [ -s "$results/kill-udp.txt" ] && break; sleep 0.1; done
-udp_ms=$((($(date +%s%N) - t0) / 1000000))
-kill "$udp_pid" 2>/dev/null
-wait "$udp_pid"
+udp_ask_starting 5300 "queued while dead" 25
+udp_ms=$reply_ms
+echo "$reply" >"$results/kill-udp.txt"
 wait "$status_pid"
 status_rc=$?
 new_pid=$(prop sockrelay.service MainPID)
