@@ -11,6 +11,8 @@ packages=(
   iproute2 socat systemd procps shellcheck clang-format
   # lint: the size rule (tests/lint/size_check.sh)
   clang-tidy
+  # fuzzing: libFuzzer and clang's sanitizer runtimes (tests/fuzz/run.sh)
+  libclang-rt-14-dev
 )
 
 missing=()

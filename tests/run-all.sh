@@ -17,6 +17,7 @@ cd "$(dirname "$0")/.."
 top=$(pwd)
 jobs=$(nproc)
 failed=()
+stage_times=()
 
 tests/install-deps.sh
 
@@ -27,10 +28,17 @@ clang-format --dry-run --Werror "${cxx[@]}" || failed+=("clang-format")
 mapfile -t scripts < <(git ls-files '*.sh' .ci/run vm-tests/run)
 shellcheck "${scripts[@]}" || failed+=("shellcheck")
 
-echo "== unit tests under ASan/UBSan"
+echo "== ASan/UBSan build: unit, fuzz replay and integration tests against the ASan/UBSan relay"
+t=$SECONDS
 cmake -S "$top" -B "$top/build-asan" -DSOCKRELAY_SANITIZE=ON >/dev/null
-cmake --build "$top/build-asan" -j "$jobs" --target sockrelay_unit_tests
-"$top/build-asan/tests/sockrelay_unit_tests" --gtest_brief=1 || failed+=("unit tests under ASan/UBSan")
+cmake --build "$top/build-asan" -j "$jobs"
+tests/sanitized-ctest.sh "$top/build-asan" || failed+=("tests under ASan/UBSan")
+stage_times+=("asan build+tests $((SECONDS - t))s")
+
+echo "== fuzz: each target 30 s (tests/fuzz/run.sh)"
+t=$SECONDS
+tests/fuzz/run.sh 30 --build-dir "$top/build-fuzz" || failed+=("fuzz")
+stage_times+=("fuzz $((SECONDS - t))s")
 
 echo "== build"
 cmake -S "$top" -B "$top/build" >/dev/null
@@ -40,6 +48,11 @@ cmake --build "$top/build" -j "$jobs"
 # generated skeleton headers. Reported at the end, like the other lint.
 echo "== lint: size rule (relay/: files <= 600 lines, functions <= 80 lines)"
 tests/lint/size_check.sh "$top/build" || failed+=("size check")
+
+echo "== soak: 45 s of mixed traffic with killed targets, resets, a stalling target and reloads"
+t=$SECONDS
+tests/soak/soak.sh --duration 45 --no-udp-kill --build-dir "$top/build" || failed+=("soak")
+stage_times+=("soak $((SECONDS - t))s")
 
 echo "== systemd units: systemd-analyze verify, then end to end under systemd as PID 1 (nspawn)"
 units/test/verify.sh --relay "$top/build/relay/sockrelay" || failed+=("units verify")
@@ -58,6 +71,7 @@ fi
 echo "== unit and integration tests"
 (cd "$top/build" && ctest --output-on-failure -j 1) || failed+=("ctest")
 
+echo "stage times: ${stage_times[*]}; total $((SECONDS / 60)) min"
 if [ ${#failed[@]} -gt 0 ]; then
   if [[ " ${failed[*]} " == *" vm-tests "* ]]; then
     echo "== vm-tests failures (full output: $vm_log, consoles: vm-tests/out/logs/)"

@@ -3,6 +3,12 @@
 namespace sockrelay::config_check {
 
 std::size_t edit_distance(std::string_view a, std::string_view b) {
+  // Past a few edits no suggestion is made, so the exact number does not
+  // matter; and the table costs the product of the lengths (a value of
+  // 8000 characters took the config fuzzer over 10 s: tests/fuzz).
+  constexpr std::size_t kExactUpTo = 8, kLongest = 1024;
+  std::size_t longer = std::max(a.size(), b.size()), shorter = std::min(a.size(), b.size());
+  if (longer - shorter > kExactUpTo || longer > kLongest) return std::max(longer - shorter, kExactUpTo + 1);
   std::vector<std::vector<std::size_t>> d(a.size() + 1, std::vector<std::size_t>(b.size() + 1));
   for (std::size_t i = 0; i <= a.size(); ++i) d[i][0] = i;
   for (std::size_t j = 0; j <= b.size(); ++j) d[0][j] = j;

@@ -34,7 +34,8 @@ std::string join(const Range& items, std::string_view sep = ", ") {
 }
 
 // Optimal string alignment distance: insertions, deletions, substitutions and
-// swaps of neighbours ("lsiten") each cost one.
+// swaps of neighbours ("lsiten") each cost one. Exact up to 8; above that
+// (and for texts over 1024 characters) only "more than 8".
 std::size_t edit_distance(std::string_view a, std::string_view b);
 
 // The closest candidate within edit distance 2, if any; a candidate that is

@@ -9,6 +9,7 @@
 
 #include "config/checker.h"
 #include "config/route_rules.h"
+#include "config/toml_guard.h"
 #include "relay_shared.h"
 
 static_assert(sockrelay::kMaxRoutes == RELAY_MAX_ROUTES, "kMaxRoutes must match bpf/relay_shared.h");
@@ -82,6 +83,12 @@ bool ParseOutcome::has_errors() const {
 ParseOutcome parse_config(std::string_view text, const std::string& path) {
   ParseOutcome outcome;
   Checker checker(path);
+  if (auto hazard = find_toml_hazard(text)) {  // before toml++ 3.3.0 trips on it (toml_guard.h)
+    checker.error(hazard->pos, "syntax error: " + hazard->message);
+    outcome.config.path = path;
+    outcome.diagnostics = checker.take();
+    return outcome;
+  }
   try {
     toml::table root = toml::parse(text, std::string_view(path));
     outcome.config = check_document(checker, root, path);

@@ -1,13 +1,16 @@
 #include "control/control_server.h"
 
+#include <fcntl.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/timerfd.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstring>
 #include <filesystem>
 #include <unordered_map>
@@ -29,6 +32,9 @@ constexpr int kAcceptsPerWakeup = 32;
 // How long the listener rests when the process is out of descriptors: accept
 // would fail again at once and the loop would spin on it.
 constexpr uint64_t kOutOfDescriptorsPauseNs = ms_to_ns(100);
+
+// How long `sockrelay status` waits for the relay's reply.
+constexpr time_t kRequestTimeoutSeconds = 10;
 
 Result<sockaddr_un> unix_address(const std::string& path) {
   sockaddr_un addr{};
@@ -82,6 +88,7 @@ struct ControlServer::State {
   Fd listener;
   Fd timer;  // a timerfd set to the earliest client deadline
   std::string path;
+  bool from_systemd = false;  // then the socket file is systemd's: never unlinked
   ControlLimits limits;
   EventLoop* loop = nullptr;
   Handler handler;
@@ -113,7 +120,7 @@ ControlServer::State::~State() {
     loop->remove(listener.get());
     loop->remove(timer.get());
   }
-  if (listener) unlink(path.c_str());
+  if (listener && !from_systemd) unlink(path.c_str());
 }
 
 Status ControlServer::State::attach(EventLoop& event_loop, Handler request_handler) {
@@ -198,14 +205,10 @@ void ControlServer::State::read_request(int fd, ControlClient& c) {
       return;
     }
     if (n == 0) return answer(fd, c);  // no newline, but the client has said all it will
-    size_t searched = c.request.size();
-    c.request.append(buf, static_cast<size_t>(n));
-    size_t newline = c.request.find('\n', searched);
-    if (newline != std::string::npos) {
-      c.request.resize(newline);
-      return answer(fd, c);
-    }
-    if (c.request.size() > limits.max_request_bytes) {
+    auto framing =
+        frame_request(c.request, std::string_view(buf, static_cast<size_t>(n)), limits.max_request_bytes);
+    if (framing == RequestFraming::Line) return answer(fd, c);
+    if (framing == RequestFraming::TooLong) {
       ++counters.refused_too_long;
       c.request.clear();
       return start_reply(
@@ -217,8 +220,12 @@ void ControlServer::State::read_request(int fd, ControlClient& c) {
 }
 
 void ControlServer::State::answer(int fd, ControlClient& c) {
-  std::string request = std::move(c.request);
-  while (!request.empty() && (request.back() == '\r' || request.back() == '\n')) request.pop_back();
+  std::string line = std::move(c.request);
+  ControlRequest request = parse_control_request(line);
+  if (request == ControlRequest::Unknown) {
+    ++counters.refused_unknown;
+    return start_reply(fd, c, unknown_request_reply(line), monotonic_ns());
+  }
   start_reply(fd, c, handler(request), monotonic_ns());
 }
 
@@ -346,6 +353,50 @@ Result<ControlServer> ControlServer::open(const std::string& path, ControlLimits
   return ControlServer(std::move(state));
 }
 
+namespace {
+
+// What a socket systemd passed as the control socket must be: a listening
+// UNIX stream socket bound to the config's path.
+Status check_adopted(int fd, const std::string& path) {
+  int type = 0, listening = 0;
+  socklen_t len = sizeof(type);
+  getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len);
+  len = sizeof(listening);
+  getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len);
+  sockaddr_un bound{};
+  len = sizeof(bound);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &len) != 0)
+    return errno_error("control socket: getsockname");
+  const char* fix = "; the .socket unit needs ListenStream=";
+  if (bound.sun_family != AF_UNIX || type != SOCK_STREAM || !listening)
+    return plain_error("systemd passed a socket named \"control\" that is no listening UNIX stream socket" +
+                       std::string(fix) + path + " (units/sockrelay-control.socket)");
+  size_t path_len = len > offsetof(sockaddr_un, sun_path) ? len - offsetof(sockaddr_un, sun_path) : 0;
+  std::string bound_path(bound.sun_path, strnlen(bound.sun_path, path_len));
+  if (bound_path != path)
+    return plain_error("systemd passed a control socket bound to \"" + bound_path +
+                       "\", but [relay] control is \"" + path + "\"" + fix + path + ", or set control = \"" +
+                       bound_path + "\"");
+  return {};
+}
+
+}  // namespace
+
+Result<ControlServer> ControlServer::adopt(Fd listener, const std::string& path, ControlLimits limits) {
+  if (auto st = check_adopted(listener.get(), path); !st) return st.error();
+  int flags = fcntl(listener.get(), F_GETFL);
+  if (flags < 0 || fcntl(listener.get(), F_SETFL, flags | O_NONBLOCK) != 0)
+    return errno_error("control socket: fcntl O_NONBLOCK");
+  auto state = std::make_unique<State>();
+  state->listener = std::move(listener);
+  state->path = path;
+  state->from_systemd = true;
+  state->limits = limits;
+  state->timer = Fd(timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+  if (!state->timer) return errno_error("control socket: timerfd_create");
+  return ControlServer(std::move(state));
+}
+
 ControlServer::ControlServer(std::unique_ptr<State> state) : state_(std::move(state)) {}
 ControlServer::ControlServer(ControlServer&&) noexcept = default;
 ControlServer& ControlServer::operator=(ControlServer&&) noexcept = default;
@@ -356,6 +407,7 @@ Status ControlServer::attach(EventLoop& loop, Handler handler) {
 }
 
 const std::string& ControlServer::path() const { return state_->path; }
+bool ControlServer::from_systemd() const { return state_->from_systemd; }
 const ControlCounters& ControlServer::counters() const { return state_->counters; }
 size_t ControlServer::clients() const { return state_->clients.size(); }
 
@@ -368,6 +420,10 @@ Result<std::string> control_request(const std::string& path, const std::string& 
     return errno_error(
         "connect to the control socket " + path +
         " (is `sockrelay run` running? pass --config FILE or --control PATH to pick its socket)");
+  // A relay that is stuck (or stopped under a debugger) is reported, not waited for.
+  timeval limit{kRequestTimeoutSeconds, 0};
+  setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof(limit));
+  setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof(limit));
   std::string line = request + "\n";
   if (send(fd.get(), line.data(), line.size(), MSG_NOSIGNAL) < 0) return errno_error("send request");
   std::string reply;
@@ -375,6 +431,9 @@ Result<std::string> control_request(const std::string& path, const std::string& 
   for (;;) {
     ssize_t n = recv(fd.get(), buf, sizeof(buf), 0);
     if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && would_block(errno))
+      return plain_error("no reply from the control socket " + path + " within " +
+                         std::to_string(kRequestTimeoutSeconds) + " s: is the relay stuck?");
     if (n < 0) return errno_error("read reply");
     if (n == 0) break;
     reply.append(buf, static_cast<size_t>(n));

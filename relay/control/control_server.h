@@ -18,7 +18,9 @@
 #include <memory>
 #include <string>
 
+#include "common/fd.h"
 #include "common/result.h"
+#include "control/control_request.h"
 #include "loop/event_loop.h"
 
 namespace sockrelay {
@@ -46,6 +48,7 @@ struct ControlCounters {
   uint64_t answered = 0;             // replies written out completely
   uint64_t refused_too_many = 0;     // over max_clients: closed at once
   uint64_t refused_too_long = 0;     // request line over max_request_bytes
+  uint64_t refused_unknown = 0;      // a line that is no request ("error: unknown request")
   uint64_t refused_busy = 0;         // reply over max_pending_reply_bytes
   uint64_t timed_out = 0;            // silent clients, and readers too slow for their reply
   uint64_t closed_before_reply = 0;  // hung up (or reset) before the reply was written
@@ -53,10 +56,16 @@ struct ControlCounters {
 
 class ControlServer {
  public:
-  using Handler = std::function<std::string(const std::string& request)>;
+  // Turns a known request into its reply; unknown ones the server answers.
+  using Handler = std::function<std::string(ControlRequest request)>;
 
   // Binds `path` (creating its directory, replacing a stale socket).
   static Result<ControlServer> open(const std::string& path, ControlLimits limits = {});
+  // Serves on a listening socket systemd created (a .socket unit with
+  // FileDescriptorName=control, units/sockrelay-control.socket): its file
+  // mode and group are the unit's (SocketMode=, SocketGroup=), and it must
+  // be bound to `path`. The file stays when the server goes: it is systemd's.
+  static Result<ControlServer> adopt(Fd listener, const std::string& path, ControlLimits limits = {});
   ControlServer(ControlServer&&) noexcept;
   ControlServer& operator=(ControlServer&&) noexcept;
   // Closes every client and removes the socket file; `loop` (from attach)
@@ -67,6 +76,7 @@ class ControlServer {
   // its newline) into the reply.
   Status attach(EventLoop& loop, Handler handler);
   const std::string& path() const;
+  bool from_systemd() const;
   const ControlCounters& counters() const;
   size_t clients() const;
 

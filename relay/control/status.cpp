@@ -132,6 +132,23 @@ void route_json(JsonWriter& j, const RouteReport& r) {
   j.end_object();
 }
 
+void control_json(JsonWriter& j, const StatusSnapshot::Control& control) {
+  const auto& c = control.counters;
+  j.key("control").begin_object();
+  j.field("path", control.path)
+      .field("from-systemd", control.from_systemd)
+      .field("clients", static_cast<uint64_t>(control.clients))
+      .field("accepted", c.accepted)
+      .field("answered", c.answered)
+      .field("refused-too-many", c.refused_too_many)
+      .field("refused-too-long", c.refused_too_long)
+      .field("refused-unknown", c.refused_unknown)
+      .field("refused-busy", c.refused_busy)
+      .field("timed-out", c.timed_out)
+      .field("closed-before-reply", c.closed_before_reply);
+  j.end_object();
+}
+
 }  // namespace
 
 std::string format_status_text(const StatusSnapshot& s) {
@@ -150,6 +167,13 @@ std::string format_status_text(const StatusSnapshot& s) {
   out << "global    unknown-source " << s.global.unknown_source << ", bad-route " << s.global.bad_route
       << ", new-client-tag-failed " << s.global.tag_failed << ", new-client-lost " << s.global.new_client_lost
       << ", all-targets-down " << s.global.all_targets_down << "\n";
+  const auto& c = s.control.counters;
+  if (!s.control.path.empty())
+    out << "control   " << s.control.path << (s.control.from_systemd ? " (socket from systemd)" : "")
+        << ", clients " << s.control.clients << ", accepted " << c.accepted << ", answered " << c.answered
+        << ", refused-too-many " << c.refused_too_many << ", refused-too-long " << c.refused_too_long
+        << ", refused-unknown " << c.refused_unknown << ", refused-busy " << c.refused_busy << ", timed-out "
+        << c.timed_out << ", closed-before-reply " << c.closed_before_reply << "\n";
   return out.str();
 }
 
@@ -177,6 +201,7 @@ std::string format_status_json(const StatusSnapshot& s) {
   j.key("routes").begin_array();
   for (const auto& r : s.routes) route_json(j, r);
   j.end_array();
+  control_json(j, s.control);
   j.end_object();
   return j.str() + "\n";
 }

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "control/control_server.h"
 #include "report/kernel_counts.h"
 #include "report/route_report.h"
 
@@ -29,6 +30,12 @@ struct StatusSnapshot {
   uint64_t max_fds = 0;   // its soft RLIMIT_NOFILE
   GlobalCounters global;
   std::vector<RouteReport> routes;
+  struct Control {
+    std::string path;
+    bool from_systemd = false;
+    size_t clients = 0;  // connected now
+    ControlCounters counters;
+  } control;
 };
 
 std::string format_status_text(const StatusSnapshot& status);

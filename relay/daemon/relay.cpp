@@ -11,11 +11,10 @@
 
 #include <algorithm>
 
-#include "common/quote.h"
 #include "config/config.h"
 #include "config/fd_budget.h"
-#include "daemon/file_limit.h"
 #include "control/metrics.h"
+#include "daemon/file_limit.h"
 #include "daemon/privileges.h"
 #include "endpoints/activation.h"
 #include "endpoints/endpoint.h"
@@ -100,9 +99,9 @@ Result<std::unique_ptr<Relay>> Relay::start(Config config) {
     if (!opened) return opened.error();
     for (auto& slot : *opened) relay->slots_.push_back(std::move(slot));
   }
+  if (auto st = relay->open_control(shared->relay.control); !st) return st.error();
   for (const auto& name : relay->activated_.unclaimed())
     spdlog::warn("systemd passed a socket named \"{}\" that no endpoint uses; kept for a reload", name);
-  if (auto st = relay->open_control(shared->relay.control); !st) return st.error();
 
   // Set-up is done: keep only what the running relay uses (privileges.h).
   const bool bounds_backlog = relay->bpf_ && relay->bpf_->target_bound_unavailable().empty();
@@ -143,16 +142,25 @@ Status Relay::watch_signals() {
   });
 }
 
+// The control socket: systemd's if a socket unit passed one named
+// "control" that no endpoint took (units/sockrelay-control.socket: its
+// SocketMode= and SocketGroup= decide who may ask), else the relay's own.
 Status Relay::open_control(const std::string& path) {
-  auto control = ControlServer::open(path);
+  Fd passed = activated_.take(kControlSocketName);
+  auto control = passed ? ControlServer::adopt(std::move(passed), path) : ControlServer::open(path);
   if (!control) return control.error();
   control_.reset();  // the old socket (a reload may move it) goes first
   control_.emplace(std::move(*control));
-  Status attached = control_->attach(loop_, [this](const std::string& request) {
-    if (request == "status json") return format_status_json(snapshot());
-    if (request == "status") return format_status_text(snapshot());
-    if (request == "status prometheus") return format_status_prometheus(snapshot());
-    return "error: unknown request " + quoted(request) + "; known: status, status json, status prometheus\n";
+  if (control_->from_systemd()) spdlog::info("control socket {} (socket from systemd)", path);
+  Status attached = control_->attach(loop_, [this](ControlRequest request) {
+    switch (request) {
+      case ControlRequest::StatusJson:
+        return format_status_json(snapshot());
+      case ControlRequest::StatusPrometheus:
+        return format_status_prometheus(snapshot());
+      default:
+        return format_status_text(snapshot());
+    }
   });
   // A socket that listens but is not on the loop would take clients and
   // never answer them: none is better.
@@ -402,6 +410,12 @@ StatusSnapshot Relay::snapshot() const {
   if (getrlimit(RLIMIT_NOFILE, &files) == 0) s.max_fds = files.rlim_cur;
   if (bpf_) s.global = bpf_->global_counters();
   for (const auto& slot : slots_) s.routes.push_back(report(slot));
+  if (control_) {
+    s.control.path = control_->path();
+    s.control.from_systemd = control_->from_systemd();
+    s.control.clients = control_->clients();
+    s.control.counters = control_->counters();
+  }
   return s;
 }
 

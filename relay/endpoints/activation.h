@@ -9,6 +9,10 @@
 
 namespace sockrelay {
 
+// The FileDescriptorName= of the control socket (units/sockrelay-control.socket),
+// taken when no endpoint of the config has this name.
+inline constexpr const char* kControlSocketName = "control";
+
 class ActivatedSockets {
  public:
   // Takes the fds from sd_listen_fds_with_names() and unsets the

@@ -4,6 +4,7 @@
 // must never wait for any of them. The real binary, each test in its own
 // network namespace.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <iostream>
@@ -364,6 +365,69 @@ TEST_F(ControlSocket, ClientsOverTheLimitAreRefusedAtOnce) {
   EXPECT_TRUE(r.closed && JsonChecker::valid(r.text)) << quoted(r.text.substr(0, 200));
   EXPECT_NE(relay.log().find("client(s) refused so far: more than 128 at once"), std::string::npos)
       << relay.log();
+}
+
+// `status` counts what the control socket refused, in text and JSON.
+TEST_F(ControlSocket, StatusShowsTheControlSocketsOwnCounters) {
+  DgramEcho echo(Addr::inet("127.0.0.1", 5301));
+  RelayProcess relay(dir_, kUdpToUdp);
+  ASSERT_TRUE(relay.wait_ready()) << relay.log();
+  EXPECT_TRUE(starts_with(ask(relay.control(), "garbage").text, "error: unknown request \"garbage\""));
+  EXPECT_TRUE(starts_with(ask(relay.control(), std::string(300, 'x')).text, "error: request too long"));
+  std::string json = relay.status_json();
+  EXPECT_EQ(json_counter(json, "control", "refused-unknown"), 1u) << json;
+  EXPECT_EQ(json_counter(json, "control", "refused-too-long"), 1u) << json;
+  EXPECT_EQ(json_counter(json, "control", "refused-too-many"), 0u) << json;
+  EXPECT_NE(json.find("\"from-systemd\":false"), std::string::npos) << json;
+  Reply text = ask(relay.control(), "status");
+  EXPECT_NE(text.text.find("control   " + relay.control() + ", clients 1, accepted "), std::string::npos)
+      << text.text;
+  EXPECT_NE(text.text.find("refused-too-long 1, refused-unknown 1, refused-busy 0, timed-out 0"),
+            std::string::npos)
+      << text.text;
+}
+
+// A control socket systemd created (FileDescriptorName=control, as
+// units/sockrelay-control.socket): the relay serves it, says so in
+// `status`, and leaves its file (and mode) alone when it stops.
+TEST_F(ControlSocket, SocketFromSystemdNamedControlIsServed) {
+  if (access("/usr/bin/systemd-socket-activate", X_OK) != 0)
+    GTEST_SKIP() << "systemd-socket-activate not installed (Debian package systemd)";
+  DgramEcho echo(Addr::inet("127.0.0.1", 5301));
+  std::string control = dir_.file("control.sock");  // RelayProcess's control path
+  RelayProcess relay(dir_, kUdpToUdp,
+                     {"/usr/bin/systemd-socket-activate", "-l", control, "--fdname=control"});
+  ASSERT_TRUE(relay.wait_ready()) << relay.log();  // the first connection starts it
+  Reply text = ask(control, "status");
+  EXPECT_NE(text.text.find("control   " + control + " (socket from systemd)"), std::string::npos)
+      << text.text << relay.log();
+  EXPECT_LT(first_reply_ms(front()), 1e9) << "a datagram through the relay is answered: " << relay.log();
+  struct stat before {};
+  ASSERT_EQ(stat(control.c_str(), &before), 0);
+  ASSERT_EQ(chmod(control.c_str(), 0660), 0);
+  EXPECT_EQ(relay.terminate(), 0) << relay.log();
+  struct stat after {};
+  EXPECT_EQ(stat(control.c_str(), &after), 0) << "systemd's socket file stays when the relay stops";
+  EXPECT_EQ(after.st_mode & 0777, 0660u);
+}
+
+// systemd's control socket on another path than [relay] control: the relay
+// refuses to start and names both paths.
+TEST_F(ControlSocket, SocketFromSystemdOnAnotherPathIsRefused) {
+  if (access("/usr/bin/systemd-socket-activate", X_OK) != 0)
+    GTEST_SKIP() << "systemd-socket-activate not installed (Debian package systemd)";
+  std::string other = dir_.file("other.sock");
+  RelayProcess relay(dir_, kUdpToUdp, {"/usr/bin/systemd-socket-activate", "-l", other, "--fdname=control"});
+  std::this_thread::sleep_for(milliseconds(300));  // until it listens
+  Fd start = connect_control(other);               // starts the relay
+  ASSERT_TRUE(start.valid()) << strerror(errno);
+  for (int i = 0; i < 100 && relay.log().find("error") == std::string::npos; ++i)
+    std::this_thread::sleep_for(milliseconds(20));
+  std::string log = relay.log();
+  EXPECT_NE(log.find("systemd passed a control socket bound to \"" + other + "\", but [relay] control is \"" +
+                     relay.control() + "\""),
+            std::string::npos)
+      << log;
 }
 
 }  // namespace

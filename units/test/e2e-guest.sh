@@ -26,6 +26,22 @@ prop() { systemctl show -p "$2" --value "$1"; }
 udp_ask() {  # udp_ask PORT TEXT -> the reply
   printf '%s\n' "$2" | timeout 10 socat -T3 - "UDP4:127.0.0.1:$1" 2>>"$results/diag"
 }
+# udp_ask for a datagram that starts (or restarts) the relay: the reply may
+# come later than socat's wait after its input ends (-t, 0.5 s) on a loaded
+# machine, so socat runs in the background and the reply is polled for.
+# Sets $reply and $reply_ms.
+udp_ask_starting() {  # udp_ask_starting PORT TEXT SECONDS
+  local out=$results/starting.$$.txt pid t0
+  : >"$out"
+  t0=$(date +%s%N)
+  printf '%s\n' "$2" | timeout "$(($3 + 5))" socat -t"$3" -T"$3" - "UDP4:127.0.0.1:$1" >"$out" 2>>"$results/diag" &
+  pid=$!
+  for _ in $(seq "$(($3 * 10))"); do [ -s "$out" ] && break; sleep 0.1; done
+  reply_ms=$((($(date +%s%N) - t0) / 1000000))
+  kill "$pid" 2>/dev/null
+  wait "$pid"
+  reply=$(cat "$out")
+}
 finish() {
   say "SUMMARY $passed passed, $failed failed"
   journalctl --no-pager -o short-monotonic -u 'sockrelay*' -u echo-server >"$results/journal.txt" 2>&1
@@ -48,9 +64,8 @@ ip link set lo up
 check "sockrelay-udp.socket starts" systemctl start sockrelay-udp.socket
 check "sockrelay.service not running before the first datagram" \
   test "$(prop sockrelay.service ActiveState)" = inactive
-t0=$(date +%s%N)
-reply=$(udp_ask 5300 "first datagram")
-first_ms=$((($(date +%s%N) - t0) / 1000000))
+udp_ask_starting 5300 "first datagram" 15
+first_ms=$reply_ms
 if [ "$reply" = "first datagram" ]; then
   ok "first datagram started the service and was answered (${first_ms} ms)"
 else
@@ -135,7 +150,8 @@ if [ "$stopped" = "inactive Result=success ExecMainStatus=0" ]; then ok "stopped
 journalctl --no-pager -u sockrelay.service >"$results/journal-2.txt"
 check "journal: \"stopped cleanly\"" grep -q "stopped cleanly" "$results/journal-2.txt"
 check "the socket unit is still listening" test "$(prop sockrelay-udp.socket ActiveState)" = active
-if [ "$(udp_ask 5300 "after stop")" = "after stop" ]; then
+udp_ask_starting 5300 "after stop" 15
+if [ "$reply" = "after stop" ]; then
   ok "a datagram after the stop starts the service again and is answered"
 else
   fail "a datagram after the stop starts the service again and is answered"
@@ -198,6 +214,63 @@ check "template: instance stopped with success" test "$(prop sockrelay@demo2.ser
 check "template: sockrelay.service's control socket survives the instance's stop" \
   "$relay" status --control /run/sockrelay/control.sock
 check "template: the instance's socket file survives its stop" test -S /run/sockrelay/demo2.in.sock
+
+# --- control access by file mode and group (sockrelay-control.socket) -------------
+# As a package sets it up: sysusers.d creates the group; the config names
+# the socket unit's path (outside /run/sockrelay, which DynamicUser= makes
+# private: /run/private/sockrelay, 0700).
+control=/run/sockrelay-control/control.sock
+check "control socket: systemd-sysusers creates the group sockrelay-status" systemd-sysusers
+systemctl stop sockrelay.service
+cp /etc/sockrelay/sockrelay.toml "$results/sockrelay.toml.orig"
+sed -i "s|^control = .*|control = \"$control\"|" /etc/sockrelay/sockrelay.toml
+check "control socket: sockrelay-control.socket starts" systemctl start sockrelay-control.socket
+check "control socket: systemd made it 0660 root:sockrelay-status" \
+  test "$(stat -c '%a %U:%G' "$control")" = "660 root:sockrelay-status"
+useradd --no-create-home --groups sockrelay-status monitor >>"$results/diag" 2>&1
+useradd --no-create-home outsider >>"$results/diag" 2>&1
+# The first request starts the relay (the socket unit's Service=).
+runuser -u monitor -- "$relay" status >"$results/status-monitor.txt" 2>&1
+check "control socket: a user in sockrelay-status reads sockrelay status (the config names the socket)" \
+  grep -q "^route 0" "$results/status-monitor.txt"
+check "control socket: the relay serves systemd's socket" \
+  grep -q "control   $control (socket from systemd)" "$results/status-monitor.txt"
+runuser -u outsider -- "$relay" status >"$results/status-outsider.txt" 2>&1
+outsider_rc=$?
+if [ "$outsider_rc" != 0 ] && grep -q "Permission denied" "$results/status-outsider.txt"; then
+  ok "control socket: a user outside the group is refused: $(head -n 1 "$results/status-outsider.txt")"
+else
+  fail "control socket: a user outside the group is refused (rc $outsider_rc: $(head -n 1 "$results/status-outsider.txt"))"
+fi
+
+# --- SIGKILL: systemd restarts the relay, the activated sockets keep their queue -----
+# A datagram and a control connection sent while the relay is dead wait in
+# systemd's sockets and are served by the restarted relay (RestartSec=2s).
+check "SIGKILL: a datagram answered before" test "$(udp_ask 5300 "before the kill")" = "before the kill"
+old_pid=$(prop sockrelay.service MainPID)
+kill -9 "$old_pid"
+timeout 30 runuser -u monitor -- "$relay" status >"$results/kill-status.txt" 2>&1 &
+status_pid=$!
+udp_ask_starting 5300 "queued while dead" 25
+udp_ms=$reply_ms
+echo "$reply" >"$results/kill-udp.txt"
+wait "$status_pid"
+status_rc=$?
+new_pid=$(prop sockrelay.service MainPID)
+if [ "$(cat "$results/kill-udp.txt")" = "queued while dead" ]; then
+  ok "SIGKILL: a datagram sent while the relay was dead is answered after the restart (${udp_ms} ms)"
+else
+  fail "SIGKILL: a datagram sent while the relay was dead is answered (got \"$(cat "$results/kill-udp.txt")\" after ${udp_ms} ms)"
+fi
+check "SIGKILL: a control connection made while the relay was dead is answered (rc $status_rc)" \
+  grep -q "^route 0" "$results/kill-status.txt"
+check "SIGKILL: systemd restarted the relay (MainPID $old_pid -> $new_pid, NRestarts $(prop sockrelay.service NRestarts))" \
+  test "$new_pid" != "$old_pid" -a "$new_pid" != 0 -a "$(prop sockrelay.service NRestarts)" -ge 1
+check "SIGKILL: the restarted relay took both sockets from systemd" \
+  grep -q "control   $control (socket from systemd)" "$results/kill-status.txt"
+check "SIGKILL: the restarted relay counts no failed flow" grep -q " 0 failed" "$results/kill-status.txt"
+systemctl stop sockrelay.service sockrelay-control.socket
+cp "$results/sockrelay.toml.orig" /etc/sockrelay/sockrelay.toml
 
 # --- systemd-analyze security -------------------------------------------------------
 systemd-analyze security --no-pager sockrelay.service >"$results/security.txt" 2>&1
