@@ -11,6 +11,8 @@ packages=(
   iproute2 socat systemd procps shellcheck clang-format
   # lint: the size rule (tests/lint/size_check.sh)
   clang-tidy
+  # man pages (scdoc renders, mandoc lints) and the Debian package
+  scdoc mandoc debhelper lintian
 )
 
 missing=()
