@@ -34,8 +34,12 @@ finish() {
 }
 
 # --- install the package ----------------------------------------------------------
-# Units of the package that are active or on their way (none, after an install).
-running_units() { systemctl list-units --no-legend --plain --all 'sockrelay*' | awk '$3 != "inactive" && $3 != "failed" {print $1}'; }
+# Units of the package that are active or on their way (none, after an install;
+# this test's own sockrelay-e2e.service is not one).
+running_units() {
+  systemctl list-units --no-legend --plain --all 'sockrelay*' |
+    awk '$1 != "sockrelay-e2e.service" && $3 != "inactive" && $3 != "failed" {print $1}'
+}
 check "dpkg -i sockrelay.deb" dpkg -i /stage/sockrelay.deb
 check "installed: binary, config, units" test -x "$relay" -a -f /etc/sockrelay/sockrelay.toml \
   -a -f /lib/systemd/system/sockrelay.service -a -f /lib/systemd/system/sockrelay@.service
@@ -238,6 +242,7 @@ check "package: the restarted relay answers" test "$(udp_ask 5300 "after reinsta
 check "package: reinstall started nothing else" test "$(prop sockrelay-tcp.socket ActiveState)" = inactive
 say "info  before remove: $(running_units | tr '\n' ' ')"
 check "package: dpkg -r sockrelay" dpkg -r sockrelay
+say "info  after remove: units: $(running_units | tr '\n' ' ') /run/sockrelay: $(find /run/sockrelay -printf '%M %u %p, ' 2>&1)"
 check "remove: no sockrelay unit active" test -z "$(running_units)"
 check "remove: no relay process" no_relay_process
 check "remove: no socket file left" no_socket_file
