@@ -13,6 +13,8 @@ packages=(
   clang-tidy
   # fuzzing: libFuzzer and clang's sanitizer runtimes (tests/fuzz/run.sh)
   libclang-rt-14-dev
+  # man pages (scdoc renders, mandoc lints) and the Debian package
+  scdoc mandoc debhelper lintian
 )
 
 missing=()

@@ -7,8 +7,9 @@
 #      most 600 lines, functions at most 80)
 #   5. runs unit + integration tests (ctest; integration needs root
 #      and the real kernel, each test in its own network namespace)
-#   6. units/test: systemd-analyze verify, and the units under a real
-#      systemd in a container (systemd-nspawn)
+#   6. units/test: systemd-analyze verify; the Debian package built and
+#      linted (tests/package/build-deb.sh), installed into a container with
+#      systemd as PID 1 (systemd-nspawn) and its units tested end to end
 #   7. vm-tests/run --nested: VSOCK and other kernels inside qemu guests,
 #      and a real host <-> guest VSOCK pair (a guest inside the 6.12 guest)
 # Exit status 0 only if everything passed.
@@ -56,7 +57,12 @@ stage_times+=("soak $((SECONDS - t))s")
 
 echo "== systemd units: systemd-analyze verify, then end to end under systemd as PID 1 (nspawn)"
 units/test/verify.sh --relay "$top/build/relay/sockrelay" || failed+=("units verify")
-units/test/e2e-nspawn.sh --build "$top/build" || failed+=("units end to end")
+echo "== Debian package: dpkg-buildpackage, lintian; then the units end to end from it"
+if deb=$(tests/package/build-deb.sh --out "$top/tests/package/out" | tail -n 1); then
+  units/test/e2e-nspawn.sh --deb "$deb" || failed+=("units end to end (package)")
+else
+  failed+=("Debian package")
+fi
 
 if [ -x vm-tests/run ]; then
   echo "== vm-tests (qemu guests: VSOCK, kernel 6.12 and 6.1; nested host <-> guest VSOCK)"

@@ -166,4 +166,6 @@ std::vector<EndpointInfo> check_endpoints(Checker& c, const toml::node& node) {
   return out;
 }
 
+std::span<const std::string_view> endpoint_keys() { return kEndpointKeys; }
+
 }  // namespace sockrelay::config_check

@@ -109,6 +109,8 @@ void check_relay(Checker& c, const toml::node& node, RelaySettings& out) {
   if (const toml::node* n = table->get("control")) check_control(c, *n, out);
 }
 
+std::span<const std::string_view> relay_keys() { return kRelayKeys; }
+
 }  // namespace config_check
 
 Result<std::chrono::milliseconds> parse_duration(std::string_view text) {

@@ -416,4 +416,6 @@ std::vector<Route> check_routes(Checker& c, const toml::node& node, std::vector<
   return out;
 }
 
+std::span<const std::string_view> route_keys() { return kRouteKeys; }
+
 }  // namespace sockrelay::config_check

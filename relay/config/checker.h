@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <iterator>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -143,5 +144,11 @@ std::vector<EndpointInfo> check_endpoints(Checker& c, const toml::node& node);
 // names an endpoint that does not exist.
 std::vector<Route> check_routes(Checker& c, const toml::node& node, std::vector<EndpointInfo>& endpoints,
                                 bool& unresolved);
+
+// The keys each part accepts: sockrelay.toml(5) documents every one
+// (tests/unit/man_pages_test.cpp).
+std::span<const std::string_view> relay_keys();
+std::span<const std::string_view> endpoint_keys();
+std::span<const std::string_view> route_keys();
 
 }  // namespace sockrelay::config_check

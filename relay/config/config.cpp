@@ -132,4 +132,9 @@ ParseOutcome load_config(const std::string& path) {
   return parse_config(text, path);
 }
 
+std::vector<ConfigTableKeys> config_keys() {
+  return {
+      {"", kTopKeys}, {"relay", relay_keys()}, {"endpoints.NAME", endpoint_keys()}, {"routes", route_keys()}};
+}
+
 }  // namespace sockrelay

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -39,5 +40,14 @@ ParseOutcome load_config(const std::string& path);
 // "500ms", "120s", "2m", "1h": an integer and a unit, nothing else. Zero is
 // accepted here; the config requires idle-timeout > 0.
 Result<std::chrono::milliseconds> parse_duration(std::string_view text);
+
+// The keys of each table as the checker accepts them ("" is the top level,
+// then "relay", "endpoints.NAME", "routes"): sockrelay.toml(5) documents
+// every one (tests/unit/man_pages_test.cpp).
+struct ConfigTableKeys {
+  std::string_view table;
+  std::span<const std::string_view> keys;
+};
+std::vector<ConfigTableKeys> config_keys();
 
 }  // namespace sockrelay

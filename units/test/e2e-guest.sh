@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # units/test/e2e-guest.sh — runs INSIDE the systemd-nspawn container started
 # by e2e-nspawn.sh, as a oneshot service under systemd as PID 1. Installs the
-# staged `cmake --install` tree, drives the units with systemctl and real
-# traffic, writes one "ok"/"FAIL"/"SKIP" line per check to /results/log (and
+# Debian package with dpkg, drives the installed units with systemctl and real
+# traffic, then reinstalls, removes and purges the package, writes one "ok"/"FAIL"/"SKIP" line per check to /results/log (and
 # diagnostics next to it), then powers the container off.
 set -uo pipefail
 
 results=/results
 log=$results/log
 : >"$log"
-relay=/usr/local/bin/sockrelay
+relay=/usr/bin/sockrelay
 start=$(date +%s.%N)
 passed=0 failed=0
 
@@ -49,11 +49,22 @@ finish() {
   exit 0
 }
 
-# --- install what `cmake --install` staged --------------------------------------
-tar -C /stage/root -cf - . | tar -C / -xf - --keep-directory-symlink
-systemctl daemon-reload
+# --- install the package ----------------------------------------------------------
+# Units of the package that are active or on their way (none, after an install;
+# this test's own sockrelay-e2e.service is not one).
+running_units() {
+  systemctl list-units --no-legend --plain --all 'sockrelay*' |
+    awk '$1 != "sockrelay-e2e.service" && $3 != "inactive" && $3 != "failed" {print $1}'
+}
+check "dpkg -i sockrelay.deb" dpkg -i /stage/sockrelay.deb
 check "installed: binary, config, units" test -x "$relay" -a -f /etc/sockrelay/sockrelay.toml \
   -a -f /lib/systemd/system/sockrelay.service -a -f /lib/systemd/system/sockrelay@.service
+check "installed: the default config is a conffile" \
+  sh -c "dpkg-query -W -f='\${Conffiles}' sockrelay | grep -q ' /etc/sockrelay/sockrelay.toml '"
+check "installed: group sockrelay-status" getent group sockrelay-status
+check "installed: nothing started" test -z "$(running_units)"
+check "installed: nothing enabled" \
+  sh -c "! systemctl list-unit-files --no-legend 'sockrelay*' | awk '\$2 == \"enabled\"' | grep ."
 "$relay" --version >>"$results/diag" 2>&1
 
 # --- UDP echo server at 127.0.0.1:5301 (the default config's upstream) ----------
@@ -277,5 +288,60 @@ systemd-analyze security --no-pager sockrelay.service >"$results/security.txt" 2
 score=$(grep -o 'Overall exposure level for sockrelay.service: .*' "$results/security.txt")
 if [ -n "$score" ]; then ok "systemd-analyze security: ${score#Overall exposure level for }"; else fail "systemd-analyze security"; fi
 
-systemctl stop sockrelay.service sockrelay-udp.socket sockrelay@demo2.socket echo-server
+# --- ExecStartPre=: a bad config fails before the start, with FILE:LINE:COL --------
+printf '[relay]\ncontrol = "/run/sockrelay/bad.sock"\n[[routes]]\nfrom = "nowhere"\nto = "nothing"\n' >/etc/sockrelay/bad.toml
+check "ExecStartPre: sockrelay@bad.service fails to start" sh -c '! systemctl start sockrelay@bad.service'
+journalctl --no-pager -u sockrelay@bad.service >"$results/journal-bad.txt"
+check "ExecStartPre: the journal has the error at FILE:LINE:COL" \
+  grep -Eq '/etc/sockrelay/bad.toml:[0-9]+:[0-9]+: error' "$results/journal-bad.txt"
+check "ExecStartPre: the relay itself never ran" sh -c "! grep -q 'nothing started' '$results/journal-bad.txt'"
+# (Restart=on-failure would try again every 2 s.)
+systemctl stop sockrelay@bad.service
+rm -f /etc/sockrelay/bad.toml
+systemctl reset-failed 'sockrelay*' 2>/dev/null
+
+# --- man pages ------------------------------------------------------------------------
+check "man sockrelay renders" sh -c 'MANPAGER=cat man sockrelay 2>&1 | grep -q "sockrelay status"'
+check "man sockrelay.toml renders" sh -c 'MANPAGER=cat man sockrelay.toml 2>&1 | grep -q "idle-timeout"'
+
+# --- reinstall, remove, purge ------------------------------------------------------------
+# shellcheck disable=SC2317  # called through check
+no_relay_process() { ! pgrep -x sockrelay >/dev/null; }
+# shellcheck disable=SC2317
+no_socket_file() { test -z "$(find /run/sockrelay -type s 2>/dev/null)"; }
+# shellcheck disable=SC2317
+nothing_left() { test -z "$(running_units)" && no_relay_process && no_socket_file; }
+systemctl start sockrelay-udp.socket sockrelay@demo2.socket
+umask 000
+udp_ask 5300 "wake" >/dev/null
+unix_ask /run/client4.sock "wake" >/dev/null
+umask 022
+check "package: both relays run before the reinstall" systemctl is-active sockrelay.service sockrelay@demo2.service
+pid_before=$(prop sockrelay.service MainPID)
+check "package: dpkg -i again (reinstall)" dpkg -i /stage/sockrelay.deb
+pid_after=$(prop sockrelay.service MainPID)
+check "package: reinstall restarted the running relay (MainPID $pid_before -> $pid_after)" \
+  test "$pid_after" != "$pid_before" -a "$pid_after" != 0
+check "package: the restarted relay answers" test "$(udp_ask 5300 "after reinstall")" = "after reinstall"
+check "package: reinstall started nothing else" test "$(prop sockrelay-tcp.socket ActiveState)" = inactive
+say "info  before remove: $(running_units | tr '\n' ' ')"
+check "package: dpkg -r sockrelay" dpkg -r sockrelay
+say "info  after remove: units: $(running_units | tr '\n' ' ') /run/sockrelay: $(find /run/sockrelay -printf '%M %u %p, ' 2>&1)"
+check "remove: no sockrelay unit active" test -z "$(running_units)"
+check "remove: no relay process" no_relay_process
+check "remove: no socket file left" no_socket_file
+check "remove: /run/sockrelay removed" test ! -e /run/sockrelay
+check "remove: no datagram starts a relay" test -z "$(udp_ask 5300 "after remove")"
+check "remove: the binary is gone, the conffile kept" test ! -e "$relay" -a -f /etc/sockrelay/sockrelay.toml
+check "package: dpkg -P sockrelay" dpkg -P sockrelay
+check "purge: the default config is gone" test ! -e /etc/sockrelay/sockrelay.toml
+check "purge: instance configs the admin wrote are kept" test -f /etc/sockrelay/demo2.toml
+check "purge: no unit active, no relay process, no socket file" nothing_left
+check "package: install after purge" dpkg -i /stage/sockrelay.deb
+check "install after purge: config back" test -f /etc/sockrelay/sockrelay.toml
+check "install after purge: nothing started" nothing_left
+check "package: dpkg -P sockrelay (last)" dpkg -P sockrelay
+check "last purge: no unit active, no relay process, no socket file" nothing_left
+
+systemctl stop echo-server
 finish

@@ -4,18 +4,22 @@
 # rootfs cached in units/test/out/ (gitignored; the first run takes about a
 # minute to build it).
 #
-# The built tree is installed with `DESTDIR=... cmake --install BUILD`, bound
-# into the container read-only and unpacked there by e2e-guest.sh, which runs
-# as a oneshot service at boot: socket activation by the first datagram,
+# The Debian package (tests/package/build-deb.sh, or --deb FILE) is bound
+# into the container read-only and installed there with dpkg by e2e-guest.sh,
+# which runs as a oneshot service at boot and tests the installed files:
+# nothing started by the install, socket activation by the first datagram,
 # READY=1, `sockrelay status` on the kernel path, a clean stop, the template
-# pair, `systemd-analyze security`. The container has a private network
+# pair, ExecStartPre= refusing a bad config, `systemd-analyze security`, the
+# man pages, then reinstall, remove and purge (no relay left running, no
+# socket file left). The container has a private network
 # (only its own loopback) and a volatile overlay root (the cached rootfs is
 # never changed). BPF inside: --capability=CAP_BPF (nspawn's default set has
 # neither it nor bpf() in its seccomp allow list) and
 # --system-call-filter=bpf; CAP_NET_ADMIN comes with --private-network.
 #
-# Usage: units/test/e2e-nspawn.sh [--build DIR] [--timeout SECS] [--rebuild-rootfs]
-#   --build DIR        the CMake build dir with relay/sockrelay built (default build/)
+# Usage: units/test/e2e-nspawn.sh [--deb FILE] [--timeout SECS] [--rebuild-rootfs]
+#   --deb FILE         the package to test (default: build it from this tree
+#                      with tests/package/build-deb.sh --out units/test/out/deb)
 #   --timeout SECS     limit for boot + tests (default 240)
 #   --rebuild-rootfs   discard the cached rootfs
 # Root. Prints one line per check, the timings and "N passed, M failed";
@@ -25,12 +29,12 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 out=$here/out
-build=$repo/build
+deb=
 timeout_secs=240
 rebuild=0
 while (($#)); do
   case "$1" in
-    --build) build=$(readlink -f "$2"); shift 2 ;;
+    --deb) deb=$(readlink -f "$2"); shift 2 ;;
     --timeout) timeout_secs=$2; shift 2 ;;
     --rebuild-rootfs) rebuild=1; shift ;;
     -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
@@ -43,7 +47,6 @@ log() { printf '[e2e-nspawn %4ds] %s\n' "$((SECONDS - run_start))" "$*"; }
 die() { log "ERROR: $*" >&2; exit 2; }
 
 [ "$(id -u)" = 0 ] || die "run as root (debootstrap, systemd-nspawn, BPF)"
-[ -x "$build/relay/sockrelay" ] || die "no $build/relay/sockrelay: build it first (--build DIR)"
 grep -qxF '/units/test/out/' "$repo/.gitignore" ||
   die "/units/test/out/ must be in .gitignore: the rootfs is never committed"
 missing=()
@@ -55,7 +58,7 @@ if ((${#missing[@]})); then
 fi
 
 # --- 1. the rootfs (cached) -----------------------------------------------------
-packages=systemd,systemd-sysv,dbus,iproute2,socat,libbpf1,libelf1,libsystemd0,libtomlplusplus3,libspdlog1.10,libfmt9,procps
+packages=systemd,systemd-sysv,dbus,iproute2,socat,libbpf1,libelf1,libsystemd0,libtomlplusplus3,libspdlog1.10,libfmt9,procps,man-db
 rootfs=$out/rootfs
 mkdir -p "$out"
 if [ "$rebuild" = 1 ] || [ "$(cat "$out/rootfs.packages" 2>/dev/null)" != "$packages" ]; then
@@ -83,7 +86,12 @@ stage=$out/stage
 results=$out/results
 rm -rf "$stage" "$results"
 mkdir -p "$stage" "$results"
-DESTDIR=$stage/root cmake --install "$build" >"$stage/install.log" || die "cmake --install failed: see $stage/install.log"
+if [ -z "$deb" ]; then
+  log "building the package (tests/package/build-deb.sh)"
+  deb=$("$repo/tests/package/build-deb.sh" --out "$out/deb" | tail -n 1) || die "the package did not build"
+fi
+[ -f "$deb" ] || die "no package $deb"
+cp "$deb" "$stage/sockrelay.deb"
 cp "$here/e2e-guest.sh" "$stage/"
 cat >"$stage/sockrelay-e2e.service" <<'UNIT'
 [Unit]

@@ -2,7 +2,7 @@
 # units/test/verify.sh — `systemd-analyze verify` on every unit in units/.
 #
 # verify refuses an ExecStart= whose binary does not exist, so the units are
-# copied to a temporary directory with /usr/local/bin/sockrelay replaced by
+# copied to a temporary directory with /usr/bin/sockrelay replaced by
 # the built binary; templates are checked through an instance ("verify").
 # Any message from systemd-analyze counts as a failure. No root needed.
 #
@@ -22,7 +22,7 @@ command -v systemd-analyze >/dev/null || { echo "verify.sh: needs systemd-analyz
 tmp=$(mktemp -d /tmp/sockrelay-verify.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 for f in "$units"/*.service "$units"/*.socket "$units"/*.timer; do
-  sed "s|/usr/local/bin/sockrelay|$relay|g" "$f" >"$tmp/$(basename "$f")"
+  sed "s|/usr/bin/sockrelay|$relay|g" "$f" >"$tmp/$(basename "$f")"
 done
 
 passed=0 failed=0
