@@ -98,7 +98,6 @@ std::set<std::string> help_block(const std::string& help, const std::string& blo
 const std::regex kOptionLine(R"(\*(--[a-z][a-z-]*)\*)");
 const std::regex kKeyLine(R"(\*([a-z][a-z-]*)\* = )");
 
-
 std::vector<std::string> commands() {
   std::set<std::string> c = help_block(sockrelay_output("--help"), "Commands:");
   return {c.begin(), c.end()};
