@@ -66,6 +66,7 @@ struct DatagramRoute::Flow : FlowTable::Node {
   bool settled = false;  // see settle()
   uint64_t last_user_ns = 0;
   bool replied_in_user_space = false;  // user space sent the client a reply (the kernel's: probe())
+  bool target_refused = false;         // closing because its one target refused (upstream_failed())
 
   bool replyable() const { return peer_len > 0; }
   std::string peer_text() const {

@@ -122,6 +122,13 @@ void DatagramRoute::on_upstream_readable(Flow& flow, size_t target, uint32_t eve
   int err = n < 0 ? errno : 0;
   socklen_t len = sizeof(err);
   if (err == 0) getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+  // The error is reported before the queue: replies that came in behind it
+  // (a target restarted after refusing an earlier datagram) are delivered,
+  // not closed away with the socket.
+  if (n < 0)
+    read_batch(fd, buffer_.get(), [&](const sockaddr_storage&, socklen_t, const char* d, size_t size) {
+      send_to_client(flow, d, size);
+    });
   upstream_failed(flow, target, err ? std::strerror(err) : "socket error");
 }
 
