@@ -94,47 +94,6 @@ class PacedClient {
   std::thread reader_, sender_;
 };
 
-// A UDP echo that can be killed: its thread stops, and what its socket
-// held unread is counted (lost with the process, like a SIGKILL's queue),
-// then the socket closes and the port refuses (ICMP port unreachable).
-class KillableEcho {
- public:
-  explicit KillableEcho(const Addr& addr) : sock_(bound_dgram(addr)) {
-    thread_ = std::thread([this] { loop(); });
-  }
-  ~KillableEcho() { kill(); }
-  bool ok() const { return sock_.valid(); }
-  // The datagrams it held unanswered.
-  uint64_t kill() {
-    if (!thread_.joinable()) return 0;
-    stop_ = true;
-    thread_.join();
-    uint64_t held = 0;
-    char buf[2048];
-    while (recv(sock_.get(), buf, sizeof(buf), MSG_DONTWAIT) >= 0) ++held;
-    sock_ = Fd();
-    return held;
-  }
-
- private:
-  void loop() {
-    char buf[2048];
-    while (!stop_) {
-      pollfd p{sock_.get(), POLLIN, 0};
-      if (poll(&p, 1, 10) != 1) continue;
-      sockaddr_storage from{};
-      socklen_t flen = sizeof(from);
-      ssize_t n =
-          recvfrom(sock_.get(), buf, sizeof(buf), MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&from), &flen);
-      if (n >= 0)
-        sendto(sock_.get(), buf, static_cast<size_t>(n), 0, reinterpret_cast<sockaddr*>(&from), flen);
-    }
-  }
-  Fd sock_;
-  std::atomic<bool> stop_{false};
-  std::thread thread_;
-};
-
 // `Udp:` counters of this network namespace (/proc/net/snmp), by name.
 uint64_t udp_snmp(const std::string& name) {
   std::ifstream in("/proc/net/snmp");
@@ -186,7 +145,7 @@ class DatagramTargetRestart : public ::testing::TestWithParam<const char*> {
 };
 
 TEST_P(DatagramTargetRestart, SameClientRecoversAndEveryLossIsCounted) {
-  auto echo = std::make_unique<KillableEcho>(target_);
+  auto echo = std::make_unique<DgramEcho>(target_);
   ASSERT_TRUE(echo->ok());
   RelayProcess relay(dir_, config());
   ASSERT_TRUE(relay.wait_ready()) << relay.log();
@@ -205,7 +164,7 @@ TEST_P(DatagramTargetRestart, SameClientRecoversAndEveryLossIsCounted) {
   for (int kill = 1; kill <= 2; ++kill) {
     held_by_killed += echo->kill();
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
-    echo = std::make_unique<KillableEcho>(target_);
+    echo = std::make_unique<DgramEcho>(target_);
     ASSERT_TRUE(echo->ok());
     uint64_t restarted_at = client.sent();
     ASSERT_TRUE(answered_after(client, restarted_at))
