@@ -50,9 +50,9 @@ struct DatagramCounters {
   uint64_t drop_no_reply_path = 0;     // replies dropped: the client has no address to reply to
   uint64_t drop_all_targets_down = 0;  // datagrams dropped in user space: no target up
   uint64_t drop_target_full = 0;       // datagrams dropped: a target's queue stayed full
-  uint64_t drop_target_unreachable =
-      0;                        // datagrams lost to a target that refused (see count_lost_at_close())
-  uint64_t refused_policy = 0;  // datagrams dropped: client not in allow-sources/uids/gids
+  uint64_t refused_policy = 0;         // datagrams dropped: client not in allow-sources/uids/gids
+  // Datagrams lost to a target that refused (killed, restarting): count_lost_at_close().
+  uint64_t drop_target_unreachable = 0;
 };
 
 struct DatagramRouteSpec {
