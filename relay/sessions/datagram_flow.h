@@ -3,6 +3,7 @@
 // datagram_forwarding.cpp, datagram_targets.cpp).
 #pragma once
 
+#include <linux/sock_diag.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 
@@ -25,6 +26,15 @@ inline bool has_reply_address(const sockaddr_storage& peer, socklen_t len) {
 // Counts one more refusal or drop; true for the first and every 1000th
 // after it, the ones worth a log line (a flood must not flood the log).
 inline bool count_and_log_now(uint64_t& counter) { return counter++ % 1000 == 0; }
+
+// What the kernel dropped on a socket: its receive queue full, or, for a
+// socket the verdict program steers, a redirect to a partner socket that no
+// longer sends (see DatagramRoute::count_lost_at_close()).
+inline uint32_t kernel_drops(int fd) {
+  uint32_t mem[SK_MEMINFO_VARS] = {};
+  socklen_t len = sizeof(mem);
+  return getsockopt(fd, SOL_SOCKET, SO_MEMINFO, mem, &len) == 0 ? mem[SK_MEMINFO_DROPS] : 0;
+}
 
 inline std::string address_bytes(const sockaddr_storage& peer, socklen_t len) {
   return std::string(reinterpret_cast<const char*>(&peer), len);
@@ -67,6 +77,7 @@ struct DatagramRoute::Flow : FlowTable::Node {
   uint64_t last_user_ns = 0;
   bool replied_in_user_space = false;  // user space sent the client a reply (the kernel's: probe())
   bool target_refused = false;         // closing because its one target refused (upstream_failed())
+  uint32_t drops_settled = 0;          // kernel_drops() of its steered flow socket when it settled
 
   bool replyable() const { return peer_len > 0; }
   std::string peer_text() const {

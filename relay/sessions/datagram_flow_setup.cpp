@@ -360,6 +360,7 @@ void DatagramRoute::settle(const std::string& key) {
       handle_strangers(others);
       if (n < kBatch) break;
     }
+    if (flows_.count(key)) flow->drops_settled = kernel_drops(flow->client_socket.get());
   }
   for (size_t t = 0; t < flow->upstreams.size() && flows_.count(key); ++t)
     if (flow->upstreams[t].fd) settle_upstream(key, t);

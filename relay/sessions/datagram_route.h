@@ -176,6 +176,7 @@ class DatagramRoute final : public LiveRoute {
   static uint32_t upstream_events(const Flow& flow, const Upstream& up);
   void watch_upstream(Flow& flow, size_t target);
   void poll_errors();
+  bool kernel_stopped_sending(const Flow& flow) const;
 
   // datagram_targets.cpp: target health and the flow entries that follow it.
   bool target_usable(const Flow& flow, size_t target) const;

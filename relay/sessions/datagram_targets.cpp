@@ -2,9 +2,7 @@
 // TargetHealth each, the back-off rule every route shares), the forward
 // flow entries that list the live ones for the verdict program, and the
 // retry that brings a failed target back.
-#include <linux/sock_diag.h>
 #include <spdlog/spdlog.h>
-#include <sys/socket.h>
 
 #include "common/clock.h"
 #include "endpoints/endpoint.h"
@@ -68,12 +66,7 @@ void DatagramRoute::upstream_failed(Flow& flow, size_t target, const std::string
 void DatagramRoute::count_lost_at_close(Flow& flow) {
   if (!flow.client_socket_is_udp) return;
   int fd = flow.client_socket.get();
-  if (flow.kernel && flow.client_socket_is_source) {
-    uint32_t mem[SK_MEMINFO_VARS] = {};
-    socklen_t len = sizeof(mem);
-    if (getsockopt(fd, SOL_SOCKET, SO_MEMINFO, mem, &len) == 0)
-      counters_.drop_target_unreachable += mem[SK_MEMINFO_DROPS];
-  }
+  if (flow.kernel && flow.client_socket_is_source) counters_.drop_target_unreachable += kernel_drops(fd);
   if (!flow.target_refused) return;
   for (int round = 0; round < 64; ++round) {
     int n = read_batch(fd, buffer_.get(), [](const sockaddr_storage&, socklen_t, const char*, size_t) {});
