@@ -4,6 +4,7 @@
 #pragma once
 
 #include <netinet/in.h>
+#include <linux/sock_diag.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 
@@ -40,6 +41,15 @@ inline bool wildcard_inet(const sockaddr_storage& a) {
 inline uint16_t& inet_port(sockaddr_storage& a) {
   return a.ss_family == AF_INET ? reinterpret_cast<sockaddr_in&>(a).sin_port
                                 : reinterpret_cast<sockaddr_in6&>(a).sin6_port;
+}
+
+// What the kernel dropped on a socket: its receive queue full, or, for a
+// socket the verdict program steers, a redirect to a partner socket that no
+// longer sends (see DatagramRoute::count_lost_at_close()).
+inline uint32_t kernel_drops(int fd) {
+  uint32_t mem[SK_MEMINFO_VARS] = {};
+  socklen_t len = sizeof(mem);
+  return getsockopt(fd, SOL_SOCKET, SO_MEMINFO, mem, &len) == 0 ? mem[SK_MEMINFO_DROPS] : 0;
 }
 
 inline std::string address_bytes(const sockaddr_storage& peer, socklen_t len) {
@@ -84,6 +94,8 @@ struct DatagramRoute::Flow : FlowTable::Node {
   bool settled = false;  // see settle()
   uint64_t last_user_ns = 0;
   bool replied_in_user_space = false;  // user space sent the client a reply (the kernel's: probe())
+  bool target_refused = false;         // closing because its one target refused (upstream_failed())
+  uint32_t drops_settled = 0;          // kernel_drops() of its steered flow socket when it settled
 
   // In order from the first datagram (datagram_hold.cpp). What came before
   // the flow could catch its datagrams (on the listener; for AF_UNIX, on

@@ -376,6 +376,10 @@ void DatagramRoute::settle(const std::string& key) {
   if (it == flows_.end()) return;
   Flow* flow = it->second.get();
   flow->settled = true;
+  // The baseline of the kernel's drop count on the flow socket: a count
+  // that grows later means the verdict program's redirects to the upstream
+  // socket are failing (kernel_stopped_sending()).
+  if (flow->client_socket_is_source) flow->drops_settled = kernel_drops(flow->client_socket.get());
   for (size_t t = 0; t < flow->upstreams.size() && flows_.count(key); ++t)
     if (flow->upstreams[t].fd) settle_upstream(key, t);
 }

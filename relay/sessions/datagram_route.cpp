@@ -279,6 +279,7 @@ void DatagramRoute::destroy_flow(const std::string& key, const std::string& fail
     if (flow.client_key) maps_->remove_flow(flow.client_key);
     if (flow.client_socket) maps_->remove_target(flow.client_socket_cookie);
   }
+  count_lost_at_close(flow);  // after the flow socket left the map: nothing is redirected from it any more
   for (size_t t = 0; t < flow.upstreams.size(); ++t) close_upstream(flow, t);
   if (flow.client_socket_is_udp) loop_.remove(flow.client_socket.get());  // a no-op if not watched
   if (flow.replyable()) unix_address_alias_.erase("addr:" + address_bytes(flow.peer, flow.peer_len));

@@ -55,6 +55,8 @@ struct DatagramCounters {
   uint64_t drop_all_targets_down = 0;  // datagrams dropped in user space: no target up
   uint64_t drop_target_full = 0;       // datagrams dropped: a target's queue stayed full
   uint64_t refused_policy = 0;         // datagrams dropped: client not in allow-sources/uids/gids
+  // Datagrams lost to a target that refused (killed, restarting): count_lost_at_close().
+  uint64_t drop_target_unreachable = 0;
 };
 
 struct DatagramRouteSpec {
@@ -198,6 +200,7 @@ class DatagramRoute final : public LiveRoute {
   static uint32_t upstream_events(const Flow& flow, const Upstream& up);
   void watch_upstream(Flow& flow, size_t target);
   void poll_errors();
+  bool kernel_stopped_sending(const Flow& flow) const;
 
   // datagram_targets.cpp: target health and the flow entries that follow it.
   bool target_usable(const Flow& flow, size_t target) const;
@@ -207,6 +210,7 @@ class DatagramRoute final : public LiveRoute {
   Status reopen_target(size_t target);
   Status reopen_upstream(const std::string& key, size_t target);
   void close_upstream(Flow& flow, size_t target);
+  void count_lost_at_close(Flow& flow);
   Status write_forward_flow(Flow& flow);
   void update_forward_flow(Flow& flow);
   void rewrite_forward_flows();

@@ -26,6 +26,7 @@ RouteReport DatagramRoute::report() const {
       // User space found the target's socket full, or the verdict program
       // its kernel backlog at target-buffer.
       {"target-full", c.drop_target_full + r.kernel.drop_target_full},
+      {"target-unreachable", c.drop_target_unreachable},
       // One policy count, whether user space or the verdict program refused.
       {kPolicyDrop, c.refused_policy + r.kernel.drop_policy},
   };

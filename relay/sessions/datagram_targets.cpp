@@ -7,6 +7,7 @@
 #include "common/clock.h"
 #include "endpoints/endpoint.h"
 #include "relay_shared.h"
+#include "sessions/datagram_batch.h"
 #include "sessions/datagram_flow.h"
 #include "sessions/datagram_route.h"
 
@@ -37,7 +38,8 @@ bool DatagramRoute::target_usable(const Flow& flow, size_t target) const {
 void DatagramRoute::upstream_failed(Flow& flow, size_t target, const std::string& why) {
   if (spec_.to.size() == 1) {
     // One target: the flow cannot go on; the client's next datagram opens
-    // a new one.
+    // a new one (the flow socket closed, it reaches the listener again).
+    flow.target_refused = true;
     destroy_flow(flow.key, why);
     return;
   }
@@ -46,6 +48,31 @@ void DatagramRoute::upstream_failed(Flow& flow, size_t target, const std::string
   close_upstream(flow, target);
   if (flow.kernel && flow.client_key) update_forward_flow(flow);
   target_failed(target, why);
+}
+
+// What a closing flow lost on its way to a target that refused, counted
+// (target-unreachable). A target that is gone answers with ICMP port
+// unreachable, which sets the error of the connected upstream socket; on
+// the kernel path the next send the kernel makes through that socket fails
+// with it, and the kernel then stops sending through the socket: every
+// datagram the verdict program redirects to it afterwards is dropped and
+// counted on the socket it came from, the flow socket (its SO_MEMINFO
+// drops), until user space sees the error (up to a tick later) and closes
+// the flow. Those drops are read here, once the flow socket has left the
+// map. And what reached the flow socket since then, or, on the user-space
+// path, before user space read it, goes with the socket: read and counted.
+// (The datagrams that reached the dead port itself the kernel counts,
+// Udp NoPorts in /proc/net/snmp.) ARCHITECTURE.md, "Kernel facts".
+void DatagramRoute::count_lost_at_close(Flow& flow) {
+  if (!flow.client_socket_is_udp) return;
+  int fd = flow.client_socket.get();
+  if (flow.kernel && flow.client_socket_is_source) counters_.drop_target_unreachable += kernel_drops(fd);
+  if (!flow.target_refused) return;
+  for (int round = 0; round < 64; ++round) {
+    int n = read_batch(fd, buffer_.get(), [](const sockaddr_storage&, socklen_t, const char*, size_t) {});
+    if (n > 0) counters_.drop_target_unreachable += static_cast<uint64_t>(n);
+    if (n < kBatch) break;
+  }
 }
 
 void DatagramRoute::target_failed(size_t target, const std::string& why) {

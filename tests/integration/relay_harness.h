@@ -241,12 +241,22 @@ class DgramEcho {
       : sock_(bound_dgram(addr)), answer_(std::move(answer)) {
     thread_ = std::thread([this] { loop(); });
   }
-  ~DgramEcho() {
-    stop_ = true;
-    thread_.join();
-  }
+  ~DgramEcho() { kill(); }
   bool ok() const { return sock_.valid(); }
   uint64_t echoed() const { return echoed_; }
+  // Stops and closes its socket, as a SIGKILL does: the port refuses from
+  // then on (ICMP port unreachable). The datagrams it held unread (lost
+  // with the process) are counted and returned.
+  uint64_t kill() {
+    if (!thread_.joinable()) return 0;
+    stop_ = true;
+    thread_.join();
+    uint64_t held = 0;
+    char buf[2048];
+    while (recv(sock_.get(), buf, sizeof(buf), MSG_DONTWAIT) >= 0) ++held;
+    sock_ = Fd();
+    return held;
+  }
 
  private:
   void loop() {
