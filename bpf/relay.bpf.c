@@ -278,12 +278,16 @@ int relay_verdict(struct __sk_buff *skb)
 		/* The partner left relay_targets (session torn down under us):
 		 * nowhere to deliver; counted so status shows it. */
 		stats->drop_no_target += 1;
+		__sync_fetch_and_add(&flow->dropped, 1);
 		return SK_DROP;
 	}
 	if (bound_target(skb, flow, target, route, stats,
 			 flow->balance == RELAY_BALANCE_SINGLE ? -1 : (int)(route * RELAY_MAX_TARGETS + target_index)) !=
-	    SK_PASS)
-		return SK_DROP; /* the target's backlog is full: counted target-full */
+	    SK_PASS) {
+		/* The target's backlog is full: counted target-full. */
+		__sync_fetch_and_add(&flow->dropped, 1);
+		return SK_DROP;
+	}
 	if (flow->balance != RELAY_BALANCE_SINGLE) {
 		__u32 slot = route * RELAY_MAX_TARGETS + target_index;
 		struct relay_target_stats *ts = bpf_map_lookup_elem(&relay_target_stats, &slot);

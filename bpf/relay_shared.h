@@ -64,7 +64,14 @@ struct relay_flow {
 	relay_u32 n_targets;   /* targets[] in use (0: every target is down) */
 	relay_u64 next;	       /* round-robin position */
 	relay_u32 client_hash; /* hash of the client's address: RELAY_BALANCE_HASH */
-	relay_u32 _pad;
+	/*
+	 * skbs of this flow the program itself dropped after choosing the
+	 * target (target-full, target gone), added atomically. The kernel
+	 * counts them on the source socket too (SO_MEMINFO drops); user space
+	 * subtracts them to see the drops the program did not decide: a
+	 * target socket that stopped sending (DatagramRoute::kernel_stopped_sending).
+	 */
+	relay_u32 dropped;
 	/*
 	 * The targets that are up, compacted: keys into relay_targets, and
 	 * each one's index in the route's `to` (for per-target counters). User

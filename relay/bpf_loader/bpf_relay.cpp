@@ -245,6 +245,12 @@ uint64_t BpfRelay::flow_bytes(uint64_t key) {
   return value.bytes;
 }
 
+uint32_t BpfRelay::flow_dropped(uint64_t key) {
+  struct relay_flow value = {};
+  if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.relay_flows), &key, &value) != 0) return 0;
+  return value.dropped;
+}
+
 Status BpfRelay::hold_flow(uint64_t key, uint64_t channel) {
   uint64_t zero = 0;
   if (bpf_map_update_elem(bpf_map__fd(skel_->maps.relay_passed), &key, &zero, BPF_ANY) != 0)

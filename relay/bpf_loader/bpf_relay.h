@@ -54,6 +54,7 @@ class BpfRelay final : public MapWriter {
   void remove_flow(uint64_t key) override;
   uint64_t flow_last_ns(uint64_t key) override;
   uint64_t flow_bytes(uint64_t key) override;
+  uint32_t flow_dropped(uint64_t key) override;
   Status hold_flow(uint64_t key, uint64_t channel) override;
   Status set_forwarded(uint64_t key, uint64_t channel, uint64_t forwarded) override;
   uint64_t held_passed(uint64_t key) override;

@@ -67,6 +67,9 @@ class MapWriter {
   // Payload bytes the verdict program redirected for this flow so far.
   // Not pure: fakes that never redirect need not implement it.
   virtual uint64_t flow_bytes(uint64_t /*key*/) { return 0; }
+  // skbs of this flow the verdict program dropped itself (relay_flow.dropped).
+  // Fakes that never drop need not implement it.
+  virtual uint32_t flow_dropped(uint64_t /*key*/) { return 0; }
   // Zeroes the per-target counters of `to[target_index]` of a route, for a
   // slot a new subscriber takes over. Fakes need not implement it.
   virtual void reset_target_counters(uint32_t /*route_id*/, uint32_t /*target_index*/) {}

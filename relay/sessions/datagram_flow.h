@@ -3,8 +3,8 @@
 // datagram_forwarding.cpp, datagram_targets.cpp).
 #pragma once
 
-#include <netinet/in.h>
 #include <linux/sock_diag.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 

@@ -273,13 +273,18 @@ void DatagramRoute::destroy_flow(const std::string& key, const std::string& fail
   }
   // What waited for the flow's earlier datagrams goes now, or never.
   flush_waiting(flow);
+  uint32_t program_dropped = 0;  // already counted by the verdict program (target-full, no-target)
   if (flow.kernel) {
     forget_hold(flow);
     if (flow.client_socket_is_source) maps_->remove_source(flow.client_socket_cookie);
-    if (flow.client_key) maps_->remove_flow(flow.client_key);
+    if (flow.client_key) {
+      program_dropped = maps_->flow_dropped(flow.client_key);
+      maps_->remove_flow(flow.client_key);
+    }
     if (flow.client_socket) maps_->remove_target(flow.client_socket_cookie);
   }
-  count_lost_at_close(flow);  // after the flow socket left the map: nothing is redirected from it any more
+  // After the flow socket left the map: nothing is redirected from it any more.
+  count_lost_at_close(flow, program_dropped);
   for (size_t t = 0; t < flow.upstreams.size(); ++t) close_upstream(flow, t);
   if (flow.client_socket_is_udp) loop_.remove(flow.client_socket.get());  // a no-op if not watched
   if (flow.replyable()) unix_address_alias_.erase("addr:" + address_bytes(flow.peer, flow.peer_len));

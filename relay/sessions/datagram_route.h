@@ -210,7 +210,7 @@ class DatagramRoute final : public LiveRoute {
   Status reopen_target(size_t target);
   Status reopen_upstream(const std::string& key, size_t target);
   void close_upstream(Flow& flow, size_t target);
-  void count_lost_at_close(Flow& flow);
+  void count_lost_at_close(Flow& flow, uint32_t program_dropped);
   Status write_forward_flow(Flow& flow);
   void update_forward_flow(Flow& flow);
   void rewrite_forward_flows();

@@ -63,10 +63,15 @@ void DatagramRoute::upstream_failed(Flow& flow, size_t target, const std::string
 // path, before user space read it, goes with the socket: read and counted.
 // (The datagrams that reached the dead port itself the kernel counts,
 // Udp NoPorts in /proc/net/snmp.) ARCHITECTURE.md, "Kernel facts".
-void DatagramRoute::count_lost_at_close(Flow& flow) {
+void DatagramRoute::count_lost_at_close(Flow& flow, uint32_t program_dropped) {
   if (!flow.client_socket_is_udp) return;
   int fd = flow.client_socket.get();
-  if (flow.kernel && flow.client_socket_is_source) counters_.drop_target_unreachable += kernel_drops(fd);
+  if (flow.kernel && flow.client_socket_is_source) {
+    // The kernel's count includes what the verdict program dropped and
+    // counted itself, and what was dropped before the flow settled.
+    const uint32_t drops = kernel_drops(fd) - flow.drops_settled;
+    if (drops > program_dropped) counters_.drop_target_unreachable += drops - program_dropped;
+  }
   if (!flow.target_refused) return;
   for (int round = 0; round < 64; ++round) {
     int n = read_batch(fd, buffer_.get(), [](const sockaddr_storage&, socklen_t, const char*, size_t) {});
