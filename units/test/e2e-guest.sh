@@ -122,6 +122,12 @@ check "sockrelay status: route on the kernel path" grep -q "datapath  kernel" "$
 check "sockrelay status: kernel packets counted" grep -Eq "kernel +packets [1-9]" "$results/status.txt"
 check "sockrelay status: no failed flow" grep -q " 0 failed" "$results/status.txt"
 check "sockrelay status: target-buffer enforced (CAP_PERFMON kept)" grep -q "target-buffer enforced" "$results/status.txt"
+"$relay" status --format prometheus --control /run/sockrelay/control.sock >"$results/metrics.prom" 2>>"$results/diag"
+# shellcheck disable=SC2016 # $1 is the inner shell's argument
+check "sockrelay status --format prometheus: promtool check metrics passes" \
+  sh -c '/stage/promtool check metrics <"$1"' sh "$results/metrics.prom"
+check "sockrelay status --format prometheus: per-route drop counters" \
+  grep -q '^sockrelay_route_drops_total{' "$results/metrics.prom"
 
 # --- reload (issue 5, item 4) ----------------------------------------------------
 # One client keeps its source port, so it stays one flow in the relay: if

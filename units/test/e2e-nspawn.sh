@@ -93,6 +93,9 @@ fi
 [ -f "$deb" ] || die "no package $deb"
 cp "$deb" "$stage/sockrelay.deb"
 cp "$here/e2e-guest.sh" "$stage/"
+# promtool (Debian's prometheus package, unpacked; no server runs) checks
+# what `sockrelay status --format prometheus` prints inside the container.
+cp "$("$repo/tests/install-promtool.sh")" "$stage/promtool"
 cat >"$stage/sockrelay-e2e.service" <<'UNIT'
 [Unit]
 Description=sockrelay units end-to-end test
