@@ -126,7 +126,9 @@ class RelayProcess {
   }
 
   // Waits until the control socket answers; false if the relay died.
-  bool wait_ready(std::chrono::milliseconds limit = std::chrono::milliseconds(5000)) {
+  // A deadline, not a timing check: the ASan/UBSan relay on a busy machine
+  // took over 5 s to load its BPF objects (CI, this round).
+  bool wait_ready(std::chrono::milliseconds limit = std::chrono::milliseconds(20000)) {
     auto deadline = std::chrono::steady_clock::now() + limit;
     while (std::chrono::steady_clock::now() < deadline) {
       if (control_request(control_, "status")) return true;
