@@ -34,7 +34,7 @@ typedef __u64 relay_u64;
 /* relay_flow.flags */
 #define RELAY_FLOW_INGRESS (1u << 0) /* redirect with BPF_F_INGRESS */
 #define RELAY_FLOW_STREAM (1u << 1)  /* a stream session: empty skbs (a TCP FIN) are dropped */
-#define RELAY_FLOW_REFUSED (1u << 2) /* a sender the route's policy refused: dropped and counted */
+#define RELAY_FLOW_REFUSED (1u << 2) /* a sender the policy refused: dropped, counted */
 /* relay_flow.bytes not kept: datagram flows, whose total nobody reads */
 #define RELAY_FLOW_NO_BYTES (1u << 3)
 /* A one-way route's listener: one flow for every sender, so RELAY_BALANCE_HASH
@@ -131,10 +131,10 @@ struct relay_hold {
 
 /* Per-route counters, a per-CPU array indexed by route id. */
 struct relay_route_stats {
-	relay_u64 packets;	  /* skbs redirected */
-	relay_u64 bytes;	  /* their payload bytes */
-	relay_u64 drop_no_target; /* redirect failed: the target socket is gone */
-	relay_u64 drop_policy;	  /* from a sender the route's policy refused */
+	relay_u64 packets;	    /* skbs redirected */
+	relay_u64 bytes;	    /* their payload bytes */
+	relay_u64 drop_no_target;   /* redirect failed: the target socket is gone */
+	relay_u64 drop_policy;	    /* from a sender the route's policy refused */
 	relay_u64 drop_target_full; /* the target's kernel backlog is at its bound */
 };
 

@@ -100,7 +100,8 @@ static __always_inline __u32 backlog_bytes(struct sk_buff___relay *kskb, __u64 t
 	sk = bpf_rdonly_cast((void *)(kskb->_sk_redir & ~RELAY_REDIR_FLAGS),
 			     bpf_core_type_id_kernel(struct sock___relay));
 	user_data = (unsigned long)sk->sk_user_data & ~RELAY_USER_DATA_FLAGS;
-	psock = bpf_rdonly_cast((void *)user_data, bpf_core_type_id_kernel(struct sk_psock___relay));
+	psock =
+	    bpf_rdonly_cast((void *)user_data, bpf_core_type_id_kernel(struct sk_psock___relay));
 	if (!psock || psock->ingress_skb.qlen == 0)
 		return 0;
 	/* Unlocked: the worker may free the head between the two reads (a
@@ -131,12 +132,14 @@ static __always_inline void count_target_full(struct relay_route_stats *stats, i
  * target's backlog is at the route's bound. `target_slot` indexes
  * relay_target_stats, or is negative for a route with one target.
  */
-static __always_inline int bound_target(struct __sk_buff *skb, const struct relay_flow *flow, __u64 target,
-					__u32 route, struct relay_route_stats *stats, int target_slot)
+static __always_inline int bound_target(struct __sk_buff *skb, const struct relay_flow *flow,
+					__u64 target, __u32 route, struct relay_route_stats *stats,
+					int target_slot)
 {
 	struct sk_buff___relay *kskb;
 	struct relay_route_limit *limit = bpf_map_lookup_elem(&relay_route_limits, &route);
-	__u32 bound = limit && limit->target_buffer ? limit->target_buffer : RELAY_DEFAULT_TARGET_BUFFER;
+	__u32 bound =
+	    limit && limit->target_buffer ? limit->target_buffer : RELAY_DEFAULT_TARGET_BUFFER;
 	__u64 zero = 0, *total, stamp, waiting;
 	__u32 size;
 
@@ -167,8 +170,9 @@ static __always_inline int bound_target(struct __sk_buff *skb, const struct rela
 
 #else
 
-static __always_inline int bound_target(struct __sk_buff *skb, const struct relay_flow *flow, __u64 target,
-					__u32 route, struct relay_route_stats *stats, int target_slot)
+static __always_inline int bound_target(struct __sk_buff *skb, const struct relay_flow *flow,
+					__u64 target, __u32 route, struct relay_route_stats *stats,
+					int target_slot)
 {
 	return SK_PASS;
 }
