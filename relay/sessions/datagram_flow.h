@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <deque>
 #include <string>
 #include <vector>
@@ -57,6 +58,10 @@ struct DatagramRoute::Flow {
   uint64_t client_socket_cookie = 0;
   bool client_socket_is_udp = false;     // UDP flow socket: the client's datagrams arrive on it
   bool client_socket_is_source = false;  // ...and the verdict program steers them
+  // A UDP flow socket admits its client only, by a socket filter, until the
+  // tick `filter_until_tick` (see release_filters()).
+  bool filtered = false;
+  uint64_t filter_until_tick = 0;
 
   // What the verdict program sees for this client's datagrams: the UDP flow
   // socket's cookie, or the UNIX client's own cookie. 0 = user space.
@@ -66,6 +71,9 @@ struct DatagramRoute::Flow {
   uint64_t last_user_ns = 0;
 
   bool replyable() const { return peer_len > 0; }
+  bool from_client(const sockaddr_storage& from, socklen_t len) const {
+    return len == peer_len && std::memcmp(&from, &peer, len) == 0;
+  }
   std::string peer_text() const {
     if (!replyable())
       return unix_cookie ? "unnamed unix socket (cookie " + std::to_string(unix_cookie) + ")" : "unnamed";

@@ -110,12 +110,15 @@ void DatagramRoute::stop() {
   // Also after a start() that failed half-way: the flows its first reads
   // set up hold map entries and sessions of the budget.
   while (!flows_.empty()) destroy_flow(std::string(flows_.begin()->first), "");
+  filtered_.clear();
   unix_steering_.reset();  // its destructor removes what it wrote
   if (started_) loop_.remove(listener_.get());
   started_ = false;
 }
 
 void DatagramRoute::tick() {
+  ++ticks_;
+  release_filters();
   poll_errors();
   expire_idle();
   retry_targets();
@@ -217,6 +220,7 @@ void DatagramRoute::destroy_flow(const std::string& key, const std::string& fail
     if (flow.client_key) maps_->remove_flow(flow.client_key);
     if (flow.client_socket) maps_->remove_target(flow.client_socket_cookie);
   }
+  if (flow.filtered) count_stray_drops(flow);
   for (size_t t = 0; t < flow.upstreams.size(); ++t) close_upstream(flow, t);
   if (flow.client_socket_is_udp) loop_.remove(flow.client_socket.get());  // a no-op if not watched
   if (flow.replyable()) unix_address_alias_.erase("addr:" + address_bytes(flow.peer, flow.peer_len));

@@ -49,6 +49,7 @@ struct DatagramCounters {
   uint64_t drop_no_reply_path = 0;     // replies dropped: the client has no address to reply to
   uint64_t drop_all_targets_down = 0;  // datagrams dropped in user space: no target up
   uint64_t drop_target_full = 0;       // datagrams dropped: a target's queue stayed full
+  uint64_t drop_stray = 0;             // another client's datagram on a new flow socket (release_filters())
   uint64_t refused_policy = 0;         // datagrams dropped: client not in allow-sources/uids/gids
 };
 
@@ -143,6 +144,7 @@ class DatagramRoute final : public LiveRoute {
   Status open_upstream(Flow& flow, size_t target);
   void open_reply_socket(Flow& flow);
   std::string connect_reply_socket(Flow& flow, std::vector<Stranger>& strangers);
+  void read_strangers(int fd, std::vector<Stranger>& strangers);
   void try_kernel_path(Flow& flow);
   Status wire_kernel(Flow& flow);
   Status wire_upstream(Flow& flow, size_t target);
@@ -151,6 +153,8 @@ class DatagramRoute final : public LiveRoute {
   Flow* add_flow(std::unique_ptr<Flow> flow, std::string& setup_error);
   void start_flow(const std::string& key, const std::string& setup_error);
   void settle(const std::string& key);
+  void release_filters();
+  void count_stray_drops(Flow& flow);
   void settle_upstream(const std::string& key, size_t target);
 
   // datagram_forwarding.cpp: datagrams user space moves, and the sockets
@@ -193,6 +197,9 @@ class DatagramRoute final : public LiveRoute {
   // A unix listener on the kernel path: steered by its own program instance.
   std::unique_ptr<UnixListenerSteering> unix_steering_;
   DatagramCounters counters_;
+  // Flows whose UDP flow socket is filtered, by key (release_filters()).
+  std::vector<std::string> filtered_;
+  uint64_t ticks_ = 0;
   FdLimitLog fd_limit_log_;
   std::vector<TargetState> targets_;  // by index in spec_.to
   // User-space receive batches (uninitialised: pages are touched only as

@@ -22,6 +22,7 @@ RouteReport DatagramRoute::report() const {
       {"no-reply-path", c.drop_no_reply_path},
       {"all-targets-down", c.drop_all_targets_down},
       {"target-full", c.drop_target_full},
+      {"stray", c.drop_stray},
       // One policy count, whether user space or the verdict program refused.
       {kPolicyDrop, c.refused_policy + r.kernel.drop_policy},
   };

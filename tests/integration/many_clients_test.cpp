@@ -76,50 +76,73 @@ bool eventually(Pred pred, std::chrono::milliseconds limit = 15s) {
   return true;
 }
 
+// The Udp counters of this network namespace (/proc/self/net/snmp), for a
+// failure's message: RcvbufErrors is a socket's receive buffer overflowing.
+std::string udp_snmp() {
+  std::istringstream in(read_file("/proc/self/net/snmp"));
+  std::string line, out;
+  while (std::getline(in, line))
+    if (line.rfind("Udp:", 0) == 0) out += line + "\n";
+  return out;
+}
+
 struct UdpRound {
   size_t answered = 0;
-  size_t wrong = 0;
+  size_t wrong = 0;                // a reply that was not the client's own bytes
+  std::vector<size_t> unanswered;  // client indices
 };
 
-// `n` clients, each its own socket (a distinct source port), one request
-// each, sent in waves small enough for the listener's receive buffer;
-// every reply must be the client's own bytes.
-UdpRound udp_clients(size_t n, const Addr& relay, std::vector<Fd>& keep) {
+// Clients `ids` (indices into `keep`) send one request each, in waves small
+// enough for the listener's receive buffer, and wait for their replies;
+// every reply must be the client's own bytes. A client without a socket in
+// `keep` gets one (a distinct source port).
+UdpRound udp_requests(const std::vector<size_t>& ids, const Addr& relay, std::vector<Fd>& keep) {
   UdpRound r;
   // 100 datagrams of ~1 KiB truesize each fit the listener's default
   // receive buffer (208 KiB); 200 did not always (drops at the socket).
   constexpr size_t kWave = 100;
-  for (size_t first = 0; first < n; first += kWave) {
-    size_t last = std::min(n, first + kWave);
-    for (size_t i = first; i < last; ++i) {
-      keep.emplace_back(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  for (size_t first = 0; first < ids.size(); first += kWave) {
+    size_t last = std::min(ids.size(), first + kWave);
+    for (size_t k = first; k < last; ++k) {
+      size_t i = ids[k];
+      if (keep.size() <= i) keep.resize(i + 1);
+      if (!keep[i]) keep[i] = Fd(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
       std::string msg = "client " + std::to_string(i);
-      sendto(keep.back().get(), msg.data(), msg.size(), 0, relay.sa(), relay.len);
+      sendto(keep[i].get(), msg.data(), msg.size(), 0, relay.sa(), relay.len);
     }
     std::vector<bool> done(last - first, false);
     size_t left = last - first;
     auto deadline = std::chrono::steady_clock::now() + 5s;
     while (left > 0 && std::chrono::steady_clock::now() < deadline) {
       std::vector<pollfd> polls;
-      for (size_t i = first; i < last; ++i)
-        if (!done[i - first]) polls.push_back({keep[i].get(), POLLIN, 0});
+      for (size_t k = first; k < last; ++k)
+        if (!done[k - first]) polls.push_back({keep[ids[k]].get(), POLLIN, 0});
       if (poll(polls.data(), polls.size(), 200) <= 0) continue;
-      for (size_t i = first; i < last; ++i) {
-        if (done[i - first]) continue;
+      for (size_t k = first; k < last; ++k) {
+        if (done[k - first]) continue;
         char buf[128];
-        ssize_t got = recv(keep[i].get(), buf, sizeof(buf), 0);
+        ssize_t got = recv(keep[ids[k]].get(), buf, sizeof(buf), 0);
         if (got < 0) continue;
-        done[i - first] = true;
+        done[k - first] = true;
         --left;
-        std::string want = "client " + std::to_string(i);
+        std::string want = "client " + std::to_string(ids[k]);
         if (std::string(buf, static_cast<size_t>(got)) == want)
           ++r.answered;
         else
           ++r.wrong;
       }
     }
+    for (size_t k = first; k < last; ++k)
+      if (!done[k - first]) r.unanswered.push_back(ids[k]);
   }
   return r;
+}
+
+// `n` new clients, each its own socket, one request each.
+UdpRound udp_clients(size_t n, const Addr& relay, std::vector<Fd>& keep) {
+  std::vector<size_t> ids(n);
+  for (size_t i = 0; i < n; ++i) ids[i] = keep.size() + i;
+  return udp_requests(ids, relay, keep);
 }
 
 // A tcp echo server on one epoll thread: each connection's bytes back, and
@@ -297,13 +320,38 @@ TEST_F(ManyClients, FourThousandUdpClientsUnderServiceLimits) {
   size_t baseline = open_fds(relay.pid());
 
   std::vector<Fd> clients;
-  UdpRound r = udp_clients(4000, Addr::inet("127.0.0.1", kFront), clients);
-  std::string json = relay.status_json();
-  EXPECT_EQ(r.answered, 4000u) << "wrong replies: " << r.wrong << "\n" << json;
+  Addr front = Addr::inet("127.0.0.1", kFront);
+  UdpRound r = udp_clients(4000, front, clients);
+  EXPECT_EQ(r.wrong, 0u) << "a client got another client's reply";
+  // A request goes unanswered only if its datagram was dropped and counted:
+  // `stray`, another client's datagram the kernel queued on a new flow
+  // socket just after connect() (its filter dropped it; counted when the
+  // filter goes, two ticks later). Nothing else may be lost.
+  std::string json;
+  eventually([&] {
+    json = relay.status_json();
+    return r.answered + json_number(json, "stray") >= 4000;
+  });
+  uint64_t stray = json_number(json, "stray");
+  RecordProperty("answered-first-try", static_cast<int>(r.answered));
+  RecordProperty("stray", static_cast<int>(stray));
+  EXPECT_EQ(r.answered + stray, 4000u) << r.unanswered.size() << " unanswered\n" << udp_snmp() << json;
   EXPECT_EQ(json_number(json, "fd-limit"), 0u) << json;
   EXPECT_EQ(json_number(json, "setup-failed"), 0u) << json;
+  // A client whose request was a stray asks again, as a real one would,
+  // and is answered: no client is left without a flow.
+  UdpRound again = udp_requests(r.unanswered, front, clients);
+  EXPECT_EQ(r.answered + again.answered, 4000u) << "retried " << r.unanswered.size() << "\n"
+                                                << relay.status_json();
+  EXPECT_EQ(again.wrong, 0u);
 
-  EXPECT_EQ(json_number(json, "sessions"), 4000u) << "every client's flow open at once: " << json;
+  // Every client's flow open at once: 4,000 flows (8,000 descriptors and
+  // more) under a soft limit that was 1024. Under load the run can outlast
+  // idle-timeout; a flow that expired counts as having been open.
+  json = relay.status_json();
+  EXPECT_EQ(json_number(json, "sessions-created"), 4000u) << json;
+  EXPECT_EQ(json_number(json, "sessions") + json_number(json, "sessions-expired"), 4000u)
+      << "every client's flow open at once: " << json;
 
   // The flows expire (idle-timeout) and give every descriptor back.
   clients.clear();
