@@ -84,6 +84,7 @@ class DatagramRoute final : public LiveRoute {
   // Removes every map entry and closes every socket but the listener.
   void stop() override;
   RouteReport report() const override;  // datagram_route_report.cpp
+  uint64_t listener_drops() const;      // datagram_route_report.cpp
 
   size_t flow_count() const { return flows_.size(); }
   const DatagramCounters& counters() const { return counters_; }

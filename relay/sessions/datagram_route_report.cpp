@@ -1,8 +1,24 @@
 // What a datagram route shows in `sockrelay status`.
+#include <linux/sock_diag.h>
+#include <sys/socket.h>
+
 #include "sessions/datagram_route.h"
 #include "sessions/fd_limit.h"
 
 namespace sockrelay {
+
+// What the kernel dropped at the listener's queue (its receive buffer full
+// under a burst of new clients; sk_drops, read with SO_MEMINFO): counted by
+// the kernel since the socket was made, so a socket systemd passed also
+// shows what it dropped before the relay ran.
+uint64_t DatagramRoute::listener_drops() const {
+  uint32_t meminfo[SK_MEMINFO_VARS] = {};
+  socklen_t len = sizeof(meminfo);
+  if (getsockopt(listener_.get(), SOL_SOCKET, SO_MEMINFO, meminfo, &len) != 0 ||
+      len <= SK_MEMINFO_DROPS * sizeof(uint32_t))
+    return 0;
+  return meminfo[SK_MEMINFO_DROPS];
+}
 
 RouteReport DatagramRoute::report() const {
   RouteReport r = begin_report(spec_.route_id, *spec_.from, describe_targets(spec_.to, spec_.balance),
@@ -23,6 +39,7 @@ RouteReport DatagramRoute::report() const {
       {"all-targets-down", c.drop_all_targets_down},
       {"target-full", c.drop_target_full},
       {"stray", c.drop_stray},
+      {"listener-overflow", listener_drops()},
       // One policy count, whether user space or the verdict program refused.
       {kPolicyDrop, c.refused_policy + r.kernel.drop_policy},
   };

@@ -194,7 +194,9 @@ inline Fd bound_dgram(const Addr& addr) {
 // Echoes every datagram back to its sender until destroyed.
 class DgramEcho {
  public:
-  explicit DgramEcho(const Addr& addr) : sock_(bound_dgram(addr)) {
+  // `rcvbuf` > 0: its receive buffer (SO_RCVBUFFORCE), for bursts.
+  explicit DgramEcho(const Addr& addr, int rcvbuf = 0) : sock_(bound_dgram(addr)) {
+    if (rcvbuf > 0) setsockopt(sock_.get(), SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof(rcvbuf));
     thread_ = std::thread([this] { loop(); });
   }
   ~DgramEcho() {
