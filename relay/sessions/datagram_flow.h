@@ -3,6 +3,7 @@
 // datagram_forwarding.cpp, datagram_targets.cpp).
 #pragma once
 
+#include <linux/sock_diag.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 
@@ -26,6 +27,17 @@ inline bool has_reply_address(const sockaddr_storage& peer, socklen_t len) {
 // Counts one more refusal or drop; true for the first and every 1000th
 // after it, the ones worth a log line (a flood must not flood the log).
 inline bool count_and_log_now(uint64_t& counter) { return counter++ % 1000 == 0; }
+
+// What the kernel dropped at a socket's queue since it was made (sk_drops,
+// from SO_MEMINFO): a full receive buffer, a socket filter's verdict.
+inline uint32_t socket_drops(int fd) {
+  uint32_t meminfo[SK_MEMINFO_VARS] = {};
+  socklen_t len = sizeof(meminfo);
+  if (getsockopt(fd, SOL_SOCKET, SO_MEMINFO, meminfo, &len) != 0 ||
+      len <= SK_MEMINFO_DROPS * sizeof(uint32_t))
+    return 0;
+  return meminfo[SK_MEMINFO_DROPS];
+}
 
 inline std::string address_bytes(const sockaddr_storage& peer, socklen_t len) {
   return std::string(reinterpret_cast<const char*>(&peer), len);

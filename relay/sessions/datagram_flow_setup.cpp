@@ -2,7 +2,6 @@
 // may in, its upstream sockets, its reply socket, its kernel wiring, and its
 // first reads.
 #include <linux/filter.h>
-#include <linux/sock_diag.h>
 #include <netinet/in.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
@@ -482,12 +481,7 @@ void DatagramRoute::release_filters() {
 // the verdict program as datagrams arrive).
 void DatagramRoute::count_stray_drops(Flow& flow) {
   flow.filtered = false;
-  uint32_t meminfo[SK_MEMINFO_VARS] = {};
-  socklen_t len = sizeof(meminfo);
-  if (getsockopt(flow.client_socket.get(), SOL_SOCKET, SO_MEMINFO, meminfo, &len) != 0 ||
-      len <= SK_MEMINFO_DROPS * sizeof(uint32_t))
-    return;
-  uint32_t drops = meminfo[SK_MEMINFO_DROPS];
+  uint32_t drops = socket_drops(flow.client_socket.get());
   if (drops == 0) return;
   counters_.drop_stray += drops;
   spdlog::debug("route {}: {} datagram(s) of other clients dropped on the new flow socket of {}",

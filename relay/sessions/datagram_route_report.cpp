@@ -1,7 +1,5 @@
 // What a datagram route shows in `sockrelay status`.
-#include <linux/sock_diag.h>
-#include <sys/socket.h>
-
+#include "sessions/datagram_flow.h"
 #include "sessions/datagram_route.h"
 #include "sessions/fd_limit.h"
 
@@ -11,14 +9,7 @@ namespace sockrelay {
 // under a burst of new clients; sk_drops, read with SO_MEMINFO): counted by
 // the kernel since the socket was made, so a socket systemd passed also
 // shows what it dropped before the relay ran.
-uint64_t DatagramRoute::listener_drops() const {
-  uint32_t meminfo[SK_MEMINFO_VARS] = {};
-  socklen_t len = sizeof(meminfo);
-  if (getsockopt(listener_.get(), SOL_SOCKET, SO_MEMINFO, meminfo, &len) != 0 ||
-      len <= SK_MEMINFO_DROPS * sizeof(uint32_t))
-    return 0;
-  return meminfo[SK_MEMINFO_DROPS];
-}
+uint64_t DatagramRoute::listener_drops() const { return socket_drops(listener_.get()); }
 
 RouteReport DatagramRoute::report() const {
   RouteReport r = begin_report(spec_.route_id, *spec_.from, describe_targets(spec_.to, spec_.balance),
