@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <deque>
 #include <string>
 #include <vector>
@@ -43,13 +44,16 @@ inline uint16_t& inet_port(sockaddr_storage& a) {
                                 : reinterpret_cast<sockaddr_in6&>(a).sin6_port;
 }
 
-// What the kernel dropped on a socket: its receive queue full, or, for a
+// What the kernel dropped on a socket since it was made (sk_drops, from
+// SO_MEMINFO): its receive queue full, a socket filter's verdict, or, for a
 // socket the verdict program steers, a redirect to a partner socket that no
 // longer sends (see DatagramRoute::count_lost_at_close()).
 inline uint32_t kernel_drops(int fd) {
   uint32_t mem[SK_MEMINFO_VARS] = {};
   socklen_t len = sizeof(mem);
-  return getsockopt(fd, SOL_SOCKET, SO_MEMINFO, mem, &len) == 0 ? mem[SK_MEMINFO_DROPS] : 0;
+  if (getsockopt(fd, SOL_SOCKET, SO_MEMINFO, mem, &len) != 0 || len <= SK_MEMINFO_DROPS * sizeof(uint32_t))
+    return 0;
+  return mem[SK_MEMINFO_DROPS];
 }
 
 inline std::string address_bytes(const sockaddr_storage& peer, socklen_t len) {
@@ -86,6 +90,10 @@ struct DatagramRoute::Flow : FlowTable::Node {
   uint64_t client_socket_cookie = 0;
   bool client_socket_is_udp = false;     // UDP flow socket: the client's datagrams arrive on it
   bool client_socket_is_source = false;  // ...and the verdict program steers them
+  // A UDP flow socket admits its client only, by a socket filter, until the
+  // tick `filter_until_tick` (see release_filters()).
+  bool filtered = false;
+  uint64_t filter_until_tick = 0;
 
   // What the verdict program sees for this client's datagrams: the UDP flow
   // socket's cookie, or the UNIX client's own cookie. 0 = user space.
@@ -120,6 +128,9 @@ struct DatagramRoute::Flow : FlowTable::Node {
   uint64_t linger_last_ns = 0;
 
   bool replyable() const { return peer_len > 0; }
+  bool from_client(const sockaddr_storage& from, socklen_t len) const {
+    return len == peer_len && std::memcmp(&from, &peer, len) == 0;
+  }
   std::string peer_text() const {
     if (!replyable())
       return unix_cookie ? "unnamed unix socket (cookie " + std::to_string(unix_cookie) + ")" : "unnamed";

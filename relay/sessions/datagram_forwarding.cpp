@@ -132,13 +132,22 @@ void DatagramRoute::on_upstream_readable(Flow& flow, size_t target, uint32_t eve
   upstream_failed(flow, target, err ? std::strerror(err) : "socket error");
 }
 
+// A connected UDP flow socket can still be handed a datagram of another
+// client that the kernel matched to it while it was unconnected, if its
+// filter could not be set (see connect_reply_socket()): that one is
+// handled as the listener's.
 void DatagramRoute::on_client_socket_readable(Flow& flow, uint32_t events) {
   std::string key = flow.key;
+  std::vector<Stranger> strangers;
   int n = read_batch(flow.client_socket.get(), buffer_.get(),
-                     [&](const sockaddr_storage&, socklen_t, const char* d, size_t size) {
-                       catch_early(flow, d, size, false);
+                     [&](const sockaddr_storage& peer, socklen_t len, const char* d, size_t size) {
+                       if (flow.from_client(peer, len))
+                         catch_early(flow, d, size, false);
+                       else
+                         strangers.push_back({peer, len, std::string(d, size), flow.local, flow.local_len});
                      });
   if (n < 0 || (events & EPOLLERR)) destroy_flow(key, "client socket error");
+  handle_strangers(strangers);
 }
 
 // The kernel still runs a socket's data-ready wake-up after the verdict

@@ -148,6 +148,7 @@ void DatagramRoute::stop() {
   // Also after a start() that failed half-way: the flows its first reads
   // set up hold map entries and sessions of the budget.
   while (!flows_.empty()) destroy_flow(std::string(flows_.begin()->first), "");
+  filtered_.clear();
   unix_steering_.reset();  // its destructor removes what it wrote
   hold_channel_.reset();
   if (linger_timer_) loop_.remove(linger_timer_.get());
@@ -159,6 +160,8 @@ void DatagramRoute::stop() {
 }
 
 void DatagramRoute::tick() {
+  ++ticks_;
+  release_filters();
   // What the hold waits for, in case no event brought it: a listener read
   // that comes back empty, a held datagram stuck on its way.
   if (!awaiting_listener_.empty() && !unix_steering_) on_listener_readable();
@@ -283,6 +286,7 @@ void DatagramRoute::destroy_flow(const std::string& key, const std::string& fail
     }
     if (flow.client_socket) maps_->remove_target(flow.client_socket_cookie);
   }
+  if (flow.filtered) count_stray_drops(flow);
   // After the flow socket left the map: nothing is redirected from it any more.
   count_lost_at_close(flow, program_dropped);
   for (size_t t = 0; t < flow.upstreams.size(); ++t) close_upstream(flow, t);

@@ -54,6 +54,7 @@ struct DatagramCounters {
   uint64_t drop_no_reply_path = 0;     // replies dropped: the client has no address to reply to
   uint64_t drop_all_targets_down = 0;  // datagrams dropped in user space: no target up
   uint64_t drop_target_full = 0;       // datagrams dropped: a target's queue stayed full
+  uint64_t drop_stray = 0;             // another client's datagram on a new flow socket (release_filters())
   uint64_t refused_policy = 0;         // datagrams dropped: client not in allow-sources/uids/gids
   // Datagrams lost to a target that refused (killed, restarting): count_lost_at_close().
   uint64_t drop_target_unreachable = 0;
@@ -92,6 +93,7 @@ class DatagramRoute final : public LiveRoute {
   // Removes every map entry and closes every socket but the listener.
   void stop() override;
   RouteReport report() const override;  // datagram_route_report.cpp
+  uint64_t listener_drops() const;      // datagram_route_report.cpp
 
   size_t flow_count() const { return flows_.size(); }
   const FlowTable& flow_table() const { return table_; }
@@ -169,6 +171,8 @@ class DatagramRoute final : public LiveRoute {
   Flow* add_flow(std::unique_ptr<Flow> flow, std::string& setup_error);
   void start_flow(const std::string& key, const std::string& setup_error);
   void settle(const std::string& key);
+  void release_filters();
+  void count_stray_drops(Flow& flow);
   void settle_upstream(const std::string& key, size_t target);
 
   // datagram_hold.cpp: a new flow's datagrams in order while it is set up.
@@ -243,6 +247,9 @@ class DatagramRoute final : public LiveRoute {
   uint64_t listener_reads_ = 0;
   Fd linger_timer_;
   DatagramCounters counters_;
+  // Flows whose UDP flow socket is filtered, by key (release_filters()).
+  std::vector<std::string> filtered_;
+  uint64_t ticks_ = 0;
   FdLimitLog fd_limit_log_;
   std::vector<TargetState> targets_;  // by index in spec_.to
   // User-space receive batches (uninitialised: pages are touched only as

@@ -1,8 +1,15 @@
 // What a datagram route shows in `sockrelay status`.
+#include "sessions/datagram_flow.h"
 #include "sessions/datagram_route.h"
 #include "sessions/fd_limit.h"
 
 namespace sockrelay {
+
+// What the kernel dropped at the listener's queue (its receive buffer full
+// under a burst of new clients; sk_drops, read with SO_MEMINFO): counted by
+// the kernel since the socket was made, so a socket systemd passed also
+// shows what it dropped before the relay ran.
+uint64_t DatagramRoute::listener_drops() const { return kernel_drops(listener_.get()); }
 
 RouteReport DatagramRoute::report() const {
   RouteReport r = begin_report(spec_.route_id, *spec_.from, describe_targets(spec_.to, spec_.balance),
@@ -27,6 +34,8 @@ RouteReport DatagramRoute::report() const {
       // its kernel backlog at target-buffer.
       {"target-full", c.drop_target_full + r.kernel.drop_target_full},
       {"target-unreachable", c.drop_target_unreachable},
+      {"stray", c.drop_stray},
+      {"listener-overflow", listener_drops()},
       // One policy count, whether user space or the verdict program refused.
       {kPolicyDrop, c.refused_policy + r.kernel.drop_policy},
   };

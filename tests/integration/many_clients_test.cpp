@@ -76,50 +76,74 @@ bool eventually(Pred pred, std::chrono::milliseconds limit = 15s) {
   return true;
 }
 
+// The Udp counters of this network namespace (/proc/self/net/snmp), for a
+// failure's message: RcvbufErrors is a socket's receive buffer overflowing.
+std::string udp_snmp() {
+  std::istringstream in(read_file("/proc/self/net/snmp"));
+  std::string line, out;
+  while (std::getline(in, line))
+    if (line.rfind("Udp:", 0) == 0) out += line + "\n";
+  return out;
+}
+
 struct UdpRound {
   size_t answered = 0;
-  size_t wrong = 0;
+  size_t wrong = 0;                // a reply that was not the client's own bytes
+  std::vector<size_t> unanswered;  // client indices
 };
 
-// `n` clients, each its own socket (a distinct source port), one request
-// each, sent in waves small enough for the listener's receive buffer;
-// every reply must be the client's own bytes.
-UdpRound udp_clients(size_t n, const Addr& relay, std::vector<Fd>& keep) {
+// Clients `ids` (indices into `keep`) send one request each, in waves small
+// enough for the listener's receive buffer, and wait for their replies;
+// every reply must be the client's own bytes. A client without a socket in
+// `keep` gets one (a distinct source port).
+UdpRound udp_requests(const std::vector<size_t>& ids, const Addr& relay, std::vector<Fd>& keep) {
   UdpRound r;
-  // 100 datagrams of ~1 KiB truesize each fit the listener's default
-  // receive buffer (208 KiB); 200 did not always (drops at the socket).
+  // 100 datagrams of ~1 KiB truesize each fit a default receive buffer
+  // (208 KiB: the echo server's; the relay's listener asks for 4 MiB); 200
+  // did not always (drops at a socket).
   constexpr size_t kWave = 100;
-  for (size_t first = 0; first < n; first += kWave) {
-    size_t last = std::min(n, first + kWave);
-    for (size_t i = first; i < last; ++i) {
-      keep.emplace_back(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  for (size_t first = 0; first < ids.size(); first += kWave) {
+    size_t last = std::min(ids.size(), first + kWave);
+    for (size_t k = first; k < last; ++k) {
+      size_t i = ids[k];
+      if (keep.size() <= i) keep.resize(i + 1);
+      if (!keep[i]) keep[i] = Fd(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
       std::string msg = "client " + std::to_string(i);
-      sendto(keep.back().get(), msg.data(), msg.size(), 0, relay.sa(), relay.len);
+      sendto(keep[i].get(), msg.data(), msg.size(), 0, relay.sa(), relay.len);
     }
     std::vector<bool> done(last - first, false);
     size_t left = last - first;
     auto deadline = std::chrono::steady_clock::now() + 5s;
     while (left > 0 && std::chrono::steady_clock::now() < deadline) {
       std::vector<pollfd> polls;
-      for (size_t i = first; i < last; ++i)
-        if (!done[i - first]) polls.push_back({keep[i].get(), POLLIN, 0});
+      for (size_t k = first; k < last; ++k)
+        if (!done[k - first]) polls.push_back({keep[ids[k]].get(), POLLIN, 0});
       if (poll(polls.data(), polls.size(), 200) <= 0) continue;
-      for (size_t i = first; i < last; ++i) {
-        if (done[i - first]) continue;
+      for (size_t k = first; k < last; ++k) {
+        if (done[k - first]) continue;
         char buf[128];
-        ssize_t got = recv(keep[i].get(), buf, sizeof(buf), 0);
+        ssize_t got = recv(keep[ids[k]].get(), buf, sizeof(buf), 0);
         if (got < 0) continue;
-        done[i - first] = true;
+        done[k - first] = true;
         --left;
-        std::string want = "client " + std::to_string(i);
+        std::string want = "client " + std::to_string(ids[k]);
         if (std::string(buf, static_cast<size_t>(got)) == want)
           ++r.answered;
         else
           ++r.wrong;
       }
     }
+    for (size_t k = first; k < last; ++k)
+      if (!done[k - first]) r.unanswered.push_back(ids[k]);
   }
   return r;
+}
+
+// `n` new clients, each its own socket, one request each.
+UdpRound udp_clients(size_t n, const Addr& relay, std::vector<Fd>& keep) {
+  std::vector<size_t> ids(n);
+  for (size_t i = 0; i < n; ++i) ids[i] = keep.size() + i;
+  return udp_requests(ids, relay, keep);
 }
 
 // A tcp echo server on one epoll thread: each connection's bytes back, and
@@ -284,13 +308,7 @@ class ManyClients : public ::testing::Test {
 // The relay under service limits raises its own soft limit, serves 4,000
 // UDP clients (every one answered with its own bytes), and its descriptors
 // go back to the baseline once their flows expire.
-// Disabled: 1-18 of 4,000 clients go unanswered and uncounted. The cause is
-// known (branch r3/fd4000): a new flow socket, bound to the listener's address
-// and not yet connected, catches other new clients' datagrams ("strays"),
-// some of them still queued after connect(); the fix there (a socket filter
-// admitting only the flow's client until it settles, and a `stray` drop
-// reason) is not merged yet. Run with --gtest_also_run_disabled_tests.
-TEST_F(ManyClients, DISABLED_FourThousandUdpClientsUnderServiceLimits) {
+TEST_F(ManyClients, FourThousandUdpClientsUnderServiceLimits) {
   DgramEcho echo(Addr::inet("127.0.0.1", kBack));
   ASSERT_TRUE(echo.ok());
   RelayProcess relay(dir_, udp_config("idle-timeout = \"20s\"\n", false), prlimit(1024, 20000));
@@ -303,19 +321,94 @@ TEST_F(ManyClients, DISABLED_FourThousandUdpClientsUnderServiceLimits) {
   size_t baseline = open_fds(relay.pid());
 
   std::vector<Fd> clients;
-  UdpRound r = udp_clients(4000, Addr::inet("127.0.0.1", kFront), clients);
-  std::string json = relay.status_json();
-  EXPECT_EQ(r.answered, 4000u) << "wrong replies: " << r.wrong << "\n" << json;
+  Addr front = Addr::inet("127.0.0.1", kFront);
+  UdpRound r = udp_clients(4000, front, clients);
+  EXPECT_EQ(r.wrong, 0u) << "a client got another client's reply";
+  // A request goes unanswered only if its datagram was dropped and counted:
+  // `stray`, another client's datagram the kernel queued on a new flow
+  // socket just after connect() (its filter dropped it; counted when the
+  // filter goes, two ticks later). Nothing else may be lost.
+  std::string json;
+  eventually([&] {
+    json = relay.status_json();
+    return r.answered + json_number(json, "stray") >= 4000;
+  });
+  uint64_t stray = json_number(json, "stray");
+  RecordProperty("answered-first-try", static_cast<int>(r.answered));
+  RecordProperty("stray", static_cast<int>(stray));
+  EXPECT_EQ(r.answered + stray, 4000u) << r.unanswered.size() << " unanswered\n" << udp_snmp() << json;
   EXPECT_EQ(json_number(json, "fd-limit"), 0u) << json;
   EXPECT_EQ(json_number(json, "setup-failed"), 0u) << json;
+  // A client whose request was a stray asks again, as a real one would,
+  // and is answered: no client is left without a flow.
+  UdpRound again = udp_requests(r.unanswered, front, clients);
+  EXPECT_EQ(r.answered + again.answered, 4000u) << "retried " << r.unanswered.size() << "\n"
+                                                << relay.status_json();
+  EXPECT_EQ(again.wrong, 0u);
 
-  EXPECT_EQ(json_number(json, "sessions"), 4000u) << "every client's flow open at once: " << json;
+  // Every client's flow open at once: 4,000 flows (8,000 descriptors and
+  // more) under a soft limit that was 1024. Under load the run can outlast
+  // idle-timeout; a flow that expired counts as having been open.
+  json = relay.status_json();
+  EXPECT_EQ(json_number(json, "sessions-created"), 4000u) << json;
+  EXPECT_EQ(json_number(json, "sessions") + json_number(json, "sessions-expired"), 4000u)
+      << "every client's flow open at once: " << json;
 
   // The flows expire (idle-timeout) and give every descriptor back.
   clients.clear();
   EXPECT_TRUE(eventually([&] { return open_fds(relay.pid()) <= baseline; }, 45s))
       << "descriptors: " << open_fds(relay.pid()) << ", baseline " << baseline;
   EXPECT_EQ(relay.terminate(), 0) << relay.log();
+}
+
+// A burst bigger than the listener's receive buffer while the relay cannot
+// read it (stopped): what the kernel dropped there is counted as
+// listener-overflow, and every datagram the listener kept is answered.
+TEST_F(ManyClients, ListenerOverflowIsCounted) {
+  DgramEcho echo(Addr::inet("127.0.0.1", kBack), nullptr, 16 << 20);
+  ASSERT_TRUE(echo.ok());
+  RelayProcess relay(dir_, udp_config("", false), prlimit(1024, 20000));
+  ASSERT_TRUE(relay.wait_ready()) << relay.log();
+  // 2,000 datagrams of 8,000 bytes: about twice what the relay's listener
+  // holds (it asks for 4 MiB, endpoints/endpoint.cpp).
+  constexpr size_t kClients = 2000;
+  auto request = [](size_t i) {
+    std::string msg = "client " + std::to_string(i);
+    msg.resize(8000, '.');
+    return msg;
+  };
+  Addr front = Addr::inet("127.0.0.1", kFront);
+  std::vector<Fd> clients;
+  ASSERT_EQ(kill(relay.pid(), SIGSTOP), 0);
+  for (size_t i = 0; i < kClients; ++i) {
+    clients.emplace_back(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    std::string msg = request(i);
+    sendto(clients.back().get(), msg.data(), msg.size(), 0, front.sa(), front.len);
+  }
+  ASSERT_EQ(kill(relay.pid(), SIGCONT), 0);
+
+  size_t answered = 0, wrong = 0;
+  std::vector<bool> done(kClients, false);
+  std::string json;
+  auto all_accounted = [&] {
+    for (size_t i = 0; i < kClients; ++i) {
+      char buf[16384];
+      ssize_t got = done[i] ? -1 : recv(clients[i].get(), buf, sizeof(buf), 0);
+      if (got < 0) continue;
+      done[i] = true;
+      (std::string(buf, static_cast<size_t>(got)) == request(i) ? answered : wrong) += 1;
+    }
+    json = relay.status_json();
+    return answered + json_number(json, "listener-overflow") + json_number(json, "stray") >= kClients;
+  };
+  eventually(all_accounted);
+  uint64_t overflow = json_number(json, "listener-overflow");
+  RecordProperty("answered", static_cast<int>(answered));
+  RecordProperty("listener-overflow", static_cast<int>(overflow));
+  EXPECT_GT(overflow, 0u) << "the burst fit the listener's buffer: the test proves nothing\n" << udp_snmp();
+  EXPECT_EQ(answered + overflow + json_number(json, "stray"), kClients) << udp_snmp() << json;
+  EXPECT_EQ(wrong, 0u);
+  EXPECT_EQ(json_number(json, "sessions-created"), answered) << json;
 }
 
 // 1,000 concurrent tcp sessions on the user path (random bodies, half-close,

@@ -239,8 +239,10 @@ inline Fd bound_dgram(const Addr& addr) {
 class DgramEcho {
  public:
   using Answer = std::function<bool(const char* data, size_t len)>;
-  explicit DgramEcho(const Addr& addr, Answer answer = nullptr)
+  // `rcvbuf` > 0: its receive buffer (SO_RCVBUFFORCE), for bursts.
+  explicit DgramEcho(const Addr& addr, Answer answer = nullptr, int rcvbuf = 0)
       : sock_(bound_dgram(addr)), answer_(std::move(answer)) {
+    if (rcvbuf > 0) setsockopt(sock_.get(), SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof(rcvbuf));
     thread_ = std::thread([this] { loop(); });
   }
   ~DgramEcho() { kill(); }
