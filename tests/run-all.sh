@@ -2,16 +2,19 @@
 # The whole test suite, from a fresh Debian 12 machine, as root:
 #   1. installs the packages (tests/install-deps.sh)
 #   2. lint: clang-format on C++, shellcheck on scripts
-#   3. builds and runs the unit tests under ASan/UBSan
-#   4. builds; the size rule (tests/lint/size_check.sh: files in relay/ at
-#      most 600 lines, functions at most 80)
-#   5. runs unit + integration tests (ctest; integration needs root
-#      and the real kernel, each test in its own network namespace)
-#   6. units/test: systemd-analyze verify; the Debian package built and
+#   3. builds
+#   4. builds the relay, unit tests and fuzz replay under ASan/UBSan and
+#      runs them, and the integration tests against that relay
+#      (tests/sanitized-ctest.sh); fuzzes each target 30 s; the size rule
+#      (tests/lint/size_check.sh: files in relay/ at most 600 lines,
+#      functions at most 80); a 45 s soak
+#   5. units/test: systemd-analyze verify; the Debian package built and
 #      linted (tests/package/build-deb.sh), installed into a container with
 #      systemd as PID 1 (systemd-nspawn) and its units tested end to end
-#   7. vm-tests/run --nested: VSOCK and other kernels inside qemu guests,
+#   6. vm-tests/run --nested: VSOCK and other kernels inside qemu guests,
 #      and a real host <-> guest VSOCK pair (a guest inside the 6.12 guest)
+#   7. unit + integration tests of the plain build (ctest; integration needs
+#      root and the real kernel, each test in its own network namespace)
 # Exit status 0 only if everything passed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,15 +32,24 @@ clang-format --dry-run --Werror "${cxx[@]}" || failed+=("clang-format")
 mapfile -t scripts < <(git ls-files '*.sh' .ci/run vm-tests/run)
 shellcheck "${scripts[@]}" || failed+=("shellcheck")
 
-echo "== ASan/UBSan build: unit, fuzz replay and integration tests against the ASan/UBSan relay"
+echo "== build"
+t=$SECONDS
+cmake -S "$top" -B "$top/build" >/dev/null
+cmake --build "$top/build" -j "$jobs"
+stage_times+=("build $((SECONDS - t))s")
+
+echo "== ASan/UBSan: the relay, unit tests and fuzz replay built sanitized; the integration tests against that relay"
 t=$SECONDS
 cmake -S "$top" -B "$top/build-asan" -DSOCKRELAY_SANITIZE=ON >/dev/null
-cmake --build "$top/build-asan" -j "$jobs"
+# Only what runs sanitized (tests/sanitized-ctest.sh): the integration test
+# binary of the plain build drives the sanitized relay.
+cmake --build "$top/build-asan" -j "$jobs" --target sockrelay sockrelay_unit_tests \
+  sockrelay_fuzz_replay_config sockrelay_fuzz_replay_address sockrelay_fuzz_replay_control_request
 # ManyClients.* are load tests under a file limit (thousands of clients),
 # and Subscribers.KernelRoundRobin* checks how the kernel spreads a flood:
 # both measure speed more than memory safety, and run in the plain build
 # below; under ASan they take minutes or miss their ratios.
-tests/sanitized-ctest.sh "$top/build-asan" -E 'ManyClients|Subscribers.KernelRoundRobin' ||
+tests/sanitized-ctest.sh "$top/build-asan" "$top/build" -E 'ManyClients|Subscribers.KernelRoundRobin' ||
   failed+=("tests under ASan/UBSan")
 stage_times+=("asan build+tests $((SECONDS - t))s")
 
@@ -46,10 +58,6 @@ t=$SECONDS
 tests/fuzz/run.sh 30 --build-dir "$top/build-fuzz" || failed+=("fuzz")
 stage_times+=("fuzz $((SECONDS - t))s")
 
-echo "== build"
-cmake -S "$top" -B "$top/build" >/dev/null
-cmake --build "$top/build" -j "$jobs"
-
 # Needs the build: clang-tidy reads its compile_commands.json and the
 # generated skeleton headers. Reported at the end, like the other lint.
 echo "== lint: size rule (relay/: files <= 600 lines, functions <= 80 lines)"
@@ -57,7 +65,7 @@ tests/lint/size_check.sh "$top/build" || failed+=("size check")
 
 echo "== soak: 45 s of mixed traffic with killed targets, resets, a stalling target and reloads"
 t=$SECONDS
-tests/soak/soak.sh --duration 45 --no-udp-kill --build-dir "$top/build" || failed+=("soak")
+tests/soak/soak.sh --duration 45 --build-dir "$top/build" || failed+=("soak")
 stage_times+=("soak $((SECONDS - t))s")
 
 echo "== systemd units: systemd-analyze verify, then end to end under systemd as PID 1 (nspawn)"

@@ -128,6 +128,14 @@ struct DatagramRoute::Flow : FlowTable::Node {
   uint64_t linger_last_ns = 0;
 
   bool replyable() const { return peer_len > 0; }
+  // What the kernel dropped at the UDP flow socket's full receive buffer
+  // while user space reads it (a steered one's drops are counted in
+  // count_lost_at_close(); strays its filter dropped, in
+  // count_stray_drops()).
+  uint32_t user_read_overflow() const {
+    if (!client_socket_is_udp || filtered || (kernel && client_socket_is_source)) return 0;
+    return kernel_drops(client_socket.get()) - drops_settled;
+  }
   bool from_client(const sockaddr_storage& from, socklen_t len) const {
     return len == peer_len && std::memcmp(&from, &peer, len) == 0;
   }

@@ -287,6 +287,7 @@ void DatagramRoute::destroy_flow(const std::string& key, const std::string& fail
     if (flow.client_socket) maps_->remove_target(flow.client_socket_cookie);
   }
   if (flow.filtered) count_stray_drops(flow);
+  counters_.drop_flow_overflow += flow.user_read_overflow();
   // After the flow socket left the map: nothing is redirected from it any more.
   count_lost_at_close(flow, program_dropped);
   for (size_t t = 0; t < flow.upstreams.size(); ++t) close_upstream(flow, t);

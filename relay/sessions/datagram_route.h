@@ -54,6 +54,10 @@ struct DatagramCounters {
   uint64_t drop_no_reply_path = 0;     // replies dropped: the client has no address to reply to
   uint64_t drop_all_targets_down = 0;  // datagrams dropped in user space: no target up
   uint64_t drop_target_full = 0;       // datagrams dropped: a target's queue stayed full
+  // A UDP flow socket user space reads (broadcast, or a flow the kernel
+  // does not carry): what the kernel dropped at its full receive buffer,
+  // for flows already closed (open ones are read at report time).
+  uint64_t drop_flow_overflow = 0;
   uint64_t drop_stray = 0;             // another client's datagram on a new flow socket (release_filters())
   uint64_t refused_policy = 0;         // datagrams dropped: client not in allow-sources/uids/gids
   // Datagrams lost to a target that refused (killed, restarting): count_lost_at_close().
@@ -94,6 +98,7 @@ class DatagramRoute final : public LiveRoute {
   void stop() override;
   RouteReport report() const override;  // datagram_route_report.cpp
   uint64_t listener_drops() const;      // datagram_route_report.cpp
+  uint64_t flow_overflow_drops() const;  // datagram_route_report.cpp
 
   size_t flow_count() const { return flows_.size(); }
   const FlowTable& flow_table() const { return table_; }

@@ -11,6 +11,12 @@ namespace sockrelay {
 // shows what it dropped before the relay ran.
 uint64_t DatagramRoute::listener_drops() const { return kernel_drops(listener_.get()); }
 
+uint64_t DatagramRoute::flow_overflow_drops() const {
+  uint64_t n = counters_.drop_flow_overflow;
+  for (const auto& [key, flow] : flows_) n += flow->user_read_overflow();
+  return n;
+}
+
 RouteReport DatagramRoute::report() const {
   RouteReport r = begin_report(spec_.route_id, *spec_.from, describe_targets(spec_.to, spec_.balance),
                                flow_count(), maps_);
@@ -36,6 +42,7 @@ RouteReport DatagramRoute::report() const {
       {"target-unreachable", c.drop_target_unreachable},
       {"stray", c.drop_stray},
       {"listener-overflow", listener_drops()},
+      {"flow-overflow", flow_overflow_drops()},
       // One policy count, whether user space or the verdict program refused.
       {kPolicyDrop, c.refused_policy + r.kernel.drop_policy},
   };

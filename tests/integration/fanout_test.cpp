@@ -73,11 +73,18 @@ TEST_F(Fanout, RoundRobinSpreadsEvenly) {
   ASSERT_TRUE(relay.wait_ready()) << relay.log();
   Fd client = bound_dgram(Addr::inet("127.0.0.1", 0));
   constexpr int kCount = 3000;
+  // The flow is set up, and its hold over, before the flood the verdict
+  // program is to spread: a flood from a flow's very first datagram stays
+  // in user space while user space lags it (ARCHITECTURE.md, "In order
+  // from the first datagram"), as an ASan relay in CI does.
+  send_n(client, 1, 1);
+  for (int wait = 0; wait < 100 && sinks[0]->total + sinks[1]->total + sinks[2]->total == 0; ++wait)
+    for (auto& s : sinks) s->drain(10);
   std::thread reader([&] {
     for (int round = 0; round < 40; ++round)
       for (auto& s : sinks) s->drain(20);
   });
-  send_n(client, 1, kCount);
+  send_n(client, 1, kCount - 1);
   reader.join();
   for (auto& s : sinks) s->drain();
   uint64_t total = 0;
@@ -136,7 +143,17 @@ TEST_F(Fanout, BroadcastReachesEveryTarget) {
   send_n(client, 1, kCount);
   reader.join();
   for (auto& s : sinks) s->drain();
-  for (auto& s : sinks) EXPECT_EQ(s->total, static_cast<uint64_t>(kCount)) << relay.status_json();
+  // Broadcast copies in user space: a relay that falls behind (an ASan one
+  // in CI did) loses datagrams at its flow socket's receive buffer, each
+  // counted as `flow-overflow`; every target gets every datagram the relay
+  // read.
+  std::string status = relay.status_json();
+  uint64_t overflow = json_counter(status, "drops", "flow-overflow");
+  for (auto& s : sinks) {
+    EXPECT_EQ(s->total, sinks[0]->total) << status;
+    EXPECT_EQ(s->total + overflow, static_cast<uint64_t>(kCount)) << status;
+  }
+  EXPECT_LT(overflow, static_cast<uint64_t>(kCount) / 5) << "most datagrams should get through: " << status;
 }
 
 TEST_F(Fanout, DeadTargetLeavesAndReturns) {

@@ -354,10 +354,14 @@ TEST_F(ManyClients, FourThousandUdpClientsUnderServiceLimits) {
   EXPECT_EQ(json_number(json, "sessions") + json_number(json, "sessions-expired"), 4000u)
       << "every client's flow open at once: " << json;
 
-  // The flows expire (idle-timeout) and give every descriptor back.
+  // The flows expire (idle-timeout) and give every descriptor back, but
+  // what the route opened with its first kernel flow and keeps until it
+  // stops: the hold channel (a socket pair, datagram_hold.cpp) and the
+  // linger timer.
+  constexpr size_t kRouteLifetimeFds = 3;
   clients.clear();
-  EXPECT_TRUE(eventually([&] { return open_fds(relay.pid()) <= baseline; }, 45s))
-      << "descriptors: " << open_fds(relay.pid()) << ", baseline " << baseline;
+  EXPECT_TRUE(eventually([&] { return open_fds(relay.pid()) <= baseline + kRouteLifetimeFds; }, 45s))
+      << "descriptors: " << open_fds(relay.pid()) << ", baseline " << baseline << " + " << kRouteLifetimeFds;
   EXPECT_EQ(relay.terminate(), 0) << relay.log();
 }
 

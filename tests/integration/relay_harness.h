@@ -19,6 +19,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -89,9 +90,17 @@ inline CommandOutput run_command(const std::string& cmd) {
   out.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
   return out;
 }
+// The `sockrelay` under test: this build's, or the one SOCKRELAY_TEST_RELAY
+// names (tests/sanitized-ctest.sh runs these tests against the ASan/UBSan
+// build's relay, so the tests themselves need no second, sanitized build).
+inline const char* relay_binary() {
+  const char* from_env = std::getenv("SOCKRELAY_TEST_RELAY");
+  return from_env && *from_env ? from_env : SOCKRELAY_BINARY;
+}
+
 // `sockrelay ARGS` (the binary under test).
 inline CommandOutput run_sockrelay(const std::string& args) {
-  return run_command(std::string(SOCKRELAY_BINARY) + " " + args);
+  return run_command(std::string(relay_binary()) + " " + args);
 }
 
 // The relay as a child process: `sockrelay run --config DIR/relay.toml`.
@@ -105,7 +114,7 @@ class RelayProcess {
     std::ofstream(config_) << "[relay]\nlog-level = \"debug\"\ncontrol = \"" << control_ << "\"\n"
                            << config_body;
     std::vector<std::string> argv = std::move(wrapper);
-    argv.insert(argv.end(), {SOCKRELAY_BINARY, "run", "--config", config_});
+    argv.insert(argv.end(), {relay_binary(), "run", "--config", config_});
     pid_ = fork();
     if (pid_ == 0) {
       int fd = open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);

@@ -413,7 +413,7 @@ TEST_F(Subscribers, CheckRefusesWhatCannotRun) {
   for (const Case& c : cases) {
     std::string file = dir_.file("check.toml");
     std::ofstream(file) << config("unix-stream", c.extra);
-    std::string cmd = std::string(SOCKRELAY_BINARY) + " check --no-probe --config " + file + " 2>&1";
+    std::string cmd = std::string(relay_binary()) + " check --no-probe --config " + file + " 2>&1";
     FILE* p = popen(cmd.c_str(), "r");
     std::string out;
     char buf[512];

@@ -235,7 +235,7 @@ TEST_F(VsockRelay, CheckRefusesKernelPathAndIngressIntoVsock) {
   auto check = [&](const std::string& body) {
     std::string path = dir_.file("check.toml");
     std::ofstream(path) << body;
-    std::string cmd = std::string(SOCKRELAY_BINARY) + " check --config " + path + " 2>&1";
+    std::string cmd = std::string(relay_binary()) + " check --config " + path + " 2>&1";
     FILE* p = popen(cmd.c_str(), "r");
     std::string text;
     char buf[4096];

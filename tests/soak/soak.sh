@@ -20,16 +20,16 @@
 #            status; after the run and the idle timeout, the relay's
 #            descriptors and the namespace's sockets (sockstat) back to the
 #            baseline, its RSS and the machine's slab within a margin of it.
-# Known: lost datagrams around a killed UDP target are not all counted yet
-# (tests/soak/README.md "Findings"); that check fails until they are.
+#            The one loss no counter can see: datagrams a killed UDP echo
+#            held unread in its receive buffer; allowed up to that buffer's
+#            capacity per kill (measured at the start) and printed.
 #
 # Usage: tests/soak/soak.sh [--duration SECS] [--fault-every SECS] [--build-dir DIR] [--no-udp-kill] [--keep]
 #   --duration SECS     traffic time (default 45)
 #   --fault-every SECS  time between faults (default 4)
 #   --build-dir DIR     build with relay/sockrelay, tests/soak/sockrelay_soak_load and
 #                       tests/bench/sockrelay_udp_load (default build/)
-#   --no-udp-kill       kill only the tcp echo (CI: the loss around a killed UDP
-#                       target is not all counted yet, README "Findings")
+#   --no-udp-kill       kill only the tcp echo
 #   --keep              keep the work directory (logs, status snapshots)
 # Root (BPF, a network namespace). Prints one line per check and
 # "soak: N passed, M failed"; exit 1 on a failed check, 2 if it could not run.
@@ -153,6 +153,19 @@ udp_reasons() { echo $(($(snmp NoPorts) + $(snmp RcvbufErrors) + $(snmp InErrors
 base_fds=$(fds) base_rss=$(rss_kib) base_slab=$(slab_kib)
 base_tcp=$(sockstat TCP inuse) base_udp=$(sockstat UDP inuse) base_reasons=$(udp_reasons)
 log "baseline: relay fds $base_fds, RSS $base_rss KiB, slab $base_slab KiB, sockets tcp $base_tcp udp $base_udp"
+# What a killed UDP echo can take with it: the datagrams it held unread,
+# which no counter sees. At most its receive buffer (rmem_default: the echo
+# sets none) over the smallest truesize of a queued datagram, measured here
+# (832 bytes on 6.18), plus the one the kernel admits past the limit.
+held_bound=$(python3 -c '
+import socket
+r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); r.bind(("127.0.0.1", 0))
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+port = r.getsockname()[1]
+for _ in range(8): s.sendto(b"x", ("127.0.0.1", port))
+queued = next(int(f[4].split(":")[1], 16) for f in (l.split() for l in open("/proc/net/udp"))
+              if f[1].endswith(":%04X" % port))
+print(int(open("/proc/sys/net/core/rmem_default").read()) // (queued // 8) + 1)')
 
 # --- traffic and faults -------------------------------------------------------------
 "$load" udp-client --to 127.0.0.1:7000 --duration "$duration" --flows 8 --rate 2000 >"$work/udp.out" 2>&1 &
@@ -164,13 +177,14 @@ stream_client=$!
   --reset-every 0 >"$work/stall.out" 2>&1 &
 stall_client=$!
 pids+=("$udp_client" "$stream_client" "$stall_client")
-faults=0 reloads=0 extra=0 max_fds=0 max_rss=0
+faults=0 reloads=0 extra=0 max_fds=0 max_rss=0 udp_kills=0
 end=$((SECONDS + duration))
 while ((SECONDS < end)); do
   sleep "$((end - SECONDS < fault_every ? end - SECONDS : fault_every))"
   ((SECONDS < end)) || break
   case $((udp_kill == 1 ? faults % 2 : 1)) in
-    0) kill -9 "$udp_echo" 2>/dev/null || log "the udp echo had died by itself"; sleep 0.3; start_udp_echo ;;
+    0) kill -9 "$udp_echo" 2>/dev/null || log "the udp echo had died by itself"; sleep 0.3; start_udp_echo
+       udp_kills=$((udp_kills + 1)) ;;
     1) kill -9 "$tcp_echo" 2>/dev/null || log "the tcp echo had died by itself"; sleep 0.3; start_tcp_echo ;;
   esac
   faults=$((faults + 1))
@@ -205,12 +219,14 @@ r = s["routes"][0]
 print(sum(r["drops"].values()) + r["kernel"]["policy-drops"])' "$work/status.json")
 reasons=$(($(udp_reasons) - base_reasons))
 lost=$((sent - received))
-log "udp: sent $sent, answered $received, lost $lost; reasons: relay drops $relay_drops, namespace UDP NoPorts+RcvbufErrors+InErrors $reasons"
+unexplained=$((lost > relay_drops + reasons ? lost - relay_drops - reasons : 0))
+allowed=$((udp_kills * held_bound))
+log "udp: sent $sent, answered $received, lost $lost; reasons: relay drops $relay_drops, namespace UDP NoPorts+RcvbufErrors+InErrors $reasons; unexplained $unexplained over $udp_kills udp echo kills (at most $held_bound each: what a killed echo held unread)"
 log "streams: $s_started started, $s_complete complete, $s_cut cut by a killed target, $s_reset reset by the client, $s_refused refused, $s_bytes bytes echoed"
 log "stalled target: $t_started started, $t_complete complete, $t_cut cut, $t_refused refused, $t_bytes bytes echoed"
 check "udp: every answer intact (bad $bad, duplicate $duplicate)" "bad == 0 && duplicate == 0"
 check "udp: traffic flowed ($received of $sent answered)" "received > sent / 2"
-check "udp: every lost datagram has a reason (lost $lost <= $relay_drops + $reasons)" "lost <= relay_drops + reasons"
+check "udp: every lost datagram has a reason, but what killed echoes held unread (unexplained $unexplained <= $allowed)" "unexplained <= allowed"
 check "streams: every completed stream byte-exact (mismatches $s_mismatch + $t_mismatch)" "s_mismatch == 0 && t_mismatch == 0"
 check "streams: streams completed through the faults ($s_complete) and the stalling target ($t_complete)" "s_complete > 0 && t_complete > 0"
 check "streams: client resets happened ($s_reset)" "s_reset > 0"
