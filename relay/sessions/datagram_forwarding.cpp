@@ -235,7 +235,10 @@ void DatagramRoute::poll_errors() {
 // same count, so they are taken off first: a target that is merely slow does
 // not end the flow.
 bool DatagramRoute::kernel_stopped_sending(const Flow& flow) const {
-  if (spec_.to.size() != 1 || !flow.kernel || !flow.client_socket_is_source || !flow.upstreams[0].fd)
+  // While the socket's filter is on, its drops are strays too: told apart
+  // when the filter goes (count_stray_drops() moves the baseline).
+  if (spec_.to.size() != 1 || !flow.kernel || !flow.client_socket_is_source || !flow.upstreams[0].fd ||
+      flow.filtered)
     return false;
   const uint32_t drops = kernel_drops(flow.client_socket.get()) - flow.drops_settled;
   return drops > maps_->flow_dropped(flow.client_key);

@@ -308,7 +308,11 @@ TEST_F(Subscribers, KernelRoundRobinSpreadsAndSkipsAStalledSubscriber) {
   uint64_t a_got = a.bytes - a_before, b_got = b.bytes - b_before;
   // Without the stall check b's backlog would take half: 32 MiB.
   EXPECT_LT(b_got, uint64_t(12) << 20) << s;
-  EXPECT_GT(a_got, uint64_t(kMore) * kSize / 2) << s;
+  // a takes b's share. How much of the 64 MiB that is depends on a's reader
+  // keeping up: on a loaded machine most of the flood met a's backlog at
+  // its bound and was dropped there, counted (target-full 60,056 of 65,536
+  // in one run), so the share is relative.
+  EXPECT_GT(a_got, b_got) << s;
   // Nothing the verdict program redirected was lost.
   EXPECT_EQ(a_got + b_got, redirected * kSize) << s;
 }
