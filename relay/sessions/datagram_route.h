@@ -58,8 +58,8 @@ struct DatagramCounters {
   // does not carry): what the kernel dropped at its full receive buffer,
   // for flows already closed (open ones are read at report time).
   uint64_t drop_flow_overflow = 0;
-  uint64_t drop_stray = 0;             // another client's datagram on a new flow socket (release_filters())
-  uint64_t refused_policy = 0;         // datagrams dropped: client not in allow-sources/uids/gids
+  uint64_t drop_stray = 0;      // another client's datagram on a new flow socket (release_filters())
+  uint64_t refused_policy = 0;  // datagrams dropped: client not in allow-sources/uids/gids
   // Datagrams lost to a target that refused (killed, restarting): count_lost_at_close().
   uint64_t drop_target_unreachable = 0;
 };
@@ -96,8 +96,8 @@ class DatagramRoute final : public LiveRoute {
   void tick() override;
   // Removes every map entry and closes every socket but the listener.
   void stop() override;
-  RouteReport report() const override;  // datagram_route_report.cpp
-  uint64_t listener_drops() const;      // datagram_route_report.cpp
+  RouteReport report() const override;   // datagram_route_report.cpp
+  uint64_t listener_drops() const;       // datagram_route_report.cpp
   uint64_t flow_overflow_drops() const;  // datagram_route_report.cpp
 
   size_t flow_count() const { return flows_.size(); }

@@ -152,8 +152,8 @@ TEST_F(StatusMetrics, WatchEndsWithExitZeroOnCtrlC) {
   if (pid == 0) {
     int fd = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     dup2(fd, 1);
-    execl(relay_binary(), relay_binary(), "status", "--watch", "0.2", "--control",
-          relay_->control().c_str(), static_cast<char*>(nullptr));
+    execl(relay_binary(), relay_binary(), "status", "--watch", "0.2", "--control", relay_->control().c_str(),
+          static_cast<char*>(nullptr));
     _exit(127);
   }
   ASSERT_GT(pid, 0);
