@@ -172,7 +172,7 @@ bool DatagramRoute::take_session(const Flow& flow) {
   if (count_and_log_now(counters_.refused_max_sessions))
     spdlog::warn(
         "route {}: max-sessions ({}) reached and none of this route's {} flow(s) may be evicted (none "
-        "unreplied, none silent for the last {} ms): dropping datagrams from new client {} (counted)",
+        "silent for the last {} ms): dropping datagrams from new client {} (counted)",
         spec_.route_id, budget_.max(), table_.size(), table_.rules().protect_ns / 1'000'000,
         flow.peer_text());
   return false;

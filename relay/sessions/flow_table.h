@@ -1,9 +1,9 @@
 // The datagram flows of one route, kept the way conntrack keeps UDP: a flow
 // that never saw a reply expires after unreplied-timeout, one that did
 // after idle-timeout; at max-sessions the route evicts an unreplied flow
-// (oldest first), else the least recently active established one, unless
-// that one was active within the protection window (then the new client is
-// refused).
+// (oldest first), else the least recently active established one; never a
+// flow active within the protection window, replied or not (when every
+// flow is, the new client is refused).
 //
 // Cost: O(1) amortized per flow, never a scan of every flow. Flows sit in
 // two timing wheels (unreplied, established), each a ring of slots of
@@ -30,8 +30,9 @@ class FlowTable {
   struct Rules {
     uint64_t unreplied_ns = 30'000'000'000;     // unreplied-timeout
     uint64_t established_ns = 120'000'000'000;  // idle-timeout
-    // An established flow active more recently than this is never evicted:
-    // a flood of new clients cannot push out clients in use.
+    // A flow active more recently than this is never evicted: a flood of
+    // new clients cannot push out clients in use, nor a request still
+    // waiting for its answer.
     uint64_t protect_ns = 1'000'000'000;
   };
   // What the probe reads for a flow: its last activity either way (the

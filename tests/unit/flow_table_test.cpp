@@ -143,6 +143,18 @@ TEST_F(FlowTableTest, EvictsUnrepliedOldestFirstThenLeastRecentlyActive) {
   EXPECT_EQ(table->victim(now), &busy);
 }
 
+TEST_F(FlowTableTest, AnUnrepliedFlowWaitingForItsAnswerIsNotEvicted) {
+  auto table = make();
+  TestFlow& established = add(*table, t0_);
+  target_replied(established, t0_ + kSec / 10);
+  TestFlow& waiting = add(*table, t0_ + 5 * kSec);  // its request just went out
+  uint64_t now = t0_ + 5 * kSec + kSec / 2;
+  EXPECT_EQ(table->victim(now), &established) << "the unreplied flow is half a second old: protected";
+  table->erase(established);
+  EXPECT_EQ(table->victim(now), nullptr) << "no flow silent for the window: the newcomer is refused";
+  EXPECT_EQ(table->victim(t0_ + 6 * kSec + kSec / 10), &waiting) << "silent for 1.1 s: evictable";
+}
+
 TEST_F(FlowTableTest, RefusesWhenEveryEstablishedFlowWasActiveWithinTheProtection) {
   auto table = make();
   std::vector<TestFlow*> flows;
