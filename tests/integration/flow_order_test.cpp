@@ -193,7 +193,8 @@ INSTANTIATE_TEST_SUITE_P(UnixSources, FlowOrder,
 // connected, caught from other new clients) are gone but for one whose
 // lookup races connect(), and that one is put in its place by receive
 // time (ARCHITECTURE.md "How a datagram travels"): 0-2 inversions in 100
-// repetitions (r3 flowsetup: 4-5). Losses remain, uncounted by the relay:
+// repetitions (before, same loaded machine: 26 and 35). Losses remain,
+// uncounted by the relay:
 // udp->unix-dgram 127-266 per 100 repetitions, every one a receive-queue
 // drop on a socket at the listener's port (the message gives the kernel's
 // count); udp->udp 31-100, with no kernel drop on either port (not found
