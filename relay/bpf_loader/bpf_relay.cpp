@@ -83,6 +83,7 @@ BpfRelay::BpfRelay(RelaySkeleton skel, const MapSizes& sizes, std::string bound_
 BpfRelay::~BpfRelay() {
   // Private instances first: their programs reference the shared maps.
   private_.clear();
+  listeners_.clear();
 }
 
 namespace {
@@ -278,6 +279,15 @@ void BpfRelay::release_hold(uint64_t key) {
   bpf_map_delete_elem(bpf_map__fd(skel_->maps.relay_hold), &key);
   bpf_map_delete_elem(bpf_map__fd(skel_->maps.relay_passed), &key);
 }
+
+Status BpfRelay::keep_listener_datagrams(uint64_t cookie, int fd) {
+  auto lookup = ListenerLookup::attach(fd);
+  if (!lookup) return lookup.error();
+  listeners_[cookie] = std::move(*lookup);
+  return {};
+}
+
+void BpfRelay::release_listener(uint64_t cookie) { listeners_.erase(cookie); }
 
 KernelCounts BpfRelay::route_counters(uint32_t route_id) const {
   std::vector<struct relay_route_stats> per_cpu(ncpus_);

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "bpf_loader/map_sizes.h"
+#include "bpf_loader/listener_lookup.h"
 #include "bpf_loader/map_writer.h"
 #include "common/result.h"
 #include "common/socket_cookie.h"
@@ -59,6 +60,8 @@ class BpfRelay final : public MapWriter {
   Status set_forwarded(uint64_t key, uint64_t channel, uint64_t forwarded) override;
   uint64_t held_passed(uint64_t key) override;
   void release_hold(uint64_t key) override;
+  Status keep_listener_datagrams(uint64_t cookie, int fd) override;
+  void release_listener(uint64_t cookie) override;
 
   KernelCounts route_counters(uint32_t route_id) const override;
   // Zeroes a route id's counters (route and per-target) before it is reused.
@@ -77,6 +80,8 @@ class BpfRelay final : public MapWriter {
   std::string bound_unavailable_;  // empty: skel_ is the bounded variant
   // Private program instances by key; each owns its program and its map.
   std::unordered_map<uint64_t, RelaySkeleton> private_;
+  // SK_LOOKUP instances by listener cookie.
+  std::unordered_map<uint64_t, std::unique_ptr<ListenerLookup>> listeners_;
   int ncpus_;
   MapSizes sizes_;
 };

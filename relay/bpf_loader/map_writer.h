@@ -73,6 +73,14 @@ class MapWriter {
   // Zeroes the per-target counters of `to[target_index]` of a route, for a
   // slot a new subscriber takes over. Fakes need not implement it.
   virtual void reset_target_counters(uint32_t /*route_id*/, uint32_t /*target_index*/) {}
+  // A UDP listener of a kernel route, known by its cookie: every datagram
+  // to its address that no connected socket takes goes to it, so a flow
+  // socket bound and not yet connected catches none
+  // (bpf/listener_lookup.bpf.c). Fakes need not implement it.
+  virtual Status keep_listener_datagrams(uint64_t /*cookie*/, int /*fd*/) {
+    return plain_error("no SK_LOOKUP program here");
+  }
+  virtual void release_listener(uint64_t /*cookie*/) {}
 
   // What the verdict program counted for a route, and for `to[target_index]`
   // of it (or a subscriber's slot), for `status`. Fakes count nothing.

@@ -1,5 +1,6 @@
 // Reading datagrams a batch at a time (recvmmsg), with each one's sender
-// and, when the socket asks for them, its SCM_CREDENTIALS. One helper for
+// and, when the socket asks for them, its SCM_CREDENTIALS, destination
+// address and receive time. One helper for
 // every socket a datagram route reads: its listener, its new-client
 // channel, its flow and upstream sockets.
 #pragma once
@@ -8,7 +9,9 @@
 #include <sys/socket.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
+#include <ctime>
 #include <type_traits>
 
 #include "common/io_errors.h"
@@ -28,6 +31,9 @@ struct DatagramMeta {
   const ucred* cred = nullptr;
   sockaddr_storage local{};
   socklen_t local_len = 0;
+  // When the kernel received it (SO_TIMESTAMPNS: a UDP listener and its
+  // flow sockets, datagram_hold.cpp), in ns; 0 when none came.
+  uint64_t stamp_ns = 0;
 };
 
 // The destination address of a datagram from its IP_PKTINFO or
@@ -72,7 +78,7 @@ int read_batch(int fd, char* buffer, Each each) {
   iovec iovs[kBatch];
   sockaddr_storage peers[kBatch];
   struct alignas(cmsghdr) Control {
-    char bytes[CMSG_SPACE(sizeof(ucred)) + CMSG_SPACE(sizeof(in6_pktinfo))];
+    char bytes[CMSG_SPACE(sizeof(ucred)) + CMSG_SPACE(sizeof(in6_pktinfo)) + CMSG_SPACE(sizeof(timespec))];
   };
   Control controls[kMeta ? kBatch : 1];
   std::memset(msgs, 0, sizeof(msgs));
@@ -101,6 +107,13 @@ int read_batch(int fd, char* buffer, Each each) {
           meta.cred = &cred;
         }
         take_pktinfo(c, peers[i].ss_family, meta);
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS &&
+            c->cmsg_len >= CMSG_LEN(sizeof(timespec))) {
+          timespec ts;
+          std::memcpy(&ts, CMSG_DATA(c), sizeof(ts));
+          meta.stamp_ns =
+              static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000u + static_cast<uint64_t>(ts.tv_nsec);
+        }
       }
       each(peers[i], msgs[i].msg_hdr.msg_namelen, data, msgs[i].msg_len, meta);
     } else {

@@ -147,13 +147,17 @@ struct DatagramRoute::Flow : FlowTable::Node {
 };
 
 // A datagram another client's flow socket caught (see
-// connect_reply_socket()): handled as if the listener had received it.
+// connect_reply_socket()): handled as if the listener had received it,
+// in its place among its client's datagrams there (park_strangers()).
 struct DatagramRoute::Stranger {
   sockaddr_storage peer;
   socklen_t peer_len;
   std::string data;
   sockaddr_storage local{};  // where it was sent (the flow socket's address)
   socklen_t local_len = 0;
+  uint64_t stamp_ns = 0;    // when the kernel received it, 0 if unknown
+  uint64_t read_after = 0;  // listener_reads_ when it was read
+  std::string key;          // its client's flow key
 };
 
 }  // namespace sockrelay

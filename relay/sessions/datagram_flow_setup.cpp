@@ -98,7 +98,7 @@ DatagramRoute::Flow* DatagramRoute::create_flow(const std::string& key, const so
   if (spec_.kernel && setup_error.empty()) try_kernel_path(*flow, strangers);
   Flow* raw = add_flow(std::move(flow), setup_error);
   start_flow(key, setup_error);
-  handle_strangers(strangers);
+  park_strangers(strangers);
   // Gone if its first reads failed it (counted there).
   auto it = flows_.find(key);
   return it != flows_.end() && it->second.get() == raw ? raw : nullptr;
@@ -283,6 +283,9 @@ void DatagramRoute::open_reply_socket(Flow& flow) {
 std::string DatagramRoute::connect_reply_socket(Flow& flow, std::vector<Stranger>& strangers) {
   if (!flow.client_socket_is_udp) return "";
   int fd = flow.client_socket.get();
+  // Each datagram's receive time, to put strangers in their place.
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one));
   if (connect(fd, reinterpret_cast<const sockaddr*>(&flow.peer), flow.peer_len) != 0)
     return std::string("UDP flow socket: connect: ") + std::strerror(errno);
   if (auto st = admit_only_client(fd, flow.peer); st)

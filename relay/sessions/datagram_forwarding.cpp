@@ -147,7 +147,7 @@ void DatagramRoute::on_client_socket_readable(Flow& flow, uint32_t events) {
                          strangers.push_back({peer, len, std::string(d, size), flow.local, flow.local_len});
                      });
   if (n < 0 || (events & EPOLLERR)) destroy_flow(key, "client socket error");
-  handle_strangers(strangers);
+  for (const Stranger& s : strangers) forward_stranger(s);
 }
 
 // The kernel still runs a socket's data-ready wake-up after the verdict

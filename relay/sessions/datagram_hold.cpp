@@ -79,16 +79,68 @@ Status DatagramRoute::begin_hold(Flow& flow) {
 void DatagramRoute::read_before_steering(Flow& flow, std::vector<Stranger>& strangers) {
   for (int round = 0; round < 64; ++round) {
     int n = read_batch(flow.client_socket.get(), buffer_.get(),
-                       [&](const sockaddr_storage& peer, socklen_t len, const char* d, size_t size) {
+                       [&](const sockaddr_storage& peer, socklen_t len, const char* d, size_t size,
+                           const DatagramMeta& meta) {
                          // One that slipped in from another client before connect() goes
                          // where the listener would send it.
                          if (len == flow.peer_len && std::memcmp(&peer, &flow.peer, len) == 0)
                            flow.waiting.push_back({std::string(d, size), false});
                          else
-                           strangers.push_back({peer, len, std::string(d, size), flow.local, flow.local_len});
+                           strangers.push_back({peer, len, std::string(d, size), flow.local, flow.local_len,
+                                                meta.stamp_ns, listener_reads_, flow_key(peer, len, 0)});
                        });
     if (n < kBatch) break;
   }
+}
+
+// Strangers (connect_reply_socket()) are other clients' datagrams, newer
+// than some of theirs still on the listener and older than others: each
+// waits here until a datagram of its client read from the listener was
+// received after it (forward_parked_before()), or until a listener read
+// that began after it was read comes back with less than a batch
+// (forward_parked()): every datagram its client sent before it has been
+// read then (one sender's datagrams are received in the order sent, and
+// it was on the flow socket when it was read). Receive times come from
+// SO_TIMESTAMPNS on the listener and the flow socket.
+void DatagramRoute::park_strangers(std::vector<Stranger>& strangers) {
+  for (Stranger& s : strangers) parked_.push_back(std::move(s));
+}
+
+void DatagramRoute::forward_parked_before(const std::string& key, uint64_t stamp_ns) {
+  for (;;) {
+    auto first = parked_.end();
+    for (auto it = parked_.begin(); it != parked_.end(); ++it)
+      if (it->key == key && it->stamp_ns < stamp_ns &&
+          (first == parked_.end() || it->stamp_ns < first->stamp_ns))
+        first = it;
+    if (first == parked_.end()) return;
+    Stranger s = std::move(*first);
+    parked_.erase(first);
+    forward_stranger(s);
+  }
+}
+
+void DatagramRoute::forward_parked(uint64_t read) {
+  std::vector<Stranger> due;
+  for (auto it = parked_.begin(); it != parked_.end();) {
+    if (it->read_after < read) {
+      due.push_back(std::move(*it));
+      it = parked_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  std::stable_sort(due.begin(), due.end(),
+                   [](const Stranger& a, const Stranger& b) { return a.stamp_ns < b.stamp_ns; });
+  for (const Stranger& s : due) forward_stranger(s);
+}
+
+void DatagramRoute::forward_stranger(const Stranger& s) {
+  DatagramMeta meta;
+  meta.local = s.local;
+  meta.local_len = s.local_len;
+  meta.stamp_ns = s.stamp_ns;
+  handle_client_datagram(s.peer, s.peer_len, 0, std::nullopt, &meta, s.data.data(), s.data.size());
 }
 
 // Right after the flow socket entered the map: anything still queued
@@ -151,8 +203,9 @@ void DatagramRoute::catch_early(Flow& flow, const char* data, size_t len, bool h
 
 // A UDP listener read `read` came back with less than a batch (`drained`):
 // the client of every flow whose socket connected before that read began
-// has no datagram left on the listener.
+// has no datagram left on the listener; strangers read before it go first.
 void DatagramRoute::listener_read_done(uint64_t read, bool drained) {
+  if (drained && !parked_.empty()) forward_parked(read);
   if (!drained || awaiting_listener_.empty()) return;
   std::vector<std::string> still;
   std::vector<std::string> done;

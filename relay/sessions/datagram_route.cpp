@@ -94,6 +94,7 @@ Status DatagramRoute::start() {
   if (spec_.kernel && unix_listener())
     if (auto st = steer_unix_listener(); !st) return st.error().wrap("listener " + spec_.from->name);
   if (auto st = ask_local_address(); !st) return st.error().wrap("listener " + spec_.from->name);
+  keep_listener_datagrams();
   // A UDP listener stays out of the map: each client gets a flow socket,
   // so the listener only ever sees first datagrams. A unix listener the
   // verdict program steers is not watched at all: the program hands every
@@ -128,6 +129,27 @@ Status DatagramRoute::ask_local_address() {
   return {};
 }
 
+// A UDP listener gets every datagram to its address that no connected
+// flow socket takes (MapWriter::keep_listener_datagrams()): a flow socket
+// bound and not yet connected then catches no other client's datagrams but
+// one whose lookup races its connect(). Without it (no BPF, or a kernel
+// without SK_LOOKUP), it catches many. Either way they are read back after
+// connect() and put in their place among their client's datagrams on the
+// listener by receive time (park_strangers()).
+void DatagramRoute::keep_listener_datagrams() {
+  if (unix_listener()) return;
+  // Each datagram's receive time, to put strangers in their place.
+  int one = 1;
+  setsockopt(listener_.get(), SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one));
+  if (!maps_) return;
+  if (auto st = maps_->keep_listener_datagrams(listener_cookie_, listener_.get()); !st) {
+    spdlog::info("route {}: {}: new clients' first datagrams may be reordered", spec_.route_id,
+                 st.error().describe());
+    return;
+  }
+  listener_kept_ = true;
+}
+
 // See unix_listener_steering.h. On failure nothing of it stays behind.
 Status DatagramRoute::steer_unix_listener() {
   unix_steering_ =
@@ -146,7 +168,9 @@ Status DatagramRoute::steer_unix_listener() {
 
 void DatagramRoute::stop() {
   // Also after a start() that failed half-way: the flows its first reads
-  // set up hold map entries and sessions of the budget.
+  // set up hold map entries and sessions of the budget. Strangers still
+  // parked go first, as every waiting datagram does (destroy_flow()).
+  forward_parked(~0ull);
   while (!flows_.empty()) destroy_flow(std::string(flows_.begin()->first), "");
   filtered_.clear();
   unix_steering_.reset();  // its destructor removes what it wrote
@@ -155,6 +179,8 @@ void DatagramRoute::stop() {
   linger_timer_ = Fd();
   lingering_.clear();
   awaiting_listener_.clear();
+  if (listener_kept_) maps_->release_listener(listener_cookie_);
+  listener_kept_ = false;
   if (started_) loop_.remove(listener_.get());
   started_ = false;
 }
@@ -164,7 +190,7 @@ void DatagramRoute::tick() {
   release_filters();
   // What the hold waits for, in case no event brought it: a listener read
   // that comes back empty, a held datagram stuck on its way.
-  if (!awaiting_listener_.empty() && !unix_steering_) on_listener_readable();
+  if ((!awaiting_listener_.empty() || !parked_.empty()) && !unix_steering_) on_listener_readable();
   for (const auto& [cookie, key] : held_) touched_holds_.push_back(key);
   advance_holds();
   if (!lingering_.empty() && !linger_timer_) linger_check();
@@ -186,7 +212,7 @@ bool DatagramRoute::on_listener_readable() {
                          handle_client_datagram(peer, len, 0, std::nullopt, &meta, d, size);
                        });
     listener_read_done(read, n < kBatch);
-    if (n < kBatch && awaiting_listener_.empty()) return true;
+    if (n < kBatch && awaiting_listener_.empty() && parked_.empty()) return true;
   }
   return false;
 }
@@ -198,19 +224,11 @@ void DatagramRoute::handle_client_datagram(const sockaddr_storage& peer, socklen
       sender_refused(peer, peer_len, tagged_cookie, meta ? meta->cred : nullptr))
     return;
   std::string key = flow_key(peer, peer_len, tagged_cookie);
+  if (!parked_.empty() && meta && meta->stamp_ns) forward_parked_before(key, meta->stamp_ns);
   Flow* flow = find_flow(key, tagged_cookie);
   if (!flow) flow = create_flow(key, peer, peer_len, tagged_cookie, tagged_uid, meta);
   if (!flow) return;  // counted by create_flow
   send_to_upstream(*flow, data, len);
-}
-
-void DatagramRoute::handle_strangers(const std::vector<Stranger>& strangers) {
-  for (const Stranger& d : strangers) {
-    DatagramMeta meta;
-    meta.local = d.local;
-    meta.local_len = d.local_len;
-    handle_client_datagram(d.peer, d.peer_len, 0, std::nullopt, &meta, d.data.data(), d.data.size());
-  }
 }
 
 bool DatagramRoute::sender_refused(const sockaddr_storage& peer, socklen_t peer_len, uint64_t tagged_cookie,

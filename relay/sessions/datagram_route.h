@@ -126,6 +126,7 @@ class DatagramRoute final : public LiveRoute {
   // datagram_route.cpp: the listener, and finding each datagram's flow.
   Status steer_unix_listener();
   Status ask_local_address();
+  void keep_listener_datagrams();
   bool on_listener_readable();  // true once the listener's queue is empty
   // `tagged_cookie`: the sender's cookie when the verdict program tagged it.
   // `tagged_uid`: the sender socket's owner, when the verdict program tagged it.
@@ -134,7 +135,6 @@ class DatagramRoute final : public LiveRoute {
   void handle_client_datagram(const sockaddr_storage& peer, socklen_t peer_len, uint64_t tagged_cookie,
                               std::optional<uint32_t> tagged_uid, const DatagramMeta* meta, const char* data,
                               size_t len);
-  void handle_strangers(const std::vector<Stranger>& strangers);
   // allow-uids/allow-gids of a unix listener, before a flow is looked up:
   // true when the datagram is dropped (and counted).
   bool sender_refused(const sockaddr_storage& peer, socklen_t peer_len, uint64_t tagged_cookie,
@@ -185,6 +185,10 @@ class DatagramRoute final : public LiveRoute {
   Status open_hold_channel();
   Status begin_hold(Flow& flow);
   void read_before_steering(Flow& flow, std::vector<Stranger>& strangers);
+  void park_strangers(std::vector<Stranger>& strangers);
+  void forward_parked_before(const std::string& key, uint64_t stamp_ns);
+  void forward_parked(uint64_t read);
+  void forward_stranger(const Stranger& s);
   void note_lingering(Flow& flow);
   void on_held_datagram(uint64_t key, const char* data, size_t len);
   void catch_early(Flow& flow, const char* data, size_t len, bool held);
@@ -248,6 +252,9 @@ class DatagramRoute final : public LiveRoute {
   std::unordered_map<uint64_t, std::string> held_;
   std::vector<std::string> touched_holds_;
   std::vector<std::string> awaiting_listener_;
+  // Strangers waiting for their place among their clients' datagrams on
+  // the listener (park_strangers()).
+  std::vector<Stranger> parked_;
   std::vector<std::string> lingering_;
   uint64_t listener_reads_ = 0;
   Fd linger_timer_;
@@ -263,6 +270,7 @@ class DatagramRoute final : public LiveRoute {
   std::unique_ptr<char[]> buffer_;
   std::unique_ptr<char[]> listener_buffer_;
   bool started_ = false;
+  bool listener_kept_ = false;  // keep_listener_datagrams() took
 };
 
 }  // namespace sockrelay

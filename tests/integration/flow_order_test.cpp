@@ -177,7 +177,11 @@ TEST_P(FlowOrder, NewClientsInOrderNothingLost) {
   std::string status = relay.status_json();
   uint64_t kernel_drops = unix_to() ? 0 : udp_drops(5401);
   EXPECT_EQ(inversions, 0u) << bad_reps << " repetitions went wrong; " << status;
-  EXPECT_EQ(lost, 0u) << "kernel drops at the sink: " << kernel_drops << "; " << status;
+  EXPECT_EQ(lost, 0u) << "kernel drops at the sink: " << kernel_drops
+                      << (unix_from()
+                              ? ""
+                              : ", at the listener and flow sockets: " + std::to_string(udp_drops(5400)))
+                      << "; " << status;
   EXPECT_EQ(foreign, 0u);
   EXPECT_EQ(relay.terminate(), 0) << relay.log();
 }
@@ -189,11 +193,16 @@ TEST_P(FlowOrder, NewClientsInOrderNothingLost) {
 INSTANTIATE_TEST_SUITE_P(DISABLED_UnixSources, FlowOrder,
                          ::testing::Values(Pairing{"unix-dgram", "udp"}, Pairing{"unix-dgram", "unix-dgram"}),
                          pairing_name);
-// Not yet in order: a UDP flow socket, bound and not yet connected, catches
-// other new clients' datagrams (strangers), which are forwarded before
-// their own older ones still on the listener (r3 flowsetup: 4-5 inversions
-// and 36-168 lost in 100 repetitions on this machine, against the whole
-// burst reordered before). Run with --gtest_also_run_disabled_tests.
+// Not yet exact. Strangers (datagrams a flow socket, bound and not yet
+// connected, caught from other new clients) are gone but for one whose
+// lookup races connect(), and that one is put in its place by receive
+// time (ARCHITECTURE.md "How a datagram travels"): 0-2 inversions in 100
+// repetitions (before, same loaded machine: 26 and 35). Losses remain,
+// uncounted by the relay:
+// udp->unix-dgram 127-266 per 100 repetitions, every one a receive-queue
+// drop on a socket at the listener's port (the message gives the kernel's
+// count); udp->udp 31-100, with no kernel drop on either port (not found
+// yet). Run with --gtest_also_run_disabled_tests.
 INSTANTIATE_TEST_SUITE_P(DISABLED_UdpSources, FlowOrder,
                          ::testing::Values(Pairing{"udp", "udp"}, Pairing{"udp", "unix-dgram"}),
                          pairing_name);
