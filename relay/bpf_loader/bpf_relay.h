@@ -9,8 +9,8 @@
 #include <unordered_map>
 #include <vector>
 
-#include "bpf_loader/map_sizes.h"
 #include "bpf_loader/listener_lookup.h"
+#include "bpf_loader/map_sizes.h"
 #include "bpf_loader/map_writer.h"
 #include "common/result.h"
 #include "common/socket_cookie.h"
