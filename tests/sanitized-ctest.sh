@@ -8,7 +8,7 @@
 #   - PLAIN_BUILD's integration tests with SOCKRELAY_TEST_RELAY pointing at
 #     ASAN_BUILD's `sockrelay`: every relay they start is the sanitized one,
 #     under real traffic. The test binary itself needs no sanitizer (it only
-#     drives sockets), so ASAN_BUILD builds three targets, not the whole tree:
+#     drives sockets), so ASAN_BUILD builds these targets, not the whole tree:
 #       cmake --build ASAN_BUILD --target sockrelay sockrelay_unit_tests \
 #         sockrelay_fuzz_replay_config sockrelay_fuzz_replay_address \
 #         sockrelay_fuzz_replay_control_request
