@@ -103,7 +103,9 @@ struct DatagramRoute::Flow : FlowTable::Node {
   uint64_t last_user_ns = 0;
   bool replied_in_user_space = false;  // user space sent the client a reply (the kernel's: probe())
   bool target_refused = false;         // closing because its one target refused (upstream_failed())
-  uint32_t drops_settled = 0;          // kernel_drops() of its steered flow socket when it settled
+  // kernel_drops() of its flow socket when it settled or its filter went:
+  // the baseline of every later loss count on it (drops_since_baseline()).
+  uint32_t drops_settled = 0;
 
   // In order from the first datagram (datagram_hold.cpp). What came before
   // the flow could catch its datagrams (on the listener; for AF_UNIX, on
@@ -134,8 +136,9 @@ struct DatagramRoute::Flow : FlowTable::Node {
   // count_stray_drops()).
   uint32_t user_read_overflow() const {
     if (!client_socket_is_udp || filtered || (kernel && client_socket_is_source)) return 0;
-    return kernel_drops(client_socket.get()) - drops_settled;
+    return drops_since_baseline();
   }
+  uint32_t drops_since_baseline() const { return kernel_drops(client_socket.get()) - drops_settled; }
   bool from_client(const sockaddr_storage& from, socklen_t len) const {
     return len == peer_len && std::memcmp(&from, &peer, len) == 0;
   }

@@ -240,8 +240,7 @@ bool DatagramRoute::kernel_stopped_sending(const Flow& flow) const {
   if (spec_.to.size() != 1 || !flow.kernel || !flow.client_socket_is_source || !flow.upstreams[0].fd ||
       flow.filtered)
     return false;
-  const uint32_t drops = kernel_drops(flow.client_socket.get()) - flow.drops_settled;
-  return drops > maps_->flow_dropped(flow.client_key);
+  return flow.drops_since_baseline() > maps_->flow_dropped(flow.client_key);
 }
 
 }  // namespace sockrelay

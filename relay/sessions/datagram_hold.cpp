@@ -23,7 +23,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstring>
 
 #include "sessions/datagram_batch.h"
 #include "sessions/datagram_flow.h"
@@ -83,7 +82,7 @@ void DatagramRoute::read_before_steering(Flow& flow, std::vector<Stranger>& stra
                            const DatagramMeta& meta) {
                          // One that slipped in from another client before connect() goes
                          // where the listener would send it.
-                         if (len == flow.peer_len && std::memcmp(&peer, &flow.peer, len) == 0)
+                         if (flow.from_client(peer, len))
                            flow.waiting.push_back({std::string(d, size), false});
                          else
                            strangers.push_back({peer, len, std::string(d, size), flow.local, flow.local_len,

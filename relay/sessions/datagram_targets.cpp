@@ -69,7 +69,7 @@ void DatagramRoute::count_lost_at_close(Flow& flow, uint32_t program_dropped) {
   if (flow.kernel && flow.client_socket_is_source) {
     // The kernel's count includes what the verdict program dropped and
     // counted itself, and what was dropped before the flow settled.
-    const uint32_t drops = kernel_drops(fd) - flow.drops_settled;
+    const uint32_t drops = flow.drops_since_baseline();
     if (drops > program_dropped) counters_.drop_target_unreachable += drops - program_dropped;
   }
   if (!flow.target_refused) return;
