@@ -86,6 +86,11 @@ struct DatagramRoute::Flow : FlowTable::Node {
   std::vector<Upstream> upstreams;  // by target index
   uint64_t next_target = 0;         // user space's round-robin position
 
+  // UDP: the flow socket waits for the client's second datagram
+  // (DatagramRoute::open_flow_socket()); until then replies leave from the
+  // listener.
+  bool flow_socket_deferred = false;
+  uint64_t client_datagrams = 0;  // what user space forwarded of the client's
   Fd client_socket;  // connected to the client (the reply path); may stay closed
   uint64_t client_socket_cookie = 0;
   bool client_socket_is_udp = false;     // UDP flow socket: the client's datagrams arrive on it
@@ -130,6 +135,9 @@ struct DatagramRoute::Flow : FlowTable::Node {
   uint64_t linger_last_ns = 0;
 
   bool replyable() const { return peer_len > 0; }
+  // Past one request: the client sent again (on the kernel path user space
+  // no longer sees its datagrams, and a flow gets there by sending again).
+  bool conversation() const { return kernel || client_datagrams > 1; }
   // What the kernel dropped at the UDP flow socket's full receive buffer
   // while user space reads it (a steered one's drops are counted in
   // count_lost_at_close(); strays its filter dropped, in

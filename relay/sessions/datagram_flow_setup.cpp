@@ -87,6 +87,11 @@ DatagramRoute::Flow* DatagramRoute::create_flow(const std::string& key, const so
   if (!owner_allowed(*flow, tagged_cookie, owner_uid) || !source_allowed(*flow, peer) || !take_session(*flow))
     return nullptr;
   if (!open_upstreams(*flow)) return nullptr;  // counted, and the session given back
+  if (defers_flow_socket(*flow)) {
+    flow->flow_socket_deferred = true;
+    std::string none;
+    return add_flow(std::move(flow), none);
+  }
   open_reply_socket(*flow);
   std::vector<Stranger> strangers;
   std::string setup_error = connect_reply_socket(*flow, strangers);
@@ -225,6 +230,50 @@ Status DatagramRoute::open_upstream(Flow& flow, size_t target) {
   }
   up.watched = true;
   return {};
+}
+
+// A UDP client's flow socket waits for its second datagram: a client that
+// sends one request and goes (DNS-like) costs one upstream socket and no
+// flow socket. A flow socket is bound to the listener's address and port,
+// and the kernel walks every socket on that address and port to bind one
+// (udp_lib_lport_inuse2(), with SO_REUSEADDR on both sides) and to find
+// the listener for a new client's first datagram (udp4_lib_lookup2(), the
+// connected flow sockets scored first): at 4,096 flows, ~330 µs of CPU
+// per new client, 2,652 new clients/s (tests/bench/README.md, "Many
+// clients"). Replies to a client without one leave from the listener.
+// Broadcast keeps it from the first datagram (user space reads it to copy
+// each datagram to every target).
+bool DatagramRoute::defers_flow_socket(const Flow& flow) const {
+  return flow.replyable() && !unix_listener() && !broadcast();
+}
+
+// The client sent again: its flow socket, connected, and on a kernel route
+// the kernel path, as a new client's would be from its first datagram
+// (create_flow()); what it sent before is forwarded first, in order, by
+// the same hold. When the socket cannot be had, replies keep leaving from
+// the listener. The flow may be gone after (its first reads failed it).
+void DatagramRoute::open_flow_socket(Flow& flow) {
+  flow.flow_socket_deferred = false;
+  open_reply_socket(flow);
+  if (!flow.client_socket_is_udp) return;
+  std::vector<Stranger> strangers;
+  std::string setup_error = connect_reply_socket(flow, strangers);
+  if (!setup_error.empty()) {
+    spdlog::debug("route {}: client {}: {}; replies go through user space", spec_.route_id, flow.peer_text(),
+                  setup_error);
+    flow.client_socket = Fd();
+    flow.client_socket_is_udp = false;
+    flow.filtered = false;
+    park_strangers(strangers);
+    return;
+  }
+  flow.leftovers_done = false;
+  flow.connected_in_read = listener_reads_;
+  if (spec_.kernel) try_kernel_path(flow, strangers);
+  std::string key = flow.key;
+  watch_flow_socket(flow, setup_error);
+  start_flow(key, setup_error);
+  park_strangers(strangers);
 }
 
 // The flow socket's local address: the listener's, with the address the
@@ -390,24 +439,10 @@ void DatagramRoute::unwire_upstream(Upstream& up) {
 // watched (its client's datagrams would wait there unread).
 DatagramRoute::Flow* DatagramRoute::add_flow(std::unique_ptr<Flow> flow, std::string& setup_error) {
   Flow* raw = flow.get();
-  if (raw->client_socket_is_udp) {
-    // A flow socket the verdict program steers is not watched: its errors
-    // are polled (poll_errors()). User space reads it only on the
-    // user-space path.
-    raw->settled = raw->kernel && raw->client_socket_is_source;
-    auto on_client = [this, raw](uint32_t ev) { on_client_socket_readable(*raw, ev); };
-    if (!raw->settled && setup_error.empty())
-      if (auto st = loop_.add(raw->client_socket.get(), EPOLLIN, on_client); !st)
-        setup_error = "UDP flow socket: " + st.error().describe();
-  }
+  watch_flow_socket(*raw, setup_error);
   if (unix_listener() && raw->replyable() && raw->unix_cookie) {
     std::string alias = "addr:" + address_bytes(raw->peer, raw->peer_len);
     if (alias != raw->key) unix_address_alias_[alias] = raw->key;
-  }
-  if (!raw->leftovers_done) awaiting_listener_.push_back(raw->key);
-  if (raw->filtered) {
-    raw->filter_until_tick = ticks_ + 2;
-    filtered_.push_back(raw->key);
   }
   flows_[raw->key] = std::move(flow);
   table_.insert(*raw, raw->last_user_ns);
@@ -415,6 +450,26 @@ DatagramRoute::Flow* DatagramRoute::add_flow(std::unique_ptr<Flow> flow, std::st
   spdlog::debug("route {}: new flow from {} ({} path)", spec_.route_id, raw->peer_text(),
                 raw->kernel ? "kernel" : "user-space");
   return raw;
+}
+
+// A new UDP flow socket: watched unless the verdict program steers it (its
+// errors are then polled: poll_errors(); user space reads it only on the
+// user-space path), its flow waiting for its leftovers on the listener,
+// its filter's end set.
+void DatagramRoute::watch_flow_socket(Flow& flow, std::string& setup_error) {
+  if (flow.client_socket_is_udp) {
+    flow.settled = flow.kernel && flow.client_socket_is_source;
+    Flow* raw = &flow;
+    auto on_client = [this, raw](uint32_t ev) { on_client_socket_readable(*raw, ev); };
+    if (!flow.settled && setup_error.empty())
+      if (auto st = loop_.add(flow.client_socket.get(), EPOLLIN, on_client); !st)
+        setup_error = "UDP flow socket: " + st.error().describe();
+  }
+  if (!flow.leftovers_done) awaiting_listener_.push_back(flow.key);
+  if (flow.filtered) {
+    flow.filter_until_tick = ticks_ + 2;
+    filtered_.push_back(flow.key);
+  }
 }
 
 // The flow's first reads: a kernel flow settles (settle()); on the

@@ -1,6 +1,7 @@
 // The datagrams user space moves itself (a new client's first one, what
 // reached a socket before it entered the map, every datagram on the
 // user-space path), and the events it watches the flow sockets for.
+#include <netinet/in.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 
@@ -19,10 +20,46 @@ namespace {
 
 constexpr size_t kMaxPending = 1024;  // per upstream socket
 
+// A reply sent from the listener leaves from `from`, the address its client
+// sent to (IP_PKTINFO / IPV6_PKTINFO): from a wildcard listener, routing
+// would pick the source, and a connected client accepts only the address
+// it sent to.
+ssize_t send_from(int fd, const char* data, size_t len, const sockaddr_storage& to, socklen_t to_len,
+                  const sockaddr_storage& from) {
+  iovec iov{const_cast<char*>(data), len};
+  msghdr msg{};
+  msg.msg_name = const_cast<sockaddr_storage*>(&to);
+  msg.msg_namelen = to_len;
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(in6_pktinfo))] = {};
+  msg.msg_control = control;
+  cmsghdr* c = reinterpret_cast<cmsghdr*>(control);
+  if (from.ss_family == AF_INET6) {
+    in6_pktinfo info{};
+    info.ipi6_addr = reinterpret_cast<const sockaddr_in6&>(from).sin6_addr;
+    c->cmsg_level = IPPROTO_IPV6;
+    c->cmsg_type = IPV6_PKTINFO;
+    c->cmsg_len = CMSG_LEN(sizeof(info));
+    std::memcpy(CMSG_DATA(c), &info, sizeof(info));
+    msg.msg_controllen = CMSG_SPACE(sizeof(info));
+  } else {
+    in_pktinfo info{};
+    info.ipi_spec_dst = reinterpret_cast<const sockaddr_in&>(from).sin_addr;
+    c->cmsg_level = IPPROTO_IP;
+    c->cmsg_type = IP_PKTINFO;
+    c->cmsg_len = CMSG_LEN(sizeof(info));
+    std::memcpy(CMSG_DATA(c), &info, sizeof(info));
+    msg.msg_controllen = CMSG_SPACE(sizeof(info));
+  }
+  return sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+}
+
 }  // namespace
 
 void DatagramRoute::send_to_upstream(Flow& flow, const char* data, size_t len) {
   flow.last_user_ns = monotonic_ns();
+  ++flow.client_datagrams;
   size_t n = flow.upstreams.size();
   if (broadcast()) {
     bool any = false;
@@ -74,6 +111,8 @@ void DatagramRoute::send_to_client(Flow& flow, const char* data, size_t len) {
   ssize_t sent;
   if (flow.client_socket)
     sent = send(flow.client_socket.get(), data, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+  else if (flow.replyable() && flow.local_len && flow.local.ss_family != AF_UNIX)
+    sent = send_from(listener_.get(), data, len, flow.peer, flow.peer_len, flow.local);
   else if (flow.replyable())
     sent = sendto(listener_.get(), data, len, MSG_DONTWAIT | MSG_NOSIGNAL,
                   reinterpret_cast<const sockaddr*>(&flow.peer), flow.peer_len);

@@ -226,8 +226,13 @@ void DatagramRoute::handle_client_datagram(const sockaddr_storage& peer, socklen
   std::string key = flow_key(peer, peer_len, tagged_cookie);
   if (!parked_.empty() && meta && meta->stamp_ns) forward_parked_before(key, meta->stamp_ns);
   Flow* flow = find_flow(key, tagged_cookie);
-  if (!flow) flow = create_flow(key, peer, peer_len, tagged_cookie, tagged_uid, meta);
-  if (!flow) return;  // counted by create_flow
+  if (!flow) {
+    flow = create_flow(key, peer, peer_len, tagged_cookie, tagged_uid, meta);
+  } else if (flow->flow_socket_deferred) {
+    open_flow_socket(*flow);
+    flow = find_flow(key, tagged_cookie);
+  }
+  if (!flow) return;  // counted by create_flow or open_flow_socket
   send_to_upstream(*flow, data, len);
 }
 
@@ -317,7 +322,7 @@ void DatagramRoute::destroy_flow(const std::string& key, const std::string& fail
 }
 
 FlowTable::Seen DatagramRoute::probe(const Flow& flow) const {
-  FlowTable::Seen seen{flow.last_user_ns, flow.replied_in_user_space};
+  FlowTable::Seen seen{flow.last_user_ns, flow.replied_in_user_space, flow.conversation()};
   if (!flow.kernel) return seen;
   // A reply flow (upstream socket -> client socket) is stamped only when a
   // target sent something back through the verdict program.
@@ -359,7 +364,10 @@ bool DatagramRoute::evict_one(const Flow& newcomer) {
   spdlog::log(count_and_log_now(counters_.flows_evicted) ? spdlog::level::info : spdlog::level::debug,
               "route {}: max-sessions ({}) reached: flow from {} ({}) evicted for new client {} (counted)",
               spec_.route_id, budget_.max(), victim.peer_text(),
-              victim.replied() ? "established" : "unreplied", newcomer.peer_text());
+              victim.established() ? "established"
+              : victim.replied()   ? "answered"
+                                   : "unreplied",
+              newcomer.peer_text());
   destroy_flow(std::string(victim.key), "");
   return true;
 }

@@ -166,6 +166,8 @@ class DatagramRoute final : public LiveRoute {
   bool open_upstreams(Flow& flow);
   Status open_upstream(Flow& flow, size_t target);
   void set_flow_local_address(Flow& flow) const;
+  bool defers_flow_socket(const Flow& flow) const;
+  void open_flow_socket(Flow& flow);
   void open_reply_socket(Flow& flow);
   std::string connect_reply_socket(Flow& flow, std::vector<Stranger>& strangers);
   void try_kernel_path(Flow& flow, std::vector<Stranger>& strangers);
@@ -174,6 +176,7 @@ class DatagramRoute final : public LiveRoute {
   void unwire_client(Flow& flow);
   void unwire_upstream(Upstream& up);
   Flow* add_flow(std::unique_ptr<Flow> flow, std::string& setup_error);
+  void watch_flow_socket(Flow& flow, std::string& setup_error);
   void start_flow(const std::string& key, const std::string& setup_error);
   void settle(const std::string& key);
   void release_filters();

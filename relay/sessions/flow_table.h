@@ -1,12 +1,16 @@
 // The datagram flows of one route, kept the way conntrack keeps UDP: a flow
-// that never saw a reply expires after unreplied-timeout, one that did
-// after idle-timeout; at max-sessions the route evicts an unreplied flow
-// (oldest first), else the least recently active established one; never a
-// flow active within the protection window, replied or not (when every
-// flow is, the new client is refused).
+// is established once it saw a reply and is a conversation (its client sent
+// again; conntrack's "assured"); an established flow expires after
+// idle-timeout, any other (unreplied, or answered once: one request, one
+// reply, like a DNS query) after unreplied-timeout. At max-sessions the
+// route evicts a flow that is not established, oldest first: an answered
+// one at any age (its request was answered), an unreplied one only once
+// silent for the protection window (its answer may still be on its way);
+// else the least recently active established flow silent for the
+// protection window. When none may go, the new client is refused.
 //
 // Cost: O(1) amortized per flow, never a scan of every flow. Flows sit in
-// two timing wheels (unreplied, established), each a ring of slots of
+// two timing wheels (not established, established), each a ring of slots of
 // 1/32 of its timeout, in the slot of the last activity user space knows
 // of. The verdict program stamps each flow's last skb in the kernel map
 // without telling user space, so a flow's slot may be older than its real
@@ -36,11 +40,13 @@ class FlowTable {
     uint64_t protect_ns = 1'000'000'000;
   };
   // What the probe reads for a flow: its last activity either way (the
-  // later of user space's and the verdict program's) and whether anything
-  // ever came back from a target.
+  // later of user space's and the verdict program's), whether anything
+  // ever came back from a target, and whether its client sent more than
+  // one datagram (a conversation).
   struct Seen {
     uint64_t last_ns = 0;
     bool replied = false;
+    bool conversation = true;
   };
 
   // A flow's place in the table, a base of the flow itself (no allocation;
@@ -51,6 +57,7 @@ class FlowTable {
     Node(const Node&) = delete;
     Node& operator=(const Node&) = delete;
     bool replied() const { return replied_; }
+    bool established() const { return wheel_ == kEstablished; }
     bool in_table() const { return wheel_ != kNone; }
 
    private:

@@ -124,11 +124,39 @@ TEST_F(DatagramRouteTest, UdpClientGetsFlowSocketAndUpstreamInBothDirections) {
   Bound client = udp_endpoint("client", Role::Connect);
   const auto& to = listener.endpoint.address;
   ASSERT_EQ(sendto(client.fd.get(), "first", 5, 0, to.sa(), to.length), 5);
-  ASSERT_TRUE(pump([&] { return route.flow_count() == 1 && maps_.holds.empty(); }));
+  ASSERT_TRUE(pump([&] { return route.flow_count() == 1; }));
 
+  // One datagram: an upstream socket, no flow socket and nothing in the
+  // maps yet; the reply leaves from the listener.
   char buf[16];
-  ASSERT_EQ(recv_now(server.fd, buf, sizeof(buf)), 5) << "the first datagram must reach the upstream";
+  sockaddr_storage from{};
+  socklen_t from_len = sizeof(from);
+  ssize_t n = -1;
+  for (int i = 0; i < 100 && n < 0; ++i)
+    if ((n = recvfrom(server.fd.get(), buf, sizeof(buf), MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&from),
+                      &from_len)) < 0)
+      usleep(10000);
+  ASSERT_EQ(n, 5) << "the first datagram must reach the upstream";
   EXPECT_EQ(std::string(buf, 5), "first");
+  EXPECT_TRUE(maps_.flows.empty()) << "a client's flow socket waits for its second datagram";
+  ASSERT_EQ(sendto(server.fd.get(), "reply", 5, 0, reinterpret_cast<sockaddr*>(&from), from_len), 5);
+  sockaddr_storage replier{};
+  socklen_t replier_len = sizeof(replier);
+  n = -1;
+  for (int i = 0; i < 100 && n < 0; ++i) {
+    EXPECT_TRUE(loop_->run_once(std::chrono::milliseconds(10)).ok());
+    n = recvfrom(client.fd.get(), buf, sizeof(buf), MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&replier),
+                 &replier_len);
+  }
+  ASSERT_EQ(n, 5) << "the reply must reach the client";
+  EXPECT_EQ(replier_len, to.length);
+  EXPECT_EQ(std::memcmp(&replier, &to.storage, to.length), 0) << "from the listener's address";
+
+  // The second: the flow socket and the kernel path.
+  ASSERT_EQ(sendto(client.fd.get(), "again", 5, 0, to.sa(), to.length), 5);
+  ASSERT_TRUE(pump([&] { return !maps_.flows.empty() && maps_.holds.empty(); }));
+  ASSERT_EQ(recv_now(server.fd, buf, sizeof(buf)), 5);
+  EXPECT_EQ(std::string(buf, 5), "again");
   EXPECT_EQ(budget.used(), 1u);
   // Two flows keyed by cookie, each pointing at the other socket, same route.
   ASSERT_EQ(maps_.flows.size(), 2u);
@@ -144,15 +172,15 @@ TEST_F(DatagramRouteTest, UdpClientGetsFlowSocketAndUpstreamInBothDirections) {
   EXPECT_EQ(maps_.targets.size(), 3u);
   EXPECT_EQ(maps_.targets.count(a) + maps_.targets.count(b), 2u);
   EXPECT_EQ(route.counters().flows_created, 1u);
-  EXPECT_EQ(route.counters().user_packets, 1u);
+  EXPECT_EQ(route.counters().user_packets, 3u);
 
   route.stop();
   EXPECT_TRUE(maps_.empty()) << "stop() must remove every map entry";
   EXPECT_EQ(budget.used(), 0u);
 }
 
-// max-sessions = 1, taken by client c1's flow on the kernel path; c2 is
-// the newcomer.
+// max-sessions = 1, taken by client c1's flow on the kernel path (its
+// second datagram put it there); c2 is the newcomer.
 class FullRouteTest : public DatagramRouteTest {
  protected:
   void SetUp() override {
@@ -161,7 +189,8 @@ class FullRouteTest : public DatagramRouteTest {
                                              std::move(listener_.fd), &maps_, *loop_, budget_);
     ASSERT_TRUE(route_->start().ok());
     send(c1_, "a");
-    ASSERT_TRUE(pump([&] { return route_->flow_count() == 1; }));
+    send(c1_, "a");
+    ASSERT_TRUE(pump([&] { return route_->flow_count() == 1 && maps_.flows.size() == 2; }));
   }
   void send(const Bound& client, const char* data) {
     const auto& to = listener_.endpoint.address;
@@ -208,13 +237,15 @@ TEST_F(FullRouteTest, MaxSessionsEvictsAnUnrepliedFlowForANewClient) {
   EXPECT_EQ(r.detail_name, "flows");
   char buf[4];
   ASSERT_EQ(recv_now(server_.fd, buf, sizeof(buf)), 1);
+  ASSERT_EQ(recv_now(server_.fd, buf, sizeof(buf)), 1);
   ASSERT_EQ(recv_now(server_.fd, buf, sizeof(buf)), 1)
       << "the new client's first datagram reaches the target";
   EXPECT_EQ(buf[0], 'b');
 }
 
 // unreplied-timeout: a flow the target never answered goes first; one it
-// answered (through user space here) stays until idle-timeout.
+// answered (through user space here) and whose client sent again stays
+// until idle-timeout.
 TEST_F(DatagramRouteTest, UnrepliedFlowExpiresBeforeAnAnsweredOne) {
   Bound listener = udp_endpoint("front", Role::Listen);
   Bound server = udp_endpoint("back", Role::Connect);
@@ -247,9 +278,11 @@ TEST_F(DatagramRouteTest, UnrepliedFlowExpiresBeforeAnAnsweredOne) {
   bool got = false;  // pump() asks again at the end: the reply is read once
   ASSERT_TRUE(
       pump([&] { return got = got || recv(answered.fd.get(), buf, sizeof(buf), MSG_DONTWAIT) == 1; }));
+  ASSERT_EQ(sendto(answered.fd.get(), "a", 1, 0, to.sa(), to.length), 1);
+  ASSERT_TRUE(pump([&] { return route.counters().user_packets == 4; }));
   usleep(200000);
   route.tick();
-  EXPECT_EQ(route.flow_count(), 1u) << "the unreplied flow expired, the answered one stays";
+  EXPECT_EQ(route.flow_count(), 1u) << "the unreplied flow expired, the established one stays";
   EXPECT_EQ(route.counters().flows_expired, 1u);
   EXPECT_EQ(route.counters().expired_unreplied, 1u);
   EXPECT_EQ(route.flow_table().established(), 1u);
@@ -265,7 +298,8 @@ TEST_F(DatagramRouteTest, IdleFlowsExpireAndLeaveNothingBehind) {
   Bound client = udp_endpoint("c", Role::Connect);
   const auto& to = listener.endpoint.address;
   ASSERT_EQ(sendto(client.fd.get(), "x", 1, 0, to.sa(), to.length), 1);
-  ASSERT_TRUE(pump([&] { return route.flow_count() == 1; }));
+  ASSERT_EQ(sendto(client.fd.get(), "x", 1, 0, to.sa(), to.length), 1);
+  ASSERT_TRUE(pump([&] { return route.flow_count() == 1 && !maps_.flows.empty(); }));
   route.tick();
   EXPECT_EQ(route.flow_count(), 1u) << "not idle yet";
   usleep(100000);
@@ -366,7 +400,8 @@ TEST_F(DatagramRouteTest, SeveralTargetsGiveBalancedFlowEntries) {
   Bound client = udp_endpoint("client", Role::Connect);
   const auto& to = listener.endpoint.address;
   ASSERT_EQ(sendto(client.fd.get(), "x", 1, 0, to.sa(), to.length), 1);
-  ASSERT_TRUE(pump([&] { return route.flow_count() == 1; }));
+  ASSERT_EQ(sendto(client.fd.get(), "y", 1, 0, to.sa(), to.length), 1);  // the kernel path
+  ASSERT_TRUE(pump([&] { return route.flow_count() == 1 && !maps_.flows.empty(); }));
   // The forward entry is the one with n_targets = 3.
   const FlowEntry* forward = nullptr;
   for (const auto& [key, entry] : maps_.flows)
@@ -419,9 +454,12 @@ TEST_F(DatagramRouteTest, FailedTargetLeavesRotationAndIsRetried) {
   ASSERT_TRUE(route.start().ok());
   Bound client = udp_endpoint("client", Role::Connect);
   const auto& to = listener.endpoint.address;
-  // The first datagram goes to target 0 (round-robin starts there): refused.
+  // The first datagram goes to target 0 (round-robin starts there):
+  // refused. The second puts the flow on the kernel path.
   ASSERT_EQ(sendto(client.fd.get(), "1", 1, 0, to.sa(), to.length), 1);
   ASSERT_TRUE(pump([&] { return !route.targets()[0].up; }));
+  ASSERT_EQ(sendto(client.fd.get(), "2", 1, 0, to.sa(), to.length), 1);
+  ASSERT_TRUE(pump([&] { return !maps_.flows.empty(); }));
   const FlowEntry* forward = nullptr;
   for (const auto& [key, entry] : maps_.flows)
     if (entry.balance == RELAY_BALANCE_ROUND_ROBIN) forward = &entry;
@@ -724,6 +762,7 @@ TEST_F(DatagramHoldTest, FewerForwardedThanPassedKeepsTheHold) {
   };
   const auto& to = listener_.endpoint.address;
   ASSERT_EQ(sendto(client.fd.get(), "0", 1, 0, to.sa(), to.length), 1);
+  ASSERT_EQ(sendto(client.fd.get(), "1", 1, 0, to.sa(), to.length), 1);  // the kernel path
   ASSERT_TRUE(pump([&] { return maps_.holds.count(held_key) && maps_.holds[held_key].forwarded == 0; }));
   EXPECT_NE(maps_.flows.at(held_key).flags & RELAY_FLOW_HOLD, 0u);
   EXPECT_FALSE(maps_.verdict_redirects(held_key)) << "passed 1, forwarded 0: passed up";
