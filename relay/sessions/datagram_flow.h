@@ -91,7 +91,7 @@ struct DatagramRoute::Flow : FlowTable::Node {
   // listener.
   bool flow_socket_deferred = false;
   uint64_t client_datagrams = 0;  // what user space forwarded of the client's
-  Fd client_socket;  // connected to the client (the reply path); may stay closed
+  Fd client_socket;               // connected to the client (the reply path); may stay closed
   uint64_t client_socket_cookie = 0;
   bool client_socket_is_udp = false;     // UDP flow socket: the client's datagrams arrive on it
   bool client_socket_is_source = false;  // ...and the verdict program steers them
