@@ -538,13 +538,18 @@ void DatagramRoute::release_filters() {
   filtered_.resize(kept);
 }
 
-// What the filter dropped: every drop the socket counted (SO_MEMINFO), which
-// while it is filtered are the strays (a steered socket's queue is taken by
-// the verdict program as datagrams arrive). Later losses on the socket are
-// counted from here (count_lost_at_close(), kernel_stopped_sending()).
+// What the filter dropped: every drop the socket counted (SO_MEMINFO) but
+// the verdict program's own (target-full, counted by it, in the same
+// count: a flood into a stalled target had 550 of them called strays),
+// which while it is filtered are the strays (a steered socket's queue is
+// taken by the verdict program as datagrams arrive). Later losses on the
+// socket are counted from here (count_lost_at_close(),
+// kernel_stopped_sending(): both take the program's drops off again).
 void DatagramRoute::count_stray_drops(Flow& flow) {
   flow.filtered = false;
-  uint32_t drops = kernel_drops(flow.client_socket.get());
+  uint32_t all = kernel_drops(flow.client_socket.get());
+  uint32_t program = flow.kernel && flow.client_key ? maps_->flow_dropped(flow.client_key) : 0;
+  uint32_t drops = all > program ? all - program : 0;
   flow.drops_settled = drops;
   if (drops == 0) return;
   counters_.drop_stray += drops;
