@@ -1,6 +1,7 @@
 // FlowTable's rules against FakeMaps standing in for the verdict program's
-// stamps: the two timeouts, eviction order (unreplied oldest first, then
-// the least recently active established flow), the protection window that
+// stamps: the two timeouts, eviction order (answered-once and unreplied
+// oldest first, then the least recently active established flow), the
+// protection window that
 // refuses instead, and that a tick visits only the flows that may expire.
 // Time is passed in, so nothing here sleeps.
 #include "sessions/flow_table.h"
@@ -25,6 +26,7 @@ struct TestFlow : FlowTable::Node {
   uint64_t forward_key = 0;
   uint64_t reply_key = 0;
   uint64_t user_last_ns = 0;
+  bool one_request = false;  // its client sent one datagram so far
   bool closed = false;
 };
 
@@ -40,7 +42,7 @@ class FlowTableTest : public ::testing::Test {
   // Reads the fake map as DatagramRoute::probe() reads the real one.
   FlowTable::Seen probe(FlowTable::Node& node) {
     auto& f = static_cast<TestFlow&>(node);
-    FlowTable::Seen seen{f.user_last_ns, false};
+    FlowTable::Seen seen{f.user_last_ns, false, !f.one_request};
     if (uint64_t reply = maps_.flow_last_ns(f.reply_key)) {
       seen.replied = true;
       seen.last_ns = std::max(seen.last_ns, reply);
@@ -153,6 +155,45 @@ TEST_F(FlowTableTest, AnUnrepliedFlowWaitingForItsAnswerIsNotEvicted) {
   table->erase(established);
   EXPECT_EQ(table->victim(now), nullptr) << "no flow silent for the window: the newcomer is refused";
   EXPECT_EQ(table->victim(t0_ + 6 * kSec + kSec / 10), &waiting) << "silent for 1.1 s: evictable";
+}
+
+// One request, one reply (DNS-like): not established. It expires at the
+// shorter timeout, and a full table may evict it at any age, before an
+// established flow and before an unreplied one still waiting for its answer.
+TEST_F(FlowTableTest, AnAnsweredOnceFlowIsEvictableAtAnyAgeAndExpiresAtTheShorterTimeout) {
+  auto table = make();
+  TestFlow& established = add(*table, t0_);
+  target_replied(established, t0_ + kSec / 10);
+  client_sent(established, t0_ + kSec / 5);
+  TestFlow& answered = add(*table, t0_ + 2 * kSec);
+  answered.one_request = true;
+  target_replied(answered, t0_ + 2 * kSec + kSec / 100);
+  TestFlow& waiting = add(*table, t0_ + 3 * kSec);  // its request just went out
+  uint64_t now = t0_ + 3 * kSec + kSec / 10;
+  EXPECT_EQ(table->victim(now), &answered) << "answered 0.1 s ago, yet evictable";
+  EXPECT_TRUE(answered.replied());
+  EXPECT_FALSE(answered.established());
+  EXPECT_TRUE(established.established());
+  table->erase(answered);
+  EXPECT_EQ(table->victim(now), &established) << "silent for 2.9 s; the unreplied one is protected";
+  table->erase(established);
+  EXPECT_EQ(table->victim(now), nullptr);
+  EXPECT_FALSE(waiting.replied());
+
+  // Expiry: an answered-once flow at unreplied-timeout; its client sending
+  // again makes it established (idle-timeout).
+  auto table2 = make();
+  TestFlow& once = add(*table2, t0_);
+  once.one_request = true;
+  target_replied(once, t0_ + kSec / 10);
+  TestFlow& again = add(*table2, t0_);
+  again.one_request = true;
+  target_replied(again, t0_ + kSec / 10);
+  again.one_request = false;  // it sent again
+  EXPECT_EQ(expire(*table2, t0_ + 32 * kSec), 1u);
+  EXPECT_TRUE(once.closed);
+  EXPECT_FALSE(again.closed);
+  EXPECT_TRUE(again.established());
 }
 
 TEST_F(FlowTableTest, RefusesWhenEveryEstablishedFlowWasActiveWithinTheProtection) {
