@@ -61,8 +61,8 @@ inline std::string address_bytes(const sockaddr_storage& peer, socklen_t len) {
 }
 
 struct DatagramRoute::Upstream {
-  Fd fd;  // connected to the target; closed while the target is down
-  uint64_t cookie = 0;
+  Fd fd;                    // connected to the target; closed while the target is down
+  uint64_t cookie = 0;      // its socket's, once on the kernel path (wire_upstream())
   bool is_source = false;   // replies steered by the verdict program
   bool is_private = false;  // ...by its own instance (unix-dgram)
   // Datagrams user space could not send yet (the target's queue was full:

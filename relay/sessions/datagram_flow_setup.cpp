@@ -221,7 +221,6 @@ Status DatagramRoute::open_upstream(Flow& flow, size_t target) {
   if (!fd) return fd.error();
   Upstream& up = flow.upstreams[target];
   up.fd = std::move(*fd);
-  up.cookie = socket_cookie(up.fd.get()).value();
   Flow* raw = &flow;
   auto on_readable = [this, raw, target](uint32_t events) { on_upstream_readable(*raw, target, events); };
   if (auto st = loop_.add(up.fd.get(), EPOLLIN, on_readable); !st) {
@@ -389,6 +388,8 @@ Status DatagramRoute::wire_kernel(Flow& flow, std::vector<Stranger>& strangers) 
 
 Status DatagramRoute::wire_upstream(Flow& flow, size_t target) {
   Upstream& up = flow.upstreams[target];
+  // Asked here, not when opened: a client of one request never needs it.
+  if (!up.cookie) up.cookie = socket_cookie(up.fd.get()).value();
   // Replies go through the kernel when we hold a socket connected to the
   // client; otherwise the upstream socket stays out of the verdict program
   // and user space reads its replies with their boundaries intact.
