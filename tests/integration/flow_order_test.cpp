@@ -6,6 +6,7 @@
 // A wildcard listener's flow sockets are bound to the address the client
 // sent to, so the kernel's 4-tuple lookup finds them.
 #include <gtest/gtest.h>
+#include <poll.h>
 #include <sys/socket.h>
 
 #include <array>
@@ -228,7 +229,20 @@ TEST(FlowSocketAddress, WildcardListenerBindsFlowToTheLocalAddress) {
   ASSERT_TRUE(relay.wait_ready()) << relay.log();
   Fd client = bound_dgram(Addr::inet("127.0.0.7", 0));
   ASSERT_TRUE(client.valid());
-  PingPongResult r = ping_pong(client, Addr::inet("127.0.0.7", 5410), 1, 3);
+  // The first answer leaves from the listener (a client's flow socket waits
+  // for its second datagram), from the address the client sent to: routing
+  // alone would pick 127.0.0.1.
+  Addr front = Addr::inet("127.0.0.7", 5410);
+  ASSERT_EQ(sendto(client.get(), "first", 5, 0, front.sa(), front.len), 5);
+  pollfd p{client.get(), POLLIN, 0};
+  ASSERT_EQ(poll(&p, 1, 2000), 1) << relay.log();
+  sockaddr_in from{};
+  socklen_t from_len = sizeof(from);
+  char buf[64];
+  ASSERT_GT(recvfrom(client.get(), buf, sizeof(buf), 0, reinterpret_cast<sockaddr*>(&from), &from_len), 0);
+  EXPECT_EQ(from.sin_addr.s_addr, htonl(0x7f000007)) << "the first answer came from another address";
+  EXPECT_EQ(ntohs(from.sin_port), 5410);
+  PingPongResult r = ping_pong(client, front, 1, 3);
   EXPECT_EQ(r.delivered(), 3u) << relay.log();
   // Local addresses of UDP sockets on port 5410, as /proc shows them.
   std::ifstream in("/proc/net/udp");
