@@ -34,23 +34,22 @@ ssize_t send_from(int fd, const char* data, size_t len, const sockaddr_storage& 
   msg.msg_iovlen = 1;
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(in6_pktinfo))] = {};
   msg.msg_control = control;
-  cmsghdr* c = reinterpret_cast<cmsghdr*>(control);
+  auto put = [&](int level, int type, const void* info, size_t size) {
+    cmsghdr* c = reinterpret_cast<cmsghdr*>(control);
+    c->cmsg_level = level;
+    c->cmsg_type = type;
+    c->cmsg_len = CMSG_LEN(size);
+    std::memcpy(CMSG_DATA(c), info, size);
+    msg.msg_controllen = CMSG_SPACE(size);
+  };
   if (from.ss_family == AF_INET6) {
     in6_pktinfo info{};
     info.ipi6_addr = reinterpret_cast<const sockaddr_in6&>(from).sin6_addr;
-    c->cmsg_level = IPPROTO_IPV6;
-    c->cmsg_type = IPV6_PKTINFO;
-    c->cmsg_len = CMSG_LEN(sizeof(info));
-    std::memcpy(CMSG_DATA(c), &info, sizeof(info));
-    msg.msg_controllen = CMSG_SPACE(sizeof(info));
+    put(IPPROTO_IPV6, IPV6_PKTINFO, &info, sizeof(info));
   } else {
     in_pktinfo info{};
     info.ipi_spec_dst = reinterpret_cast<const sockaddr_in&>(from).sin_addr;
-    c->cmsg_level = IPPROTO_IP;
-    c->cmsg_type = IP_PKTINFO;
-    c->cmsg_len = CMSG_LEN(sizeof(info));
-    std::memcpy(CMSG_DATA(c), &info, sizeof(info));
-    msg.msg_controllen = CMSG_SPACE(sizeof(info));
+    put(IPPROTO_IP, IP_PKTINFO, &info, sizeof(info));
   }
   return sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
 }
