@@ -255,10 +255,19 @@ int relay_verdict(struct __sk_buff *skb)
 	}
 	if (flow->balance == RELAY_BALANCE_BROADCAST && new_client_target) {
 		/* One skb can be redirected to one socket only: user space
-		 * copies it to every target. */
+		 * copies it to every target. The channel's backlog is bounded
+		 * as a target's is (see hold_verdict()). */
+		__u32 len = skb->len;
+
+		if (to_user_space(skb, key) != SK_PASS)
+			return SK_DROP;
+		if (bound_target(skb, flow, new_client_target, route, stats, -1) != SK_PASS) {
+			__sync_fetch_and_add(&flow->dropped, 1);
+			return SK_DROP;
+		}
 		stats->packets += 1;
-		stats->bytes += skb->len;
-		return to_user_space(skb, key);
+		stats->bytes += len;
+		return SK_PASS;
 	}
 	target = flow->target_cookie;
 	target_index = 0;

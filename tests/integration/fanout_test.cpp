@@ -157,6 +157,40 @@ TEST_F(Fanout, BroadcastReachesEveryTarget) {
   EXPECT_LT(overflow, static_cast<uint64_t>(kCount) / 5) << "most datagrams should get through: " << status;
 }
 
+// A unix-dgram source: the verdict program hands each datagram to user
+// space on the listener's channel (one skb goes to one socket), whose
+// backlog is bounded as a target's; every target gets every datagram.
+TEST_F(Fanout, BroadcastFromAUnixSourceReachesEveryTarget) {
+  std::vector<std::unique_ptr<CountingSink>> sinks;
+  for (int i = 0; i < 3; ++i) sinks.push_back(std::make_unique<CountingSink>(Addr::unix_path(sink_path(i))));
+  std::string c = "[endpoints.front]\ntype = \"unix-dgram\"\nlisten = \"" + dir_.file("front.sock") + "\"\n";
+  for (int i = 0; i < 3; ++i)
+    c +=
+        "[endpoints.c" + std::to_string(i) + "]\ntype = \"unix-dgram\"\nconnect = \"" + sink_path(i) + "\"\n";
+  c += "[[routes]]\nfrom = \"front\"\nto = [\"c0\", \"c1\", \"c2\"]\nbalance = \"broadcast\"\n";
+  RelayProcess relay(dir_, c);
+  ASSERT_TRUE(relay.wait_ready()) << relay.log();
+  Fd client = bound_dgram(Addr::unix_path(dir_.file("client.sock")));
+  Addr to = Addr::unix_path(dir_.file("front.sock"));
+  constexpr int kCount = 300;
+  std::thread reader([&] {
+    for (int round = 0; round < 30; ++round)
+      for (auto& s : sinks) s->drain(20);
+  });
+  char msg[64];
+  for (int i = 0; i < kCount; ++i) {
+    int len = std::snprintf(msg, sizeof(msg), "client=1 seq=%d", i);
+    ASSERT_EQ(sendto(client.get(), msg, len, 0, to.sa(), to.len), len);
+    if (i % 8 == 7) std::this_thread::sleep_for(std::chrono::microseconds(300));
+  }
+  reader.join();
+  for (auto& s : sinks) s->drain();
+  std::string status = relay.status_json();
+  uint64_t full = json_counter(status, "drops", "target-full");
+  for (auto& s : sinks)
+    EXPECT_EQ(s->total, static_cast<uint64_t>(kCount)) << "target-full " << full << ": " << status;
+}
+
 TEST_F(Fanout, DeadTargetLeavesAndReturns) {
   std::vector<std::unique_ptr<CountingSink>> sinks;
   for (int i = 0; i < 3; ++i) sinks.push_back(std::make_unique<CountingSink>(Addr::unix_path(sink_path(i))));
