@@ -250,11 +250,12 @@ bool DatagramRoute::defers_flow_socket(const Flow& flow) const {
 // the kernel path, as a new client's would be from its first datagram
 // (create_flow()); what it sent before is forwarded first, in order, by
 // the same hold. When the socket cannot be had, replies keep leaving from
-// the listener. The flow may be gone after (its first reads failed it).
-void DatagramRoute::open_flow_socket(Flow& flow) {
+// the listener. False when the flow ended here (its datagram is counted):
+// it could not be watched, or its target refused while it settled.
+bool DatagramRoute::open_flow_socket(Flow& flow) {
   flow.flow_socket_deferred = false;
   open_reply_socket(flow);
-  if (!flow.client_socket_is_udp) return;
+  if (!flow.client_socket_is_udp) return true;
   std::vector<Stranger> strangers;
   std::string setup_error = connect_reply_socket(flow, strangers);
   if (!setup_error.empty()) {
@@ -264,15 +265,25 @@ void DatagramRoute::open_flow_socket(Flow& flow) {
     flow.client_socket_is_udp = false;
     flow.filtered = false;
     park_strangers(strangers);
-    return;
+    return true;
   }
   flow.leftovers_done = false;
   flow.connected_in_read = listener_reads_;
   if (spec_.kernel) try_kernel_path(flow, strangers);
   std::string key = flow.key;
   watch_flow_socket(flow, setup_error);
-  start_flow(key, setup_error);
+  // Unlike a new flow's (start_flow()), its sockets need no first read on
+  // the user-space path: the upstream ones have been watched all along, and
+  // the flow socket is now.
+  if (!setup_error.empty()) {
+    destroy_flow(key, setup_error);
+    ++counters_.drop_setup_failed;
+  } else if (flow.kernel) {
+    settle(key);
+    if (!flows_.count(key)) ++counters_.drop_target_unreachable;  // upstream_failed() ended it
+  }
   park_strangers(strangers);
+  return flows_.count(key) > 0;
 }
 
 // The flow socket's local address: the listener's, with the address the
@@ -487,7 +498,7 @@ void DatagramRoute::start_flow(const std::string& key, const std::string& setup_
     settle(key);
     return;
   }
-  for (size_t t = 0; t < flow->upstreams.size() && flows_.count(key); ++t)
+  for (size_t t = 0; flows_.count(key) && t < flow->upstreams.size(); ++t)
     if (flow->upstreams[t].fd) on_upstream_readable(*flow, t, EPOLLIN);
   if (flows_.count(key) && flow->client_socket_is_udp) on_client_socket_readable(*flow, EPOLLIN);
 }
@@ -511,7 +522,7 @@ void DatagramRoute::settle(const std::string& key) {
   // that grows later means the verdict program's redirects to the upstream
   // socket are failing (kernel_stopped_sending()).
   if (flow->client_socket_is_source) flow->drops_settled = kernel_drops(flow->client_socket.get());
-  for (size_t t = 0; t < flow->upstreams.size() && flows_.count(key); ++t)
+  for (size_t t = 0; flows_.count(key) && t < flow->upstreams.size(); ++t)
     if (flow->upstreams[t].fd) settle_upstream(key, t);
 }
 

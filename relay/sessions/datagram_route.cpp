@@ -228,9 +228,8 @@ void DatagramRoute::handle_client_datagram(const sockaddr_storage& peer, socklen
   Flow* flow = find_flow(key, tagged_cookie);
   if (!flow) {
     flow = create_flow(key, peer, peer_len, tagged_cookie, tagged_uid, meta);
-  } else if (flow->flow_socket_deferred) {
-    open_flow_socket(*flow);
-    flow = find_flow(key, tagged_cookie);
+  } else if (flow->flow_socket_deferred && !open_flow_socket(*flow)) {
+    return;  // counted by open_flow_socket
   }
   if (!flow) return;  // counted by create_flow or open_flow_socket
   send_to_upstream(*flow, data, len);

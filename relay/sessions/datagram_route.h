@@ -167,7 +167,7 @@ class DatagramRoute final : public LiveRoute {
   Status open_upstream(Flow& flow, size_t target);
   void set_flow_local_address(Flow& flow) const;
   bool defers_flow_socket(const Flow& flow) const;
-  void open_flow_socket(Flow& flow);
+  bool open_flow_socket(Flow& flow);
   void open_reply_socket(Flow& flow);
   std::string connect_reply_socket(Flow& flow, std::vector<Stranger>& strangers);
   void try_kernel_path(Flow& flow, std::vector<Stranger>& strangers);
