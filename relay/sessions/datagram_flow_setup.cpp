@@ -347,10 +347,16 @@ std::string DatagramRoute::connect_reply_socket(Flow& flow, std::vector<Stranger
   setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one));
   if (connect(fd, reinterpret_cast<const sockaddr*>(&flow.peer), flow.peer_len) != 0)
     return std::string("UDP flow socket: connect: ") + std::strerror(errno);
-  if (auto st = admit_only_client(fd, flow.peer); st)
-    flow.filtered = true;
-  else
-    spdlog::debug("route {}: client {}: {}", spec_.route_id, flow.peer_text(), st.error().describe());
+  // Only a socket the verdict program will steer needs it: user space,
+  // reading one, tells a stranger by its address (on_client_socket_readable()),
+  // and the socket's drops then are its full receive buffer (flow-overflow),
+  // which the filter's window would count as strays.
+  if (spec_.kernel && !broadcast()) {
+    if (auto st = admit_only_client(fd, flow.peer); st)
+      flow.filtered = true;
+    else
+      spdlog::debug("route {}: client {}: {}", spec_.route_id, flow.peer_text(), st.error().describe());
+  }
   read_before_steering(flow, strangers);
   return "";
 }
