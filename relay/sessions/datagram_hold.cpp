@@ -17,7 +17,6 @@
 // sends the flow's datagrams straight to the target once that number is
 // what it passed up, and the hold ends.
 #include <spdlog/spdlog.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
@@ -146,8 +145,7 @@ void DatagramRoute::forward_stranger(const Stranger& s) {
 // arrived between the read above and the insertion. The verdict program
 // takes it, in order, as more datagrams arrive; if none do, it lingers.
 void DatagramRoute::note_lingering(Flow& flow) {
-  int queued = 0;
-  if (ioctl(flow.client_socket.get(), FIONREAD, &queued) != 0 || queued == 0) return;
+  if (!datagrams_queued(flow.client_socket.get())) return;
   flow.may_linger = true;
   flow.linger_last_ns = 0;
   lingering_.push_back(flow.key);
@@ -289,8 +287,7 @@ void DatagramRoute::linger_check() {
     auto it = flows_.find(key);
     if (it == flows_.end()) continue;
     Flow& flow = *it->second;
-    int queued = 0;
-    if (ioctl(flow.client_socket.get(), FIONREAD, &queued) != 0 || queued == 0) {
+    if (!datagrams_queued(flow.client_socket.get())) {
       flow.may_linger = false;
       continue;
     }
