@@ -96,6 +96,7 @@ DatagramRoute::Flow* DatagramRoute::create_flow(const std::string& key, const so
     flow->connected_in_read = listener_reads_;
   }
   if (spec_.kernel && setup_error.empty()) try_kernel_path(*flow, strangers);
+  narrow_receive_buffer(*flow);
   Flow* raw = add_flow(std::move(flow), setup_error);
   start_flow(key, setup_error);
   park_strangers(strangers);

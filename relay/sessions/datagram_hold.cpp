@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 
 #include "sessions/datagram_batch.h"
 #include "sessions/datagram_flow.h"
@@ -159,6 +160,26 @@ void DatagramRoute::note_lingering(Flow& flow) {
   }
   itimerspec every{{0, kLingerCheckNs}, {0, kLingerCheckNs}};
   timerfd_settime(linger_timer_.get(), 0, &every, nullptr);
+}
+
+// A UDP flow socket had room for a burst while its flow was set up
+// (bind_udp_flow_socket()); set up, it gets the kernel's default back: a
+// steered socket's queue is taken as datagrams arrive, and on the
+// user-space path the default bounds what one flow may hold.
+void DatagramRoute::narrow_receive_buffer(Flow& flow) {
+  static const int default_bytes = [] {
+    int bytes = 212992;
+    if (FILE* f = std::fopen("/proc/sys/net/core/rmem_default", "re")) {
+      if (std::fscanf(f, "%d", &bytes) != 1) bytes = 212992;
+      std::fclose(f);
+    }
+    return bytes;
+  }();
+  if (!flow.client_socket_is_udp) return;
+  // What is queued beyond it stays; only later arrivals meet the smaller
+  // one. The kernel doubles what it is given.
+  int bytes = default_bytes / 2;
+  setsockopt(flow.client_socket.get(), SOL_SOCKET, SO_RCVBUF, &bytes, sizeof(bytes));
 }
 
 void DatagramRoute::on_held_datagram(uint64_t key, const char* data, size_t len) {
