@@ -318,19 +318,27 @@ void DatagramRoute::linger_check() {
       still.push_back(key);
       continue;
     }
-    flow.may_linger = false;
-    for (int round = 0; round < 64; ++round)
-      if (read_batch(flow.client_socket.get(), buffer_.get(),
-                     [&](const sockaddr_storage&, socklen_t, const char* d, size_t size) {
-                       send_to_upstream(flow, d, size);
-                     }) < kBatch)
-        break;
+    read_lingering(flow);
   }
   lingering_ = std::move(still);
   if (lingering_.empty() && linger_timer_) {
     itimerspec off{};
     timerfd_settime(linger_timer_.get(), 0, &off, nullptr);
   }
+}
+
+// The lingering datagrams, the newest of their flow, go on from user
+// space: once the flow is quiet (linger_check()), or when it closes with
+// them still there (count_lost_at_close(): out of the map, nothing else
+// would read them).
+void DatagramRoute::read_lingering(Flow& flow) {
+  flow.may_linger = false;
+  for (int round = 0; round < 64; ++round)
+    if (read_batch(flow.client_socket.get(), buffer_.get(),
+                   [&](const sockaddr_storage&, socklen_t, const char* d, size_t size) {
+                     send_to_upstream(flow, d, size);
+                   }) < kBatch)
+      break;
 }
 
 }  // namespace sockrelay

@@ -191,6 +191,7 @@ class DatagramRoute final : public LiveRoute {
   void forward_stranger(const Stranger& s);
   void note_lingering(Flow& flow);
   void narrow_receive_buffer(Flow& flow);
+  void read_lingering(Flow& flow);
   void on_held_datagram(uint64_t key, const char* data, size_t len);
   void catch_early(Flow& flow, const char* data, size_t len, bool held);
   void listener_read_done(uint64_t read, bool drained);
