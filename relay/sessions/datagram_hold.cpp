@@ -189,6 +189,18 @@ void DatagramRoute::on_held_datagram(uint64_t key, const char* data, size_t len)
     auto f = flows_.find(it->second);
     if (f != flows_.end()) flow = f->second.get();
   }
+  if (!flow && !unix_listener()) {
+    // Its hold ended while the datagram was on its way (end_hold()): it
+    // goes on now.
+    auto ended = hold_ended_.find(key);
+    if (ended != hold_ended_.end()) {
+      auto f = flows_.find(ended->second.first);
+      if (f != flows_.end()) {
+        send_to_upstream(*f->second, data, len);
+        return;
+      }
+    }
+  }
   if (!flow) {
     // Its flow ended while the datagram was on its way: a unix sender
     // starts afresh; a UDP one's datagram has nowhere to go.
@@ -256,6 +268,8 @@ void DatagramRoute::flush_waiting(Flow& flow) {
 
 // After a batch of held datagrams: each flow they came for moves on.
 void DatagramRoute::advance_holds() {
+  for (auto it = hold_ended_.begin(); it != hold_ended_.end();)
+    it = it->second.second + 2 <= ticks_ ? hold_ended_.erase(it) : std::next(it);
   std::vector<std::string> keys;
   keys.swap(touched_holds_);
   std::sort(keys.begin(), keys.end());
@@ -282,14 +296,19 @@ void DatagramRoute::advance_hold(Flow& flow) {
 
 // Passed up == forwarded, and the program sees it so: it sends every
 // later datagram straight on and passes none up again, so the hold's
-// entries can go (a program that still finds them redirects too).
+// entries can go (a program that still finds them redirects too). One
+// program run may still pass one up: it compared the two before user space
+// wrote the last count and adds to `passed` after user space read it. That
+// one is forwarded when it comes (on_held_datagram(), hold_ended_).
 void DatagramRoute::end_hold(Flow& flow) {
   flow.held = false;
   update_forward_flow(flow);  // without RELAY_FLOW_HOLD
   forget_hold(flow);
+  if (flow.client_key && !unix_listener()) hold_ended_[flow.client_key] = {flow.key, ticks_};
 }
 
 void DatagramRoute::forget_hold(Flow& flow) {
+  if (flow.client_key) hold_ended_.erase(flow.client_key);
   if (!flow.client_key || !held_.erase(flow.client_key)) return;
   maps_->release_hold(flow.client_key);
   flow.held = false;

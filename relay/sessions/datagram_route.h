@@ -252,6 +252,7 @@ class DatagramRoute final : public LiveRoute {
   // read to come back empty, those that may have datagrams lingering.
   std::unique_ptr<PassUpChannel> hold_channel_;
   std::unordered_map<uint64_t, std::string> held_;
+  std::unordered_map<uint64_t, std::pair<std::string, uint64_t>> hold_ended_;  // flow, tick (end_hold())
   std::vector<std::string> touched_holds_;
   std::vector<std::string> awaiting_listener_;
   // Strangers waiting for their place among their clients' datagrams on
