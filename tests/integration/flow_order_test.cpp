@@ -187,9 +187,10 @@ TEST_P(FlowOrder, NewClientsInOrderNothingLost) {
 }
 
 // Exact on a quiet machine (0/0 in 100 repetitions), not under load: the CI
-// run of r5 saw 8-14 inversions with the machine busy, and r6 1-29 per run
-// of 100 repetitions with 2 CPUs shared with a benchmark (load 4-5), never
-// a loss. Not a gate yet. Run with --gtest_also_run_disabled_tests.
+// run of r5 saw 8-14 inversions with the machine busy, and r6 1-29 in 32
+// of 36 runs of 100 repetitions with 2 CPUs shared with a benchmark (load
+// 2-5), never a loss; about 5 s a run. Not a gate yet. Run with
+// --gtest_also_run_disabled_tests.
 INSTANTIATE_TEST_SUITE_P(DISABLED_UnixSources, FlowOrder,
                          ::testing::Values(Pairing{"unix-dgram", "udp"}, Pairing{"unix-dgram", "unix-dgram"}),
                          pairing_name);
@@ -201,8 +202,8 @@ INSTANTIATE_TEST_SUITE_P(DISABLED_UnixSources, FlowOrder,
 // client's last datagrams lingering on its flow socket, unseen by FIONREAD
 // (6.18), and, under load, a flow socket's queue full before it was
 // steered; both fixed in r6 (ARCHITECTURE.md "Losses"). With 2 CPUs shared
-// with a benchmark (load 4-5), 18 runs of 100 repetitions of each pairing:
-// 0 lost; 32 of 36 runs in order, 4 with one repetition out of order.
+// with a benchmark (load 2-5), 32 runs of 100 repetitions of each pairing:
+// 0 lost; 59 of 64 runs in order, 5 with one repetition out of order.
 // About 2 s a run. Run with --gtest_also_run_disabled_tests.
 INSTANTIATE_TEST_SUITE_P(DISABLED_UdpSources, FlowOrder,
                          ::testing::Values(Pairing{"udp", "udp"}, Pairing{"udp", "unix-dgram"}),
