@@ -117,6 +117,12 @@ Result<Fd> bind_udp_flow_socket(const sockaddr* local, socklen_t local_len) {
   if (!fd) return fd.error().wrap("UDP flow socket");
   if (auto st = set_int_option(fd->get(), SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR"); !st)
     return st.error().wrap("UDP flow socket");
+  // Its client's datagrams queue here from connect() until user space has
+  // read them and steered the socket: room for a burst, as on the listener
+  // (the route narrows it once the flow is set up).
+  int bytes = kFlowSetupReceiveBuffer;
+  if (setsockopt(fd->get(), SOL_SOCKET, SO_RCVBUFFORCE, &bytes, sizeof(bytes)) != 0)
+    setsockopt(fd->get(), SOL_SOCKET, SO_RCVBUF, &bytes, sizeof(bytes));
   if (bind(fd->get(), local, local_len) != 0)
     return errno_error("UDP flow socket: bind " + format_address(local, local_len) +
                        " (the listener needs SO_REUSEADDR; systemd sets it)");

@@ -21,10 +21,14 @@ Result<Fd> open_datagram_upstream(const Endpoint& endpoint);
 // waits for EPOLLOUT and reads SO_ERROR.
 Result<Fd> open_stream_upstream(const Endpoint& endpoint);
 
+// A new UDP flow socket's receive buffer while its flow is set up.
+inline constexpr int kFlowSetupReceiveBuffer = 4 << 20;
+
 // A UDP socket bound to `local` (the listener's address, with
-// SO_REUSEADDR). Once the caller connect()s it to a client, the kernel
-// delivers that client's datagrams to it rather than to the listener;
-// until then, as the newest socket on the address, it takes everyone's.
+// SO_REUSEADDR), its receive buffer kFlowSetupReceiveBuffer. Once the
+// caller connect()s it to a client, the kernel delivers that client's
+// datagrams to it rather than to the listener; until then, as the newest
+// socket on the address, it takes everyone's.
 Result<Fd> bind_udp_flow_socket(const sockaddr* local, socklen_t local_len);
 
 // A UNIX datagram socket connected to `peer` (a client's bound address).

@@ -101,6 +101,7 @@ DatagramRoute::Flow* DatagramRoute::create_flow(const std::string& key, const so
     flow->connected_in_read = listener_reads_;
   }
   if (spec_.kernel && setup_error.empty()) try_kernel_path(*flow, strangers);
+  narrow_receive_buffer(*flow);
   Flow* raw = add_flow(std::move(flow), setup_error);
   start_flow(key, setup_error);
   park_strangers(strangers);
@@ -270,6 +271,7 @@ bool DatagramRoute::open_flow_socket(Flow& flow) {
   flow.leftovers_done = false;
   flow.connected_in_read = listener_reads_;
   if (spec_.kernel) try_kernel_path(flow, strangers);
+  narrow_receive_buffer(flow);
   std::string key = flow.key;
   watch_flow_socket(flow, setup_error);
   // Unlike a new flow's (start_flow()), its sockets need no first read on

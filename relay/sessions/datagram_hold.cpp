@@ -17,12 +17,12 @@
 // sends the flow's datagrams straight to the target once that number is
 // what it passed up, and the hold ends.
 #include <spdlog/spdlog.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 
 #include "sessions/datagram_batch.h"
 #include "sessions/datagram_flow.h"
@@ -146,8 +146,7 @@ void DatagramRoute::forward_stranger(const Stranger& s) {
 // arrived between the read above and the insertion. The verdict program
 // takes it, in order, as more datagrams arrive; if none do, it lingers.
 void DatagramRoute::note_lingering(Flow& flow) {
-  int queued = 0;
-  if (ioctl(flow.client_socket.get(), FIONREAD, &queued) != 0 || queued == 0) return;
+  if (!datagrams_queued(flow.client_socket.get())) return;
   flow.may_linger = true;
   flow.linger_last_ns = 0;
   lingering_.push_back(flow.key);
@@ -163,12 +162,44 @@ void DatagramRoute::note_lingering(Flow& flow) {
   timerfd_settime(linger_timer_.get(), 0, &every, nullptr);
 }
 
+// A UDP flow socket had room for a burst while its flow was set up
+// (bind_udp_flow_socket()); set up, it gets the kernel's default back: a
+// steered socket's queue is taken as datagrams arrive, and on the
+// user-space path the default bounds what one flow may hold.
+void DatagramRoute::narrow_receive_buffer(Flow& flow) {
+  static const int default_bytes = [] {
+    int bytes = 212992;
+    if (FILE* f = std::fopen("/proc/sys/net/core/rmem_default", "re")) {
+      if (std::fscanf(f, "%d", &bytes) != 1) bytes = 212992;
+      std::fclose(f);
+    }
+    return bytes;
+  }();
+  if (!flow.client_socket_is_udp) return;
+  // What is queued beyond it stays; only later arrivals meet the smaller
+  // one. The kernel doubles what it is given.
+  int bytes = default_bytes / 2;
+  setsockopt(flow.client_socket.get(), SOL_SOCKET, SO_RCVBUF, &bytes, sizeof(bytes));
+}
+
 void DatagramRoute::on_held_datagram(uint64_t key, const char* data, size_t len) {
   auto it = held_.find(key);
   Flow* flow = nullptr;
   if (it != held_.end()) {
     auto f = flows_.find(it->second);
     if (f != flows_.end()) flow = f->second.get();
+  }
+  if (!flow && !unix_listener()) {
+    // Its hold ended while the datagram was on its way (end_hold()): it
+    // goes on now.
+    auto ended = hold_ended_.find(key);
+    if (ended != hold_ended_.end()) {
+      auto f = flows_.find(ended->second.first);
+      if (f != flows_.end()) {
+        send_to_upstream(*f->second, data, len);
+        return;
+      }
+    }
   }
   if (!flow) {
     // Its flow ended while the datagram was on its way: a unix sender
@@ -237,6 +268,8 @@ void DatagramRoute::flush_waiting(Flow& flow) {
 
 // After a batch of held datagrams: each flow they came for moves on.
 void DatagramRoute::advance_holds() {
+  for (auto it = hold_ended_.begin(); it != hold_ended_.end();)
+    it = it->second.second + 2 <= ticks_ ? hold_ended_.erase(it) : std::next(it);
   std::vector<std::string> keys;
   keys.swap(touched_holds_);
   std::sort(keys.begin(), keys.end());
@@ -263,14 +296,19 @@ void DatagramRoute::advance_hold(Flow& flow) {
 
 // Passed up == forwarded, and the program sees it so: it sends every
 // later datagram straight on and passes none up again, so the hold's
-// entries can go (a program that still finds them redirects too).
+// entries can go (a program that still finds them redirects too). One
+// program run may still pass one up: it compared the two before user space
+// wrote the last count and adds to `passed` after user space read it. That
+// one is forwarded when it comes (on_held_datagram(), hold_ended_).
 void DatagramRoute::end_hold(Flow& flow) {
   flow.held = false;
   update_forward_flow(flow);  // without RELAY_FLOW_HOLD
   forget_hold(flow);
+  if (flow.client_key && !unix_listener()) hold_ended_[flow.client_key] = {flow.key, ticks_};
 }
 
 void DatagramRoute::forget_hold(Flow& flow) {
+  if (flow.client_key) hold_ended_.erase(flow.client_key);
   if (!flow.client_key || !held_.erase(flow.client_key)) return;
   maps_->release_hold(flow.client_key);
   flow.held = false;
@@ -289,8 +327,7 @@ void DatagramRoute::linger_check() {
     auto it = flows_.find(key);
     if (it == flows_.end()) continue;
     Flow& flow = *it->second;
-    int queued = 0;
-    if (ioctl(flow.client_socket.get(), FIONREAD, &queued) != 0 || queued == 0) {
+    if (!datagrams_queued(flow.client_socket.get())) {
       flow.may_linger = false;
       continue;
     }
@@ -300,19 +337,27 @@ void DatagramRoute::linger_check() {
       still.push_back(key);
       continue;
     }
-    flow.may_linger = false;
-    for (int round = 0; round < 64; ++round)
-      if (read_batch(flow.client_socket.get(), buffer_.get(),
-                     [&](const sockaddr_storage&, socklen_t, const char* d, size_t size) {
-                       send_to_upstream(flow, d, size);
-                     }) < kBatch)
-        break;
+    read_lingering(flow);
   }
   lingering_ = std::move(still);
   if (lingering_.empty() && linger_timer_) {
     itimerspec off{};
     timerfd_settime(linger_timer_.get(), 0, &off, nullptr);
   }
+}
+
+// The lingering datagrams, the newest of their flow, go on from user
+// space: once the flow is quiet (linger_check()), or when it closes with
+// them still there (count_lost_at_close(): out of the map, nothing else
+// would read them).
+void DatagramRoute::read_lingering(Flow& flow) {
+  flow.may_linger = false;
+  for (int round = 0; round < 64; ++round)
+    if (read_batch(flow.client_socket.get(), buffer_.get(),
+                   [&](const sockaddr_storage&, socklen_t, const char* d, size_t size) {
+                     send_to_upstream(flow, d, size);
+                   }) < kBatch)
+      break;
 }
 
 }  // namespace sockrelay

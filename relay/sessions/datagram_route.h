@@ -193,6 +193,8 @@ class DatagramRoute final : public LiveRoute {
   void forward_parked(uint64_t read);
   void forward_stranger(const Stranger& s);
   void note_lingering(Flow& flow);
+  void narrow_receive_buffer(Flow& flow);
+  void read_lingering(Flow& flow);
   void on_held_datagram(uint64_t key, const char* data, size_t len);
   void catch_early(Flow& flow, const char* data, size_t len, bool held);
   void listener_read_done(uint64_t read, bool drained);
@@ -253,6 +255,7 @@ class DatagramRoute final : public LiveRoute {
   // read to come back empty, those that may have datagrams lingering.
   std::unique_ptr<PassUpChannel> hold_channel_;
   std::unordered_map<uint64_t, std::string> held_;
+  std::unordered_map<uint64_t, std::pair<std::string, uint64_t>> hold_ended_;  // flow, tick (end_hold())
   std::vector<std::string> touched_holds_;
   std::vector<std::string> awaiting_listener_;
   // Strangers waiting for their place among their clients' datagrams on

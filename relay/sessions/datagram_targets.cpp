@@ -72,7 +72,10 @@ void DatagramRoute::count_lost_at_close(Flow& flow, uint32_t program_dropped) {
     const uint32_t drops = flow.drops_since_baseline();
     if (drops > program_dropped) counters_.drop_target_unreachable += drops - program_dropped;
   }
-  if (!flow.target_refused) return;
+  if (!flow.target_refused) {
+    if (flow.may_linger) read_lingering(flow);  // not lost: they go on
+    return;
+  }
   for (int round = 0; round < 64; ++round) {
     int n = read_batch(fd, buffer_.get(), [](const sockaddr_storage&, socklen_t, const char*, size_t) {});
     if (n > 0) counters_.drop_target_unreachable += static_cast<uint64_t>(n);
