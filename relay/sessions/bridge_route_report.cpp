@@ -1,5 +1,6 @@
 // What a datagram <-> stream bridge shows in `sockrelay status`, and its
 // tick. It never enters the maps: it reports no kernel counts of its own.
+#include "common/socket_drops.h"
 #include "sessions/bridge_route.h"
 #include "sessions/fd_limit.h"
 
@@ -18,6 +19,11 @@ RouteReport BridgeRoute::report() const {
       {"dropped-messages", counters_.dropped_messages},
       {kPolicyDrop, counters_.refused_policy},
   };
+  // A datagram source's listener drops in the kernel what arrives while its
+  // receive queue is full (the relay busy dropping for a stalled target, or
+  // a burst): counted there since the socket was made, as for a datagram
+  // route (DatagramRoute::listener_drops()).
+  if (datagram_source()) r.drops.push_back({"listener-overflow", kernel_drops(listener_.get())});
   return r;
 }
 

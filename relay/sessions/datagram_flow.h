@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "common/socket_drops.h"
 #include "config/address.h"
 #include "relay_shared.h"
 #include "sessions/datagram_route.h"
@@ -42,18 +43,6 @@ inline bool wildcard_inet(const sockaddr_storage& a) {
 inline uint16_t& inet_port(sockaddr_storage& a) {
   return a.ss_family == AF_INET ? reinterpret_cast<sockaddr_in&>(a).sin_port
                                 : reinterpret_cast<sockaddr_in6&>(a).sin6_port;
-}
-
-// What the kernel dropped on a socket since it was made (sk_drops, from
-// SO_MEMINFO): its receive queue full, a socket filter's verdict, or, for a
-// socket the verdict program steers, a redirect to a partner socket that no
-// longer sends (see DatagramRoute::count_lost_at_close()).
-inline uint32_t kernel_drops(int fd) {
-  uint32_t mem[SK_MEMINFO_VARS] = {};
-  socklen_t len = sizeof(mem);
-  if (getsockopt(fd, SOL_SOCKET, SO_MEMINFO, mem, &len) != 0 || len <= SK_MEMINFO_DROPS * sizeof(uint32_t))
-    return 0;
-  return mem[SK_MEMINFO_DROPS];
 }
 
 // Whether datagrams wait in a socket's receive queue: the memory charged

@@ -7,10 +7,10 @@
 
 #include <algorithm>
 #include <atomic>
-#include <fstream>
 #include <future>
 #include <thread>
 
+#include "kernel_memory.h"
 #include "relay_harness.h"
 #include "test_env.h"
 
@@ -29,30 +29,6 @@ std::string pairing_name(const ::testing::TestParamInfo<Pairing>& info) {
   std::string n = std::string(info.param.from) + "_to_" + info.param.to;
   std::replace(n.begin(), n.end(), '-', '_');
   return n;
-}
-
-// Kernel memory an skb backlog occupies: unreclaimable slab (sk_buff heads
-// in skbuff_head_cache, linear data in kmalloc caches) plus the pages
-// sockets have charged (/proc/net/sockstat "mem", for page-frag data).
-uint64_t kernel_skb_memory() {
-  uint64_t sunreclaim_kb = 0;
-  std::ifstream meminfo("/proc/meminfo");
-  for (std::string key; meminfo >> key;) {
-    uint64_t value = 0;
-    meminfo >> value;
-    if (key == "SUnreclaim:") sunreclaim_kb = value;
-    meminfo.ignore(64, '\n');
-  }
-  uint64_t socket_pages = 0;
-  std::ifstream sockstat("/proc/net/sockstat");
-  for (std::string word; sockstat >> word;) {
-    if (word == "mem") {
-      uint64_t pages = 0;
-      sockstat >> pages;
-      socket_pages += pages;
-    }
-  }
-  return sunreclaim_kb * kKiB + socket_pages * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
 }
 
 class TargetBound : public ::testing::TestWithParam<Pairing> {
@@ -87,36 +63,6 @@ class TargetBound : public ::testing::TestWithParam<Pairing> {
   TempDir dir_;
 };
 
-// Sends numbered datagrams as fast as the socket takes them until `stop`.
-uint64_t flood(int fd, const Addr& to, const std::atomic<bool>& stop) {
-  char buf[kDatagram] = {};
-  uint64_t sent = 0;
-  while (!stop.load(std::memory_order_relaxed)) {
-    std::memcpy(buf, &sent, sizeof(sent));
-    if (sendto(fd, buf, sizeof(buf), MSG_DONTWAIT, to.sa(), to.len) == static_cast<ssize_t>(sizeof(buf))) {
-      ++sent;
-    } else if (errno == EAGAIN || errno == ENOBUFS) {
-      std::this_thread::yield();
-    }
-  }
-  return sent;
-}
-
-// Reads everything queued on `fd` until it has seen a datagram starting
-// with `marker`, or `limit` passed.
-bool read_until_marker(int fd, const char* marker, std::chrono::milliseconds limit) {
-  auto deadline = std::chrono::steady_clock::now() + limit;
-  char buf[2048];
-  while (std::chrono::steady_clock::now() < deadline) {
-    pollfd p{fd, POLLIN, 0};
-    if (poll(&p, 1, 50) <= 0) continue;
-    ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
-    if (n >= static_cast<ssize_t>(std::strlen(marker)) && std::memcmp(buf, marker, std::strlen(marker)) == 0)
-      return true;
-  }
-  return false;
-}
-
 // The target stops reading while one client floods; the kernel memory
 // growth stays within the bound (with a generous margin for the sockets'
 // own buffers and for other tests on the machine); target-full counts what
@@ -144,7 +90,7 @@ TEST_P(TargetBound, StalledTargetHoldsTheBoundAndRecovers) {
 
   const uint64_t before = kernel_skb_memory();
   std::atomic<bool> stop{false};
-  auto sender = std::async(std::launch::async, [&] { return flood(c.get(), to, stop); });
+  auto sender = std::async(std::launch::async, [&] { return flood(c.get(), to, stop, kDatagram); });
   uint64_t peak = before;
   for (int i = 0; i < 30; ++i) {  // 3 s of flood, sampled every 100 ms
     std::this_thread::sleep_for(std::chrono::milliseconds(100));

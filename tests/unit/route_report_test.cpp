@@ -118,8 +118,9 @@ TEST(BridgeRouteReport, ListsItsOwnDropsAndNoKernelOnes) {
   std::vector<std::string> names;
   for (const auto& d : r.drops) names.push_back(d.name);
   EXPECT_EQ(names, (std::vector<std::string>{"max-sessions", "connect-failed", "fd-limit", "dropped-messages",
-                                             kPolicyDrop}));
+                                             kPolicyDrop, "listener-overflow"}));
   EXPECT_EQ(count_named(r.drops, "connect-failed"), 1u);
+  EXPECT_EQ(count_named(r.drops, "listener-overflow"), 0u) << "its udp listener's sk_drops";
   EXPECT_EQ(r.detail_name, "stream");
   EXPECT_EQ(r.kernel.packets, 0u);
   EXPECT_TRUE(r.targets.empty());
