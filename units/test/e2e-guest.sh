@@ -113,9 +113,12 @@ for client in 1 2 3; do
   [ "$(udp_ask 5300 "client $client")" = "client $client" ] && replies=$((replies + 1))
 done
 if [ "$replies" = 3 ]; then ok "three more clients answered"; else fail "three more clients answered ($replies of 3)"; fi
-# The 2nd and later datagrams of a flow go through the verdict program.
-two=$(printf 'one\ntwo\n' | timeout 10 socat -T3 - UDP4:127.0.0.1:5300 | tr '\n' ' ')
-if [ "$two" = "one two " ]; then ok "two datagrams on one flow answered"; else fail "two datagrams on one flow answered (got \"$two\")"; fi
+# A client's second datagram puts its flow on the kernel path: the answers
+# from then on go through the verdict program. Three datagrams, each its
+# own (socat sends what each read of its input brings).
+three=$( (printf 'one\n'; sleep 0.3; printf 'two\n'; sleep 0.3; printf 'three\n') |
+  timeout 10 socat -T3 - UDP4:127.0.0.1:5300 | tr '\n' ' ')
+if [ "$three" = "one two three " ]; then ok "three datagrams on one flow answered"; else fail "three datagrams on one flow answered (got \"$three\")"; fi
 "$relay" status --control /run/sockrelay/control.sock >"$results/status.txt" 2>&1
 check "sockrelay status answers" test -s "$results/status.txt"
 check "sockrelay status: route on the kernel path" grep -q "datapath  kernel" "$results/status.txt"
