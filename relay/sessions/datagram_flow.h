@@ -45,19 +45,6 @@ inline uint16_t& inet_port(sockaddr_storage& a) {
                                 : reinterpret_cast<sockaddr_in6&>(a).sin6_port;
 }
 
-// Whether datagrams wait in a socket's receive queue: the memory charged
-// to it (SK_MEMINFO_RMEM_ALLOC). Not FIONREAD: on a socket in a sockmap it
-// asks the psock's own queue only (udp_bpf_ioctl(), 6.18), and says 0
-// while datagrams the verdict program has not taken wait in the socket's.
-inline bool datagrams_queued(int fd) {
-  uint32_t mem[SK_MEMINFO_VARS] = {};
-  socklen_t len = sizeof(mem);
-  if (getsockopt(fd, SOL_SOCKET, SO_MEMINFO, mem, &len) != 0 ||
-      len <= SK_MEMINFO_RMEM_ALLOC * sizeof(uint32_t))
-    return false;
-  return mem[SK_MEMINFO_RMEM_ALLOC] > 0;
-}
-
 inline std::string address_bytes(const sockaddr_storage& peer, socklen_t len) {
   return std::string(reinterpret_cast<const char*>(&peer), len);
 }

@@ -268,8 +268,6 @@ void DatagramRoute::flush_waiting(Flow& flow) {
 
 // After a batch of held datagrams: each flow they came for moves on.
 void DatagramRoute::advance_holds() {
-  for (auto it = hold_ended_.begin(); it != hold_ended_.end();)
-    it = it->second.second + 2 <= ticks_ ? hold_ended_.erase(it) : std::next(it);
   std::vector<std::string> keys;
   keys.swap(touched_holds_);
   std::sort(keys.begin(), keys.end());

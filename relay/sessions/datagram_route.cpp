@@ -192,6 +192,10 @@ void DatagramRoute::tick() {
   // that comes back empty, a held datagram stuck on its way.
   if ((!awaiting_listener_.empty() || !parked_.empty()) && !unix_steering_) on_listener_readable();
   for (const auto& [cookie, key] : held_) touched_holds_.push_back(key);
+  // Holds that ended two ticks ago or more: no datagram passed up before
+  // their end is still on its way (on_held_datagram()).
+  for (auto it = hold_ended_.begin(); it != hold_ended_.end();)
+    it = it->second.second + 2 <= ticks_ ? hold_ended_.erase(it) : std::next(it);
   advance_holds();
   if (!lingering_.empty() && !linger_timer_) linger_check();
   poll_errors();
