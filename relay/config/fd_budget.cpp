@@ -1,5 +1,7 @@
 #include "config/fd_budget.h"
 
+#include <sys/socket.h>
+
 #include <algorithm>
 
 namespace sockrelay {
@@ -19,6 +21,13 @@ bool any_of_kinds(const Config& config, const std::vector<std::string>& names, b
   return std::any_of(names.begin(), names.end(), [&](const std::string& n) {
     const Endpoint* e = config.find_endpoint(n);
     return e != nullptr && pred(e->kind);
+  });
+}
+
+size_t ip_targets(const Config& config, const Route& route) {
+  return std::count_if(route.to.begin(), route.to.end(), [&](const std::string& n) {
+    const Endpoint* e = config.find_endpoint(n);
+    return e != nullptr && (e->address.family() == AF_INET || e->address.family() == AF_INET6);
   });
 }
 
@@ -50,12 +59,13 @@ uint64_t fds_per_session(const Config& config, const Route& route, std::string* 
 
 FdNeed fd_need(const Config& config) {
   FdNeed need;
-  need.fixed = kBaseOverhead + kControlOverhead;
+  need.fixed = kBaseOverhead + kControlOverhead + kClosingAtMost;
   for (size_t i = 0; i < config.routes.size(); ++i) {
     const Route& route = config.routes[i];
     need.fixed += kPerSource * route.from.size();
     std::string what;
     uint64_t n = fds_per_session(config, route, &what);
+    if (what == "datagram flow") need.fixed += kReadyUpstreamsPerTarget * ip_targets(config, route);
     if (n > need.per_session) {
       need.per_session = n;
       need.dearest =

@@ -24,6 +24,13 @@
 
 namespace sockrelay {
 
+// Held besides the sessions, in the fixed need: the upstream sockets made
+// ahead for new flows, per IP target of a datagram route
+// (sessions/upstream_pool.h), and the sockets of ended flows waiting for an
+// idle moment to be closed (EventLoop::close_later(), at most this many).
+inline constexpr uint64_t kReadyUpstreamsPerTarget = 8;
+inline constexpr uint64_t kClosingAtMost = 64;
+
 struct FdNeed {
   uint64_t fixed = 0;        // stdio, epoll, signals, BPF objects, control socket and its clients, listeners
   uint64_t per_session = 0;  // the dearest route's session

@@ -27,6 +27,8 @@
 
 namespace sockrelay {
 
+static_assert(EventLoop::kMaxClosing == kClosingAtMost, "the fd budget counts the sockets close_later() holds");
+
 namespace {
 
 bool binds_privileged_port(const Config& config) {

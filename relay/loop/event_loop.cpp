@@ -30,14 +30,54 @@ Status EventLoop::modify(int fd, uint32_t events) {
   return {};
 }
 
+void EventLoop::rebind(int fd, Handler handler) {
+  auto it = handlers_.find(fd);
+  if (it != handlers_.end()) it->second.handler = std::move(handler);
+}
+
+void EventLoop::close_later(Fd fd) {
+  int raw = fd.get();
+  if (!handlers_.count(raw)) return;  // not watched: closed here, now
+  if (closing_.size() >= kMaxClosing) close_all_waiting();
+  rebind(raw, [this, raw](uint32_t) { close_now(raw); });
+  if (closing_.empty()) when_idle(&closing_, [this] { close_all_waiting(); });
+  closing_.emplace(raw, std::move(fd));
+}
+
+void EventLoop::close_now(int fd) {
+  remove(fd);
+  closing_.erase(fd);
+}
+
+void EventLoop::close_all_waiting() {
+  for (auto& [fd, owned] : closing_) remove(fd);
+  closing_.clear();
+  forget_idle(&closing_);
+}
+
 void EventLoop::remove(int fd) {
   if (handlers_.erase(fd) > 0) epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr);
 }
 
+void EventLoop::when_idle(const void* owner, std::function<void()> task) {
+  idle_.emplace_back(owner, std::move(task));
+}
+
+void EventLoop::forget_idle(const void* owner) {
+  std::erase_if(idle_, [owner](const auto& entry) { return entry.first == owner; });
+}
+
 Status EventLoop::run_once(std::chrono::milliseconds timeout) {
   epoll_event events[64];
-  int n = epoll_wait(epoll_.get(), events, 64, static_cast<int>(timeout.count()));
+  // With idle work waiting, a look without waiting first.
+  int n = epoll_wait(epoll_.get(), events, 64, idle_.empty() ? static_cast<int>(timeout.count()) : 0);
   if (n < 0) return errno == EINTR ? Status() : Status(errno_error("epoll_wait"));
+  if (n == 0 && !idle_.empty()) {
+    auto tasks = std::move(idle_);
+    idle_.clear();
+    for (auto& [owner, task] : tasks) task();
+    return {};
+  }
   for (int i = 0; i < n; ++i) {
     int fd = static_cast<int>(events[i].data.u64 & 0xffffffffu);
     uint64_t generation = events[i].data.u64 >> 32;

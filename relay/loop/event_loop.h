@@ -8,6 +8,8 @@
 #include <chrono>
 #include <functional>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include "common/fd.h"
 #include "common/result.h"
@@ -23,7 +25,23 @@ class EventLoop {
   // Watch `fd` (not owned) for `events`; the handler runs from run().
   Status add(int fd, uint32_t events, Handler handler);
   Status modify(int fd, uint32_t events);
+  // Hands a watched fd's events to `handler` from now on (no system call).
+  void rebind(int fd, Handler handler);
+  // Stops watching `fd` and closes it at the next idle moment (see
+  // when_idle()): the close and its epoll_ctl stay off the path of the
+  // events waiting. Sooner if it has an event first, or when kMaxClosing
+  // wait already (a loop never idle must not hoard descriptors).
+  void close_later(Fd fd);
+  static constexpr size_t kMaxClosing = 64;  // the fd budget's kClosingAtMost
   void remove(int fd);  // safe to call from inside a handler
+
+  // Runs `task` once, the first time a wait finds no event ready: work
+  // that can wait for a quiet moment (making sockets ahead of need) stays
+  // off the path of the events already waiting. A busy loop may never get
+  // there; such work must be optional. `owner` names the task for
+  // forget_idle(), which an owner calls before it goes.
+  void when_idle(const void* owner, std::function<void()> task);
+  void forget_idle(const void* owner);
 
   // Waits up to `timeout` for events and runs their handlers once.
   Status run_once(std::chrono::milliseconds timeout);
@@ -44,6 +62,10 @@ class EventLoop {
     uint64_t generation;
   };
   std::unordered_map<int, Entry> handlers_;
+  std::vector<std::pair<const void*, std::function<void()>>> idle_;
+  std::unordered_map<int, Fd> closing_;
+  void close_now(int fd);
+  void close_all_waiting();
   uint64_t next_generation_ = 1;
   bool running_ = false;
 };

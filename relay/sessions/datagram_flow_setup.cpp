@@ -218,15 +218,20 @@ bool DatagramRoute::open_upstreams(Flow& flow) {
 }
 
 Status DatagramRoute::open_upstream(Flow& flow, size_t target) {
-  auto fd = open_datagram_upstream(*spec_.to[target]);
-  if (!fd) return fd.error();
   Upstream& up = flow.upstreams[target];
-  up.fd = std::move(*fd);
   Flow* raw = &flow;
   auto on_readable = [this, raw, target](uint32_t events) { on_upstream_readable(*raw, target, events); };
-  if (auto st = loop_.add(up.fd.get(), EPOLLIN, on_readable); !st) {
-    up = Upstream{};  // unwatched, its replies would never be read
-    return st;
+  if (ready_upstreams_.pooled(target)) ask_refill();
+  if (std::optional<Fd> ready = ready_upstreams_.take(target, on_readable)) {
+    up.fd = std::move(*ready);  // watched already
+  } else {
+    auto fd = open_datagram_upstream(*spec_.to[target]);
+    if (!fd) return fd.error();
+    up.fd = std::move(*fd);
+    if (auto st = loop_.add(up.fd.get(), EPOLLIN, on_readable); !st) {
+      up = Upstream{};  // unwatched, its replies would never be read
+      return st;
+    }
   }
   up.watched = true;
   return {};
@@ -467,8 +472,10 @@ DatagramRoute::Flow* DatagramRoute::add_flow(std::unique_ptr<Flow> flow, std::st
   flows_[raw->key] = std::move(flow);
   table_.insert(*raw, raw->last_user_ns);
   ++counters_.flows_created;
-  spdlog::debug("route {}: new flow from {} ({} path)", spec_.route_id, raw->peer_text(),
-                raw->kernel ? "kernel" : "user-space");
+  // peer_text() formats an address: not for a line nobody reads.
+  if (spdlog::should_log(spdlog::level::debug))
+    spdlog::debug("route {}: new flow from {} ({} path)", spec_.route_id, raw->peer_text(),
+                  raw->kernel ? "kernel" : "user-space");
   return raw;
 }
 

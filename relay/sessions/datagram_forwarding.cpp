@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 
+#include <array>
 #include <cstring>
 #include <tuple>
 
@@ -72,15 +73,16 @@ void DatagramRoute::send_to_upstream(Flow& flow, const char* data, size_t len) {
   }
   // The same choice the verdict program makes (relay.bpf.c), among the same
   // live targets, so a flow's first datagram goes where its next ones will.
-  std::vector<size_t> live;
+  std::array<size_t, RELAY_MAX_TARGETS> live;  // no allocation per datagram
+  size_t n_live = 0;
   for (size_t t = 0; t < n; ++t)
-    if (target_usable(flow, t)) live.push_back(t);
-  if (live.empty()) {
+    if (target_usable(flow, t)) live[n_live++] = t;
+  if (n_live == 0) {
     ++counters_.drop_all_targets_down;
     return;
   }
   uint64_t pick = spec_.balance == Balance::Hash ? flow.client_hash : flow.next_target++;
-  send_or_queue(flow, live[pick % live.size()], data, len);
+  send_or_queue(flow, live[pick % n_live], data, len);
 }
 
 // Sent now, or queued behind what waits for the target's queue to drain.

@@ -51,6 +51,15 @@ FlowTable::Rules table_rules(const DatagramRouteSpec& spec) {
   return rules;
 }
 
+// Which targets' upstream sockets are made ahead (upstream_pool.h): the
+// IP ones.
+std::vector<bool> pooled_targets(const DatagramRouteSpec& spec) {
+  std::vector<bool> pooled;
+  for (const Endpoint* to : spec.to)
+    pooled.push_back(to->address.family() == AF_INET || to->address.family() == AF_INET6);
+  return pooled;
+}
+
 bool no_credentials(const ucred& cred) {
   static const uint32_t uid = overflow_id("/proc/sys/kernel/overflowuid");
   static const uint32_t gid = overflow_id("/proc/sys/kernel/overflowgid");
@@ -68,10 +77,14 @@ DatagramRoute::DatagramRoute(DatagramRouteSpec spec, Fd listener, MapWriter* map
       budget_(budget),
       table_(table_rules(spec_), [this](FlowTable::Node& node) { return probe(static_cast<Flow&>(node)); }),
       targets_(spec_.to.size()),
+      ready_upstreams_(loop, pooled_targets(spec_)),
       buffer_(new char[kBatchBufferSize]),
       listener_buffer_(new char[kBatchBufferSize]) {}
 
-DatagramRoute::~DatagramRoute() { stop(); }
+DatagramRoute::~DatagramRoute() {
+  loop_.forget_idle(this);
+  stop();
+}
 
 bool DatagramRoute::unix_listener() const { return spec_.from->address.family() == AF_UNIX; }
 
@@ -179,6 +192,9 @@ void DatagramRoute::stop() {
   linger_timer_ = Fd();
   lingering_.clear();
   awaiting_listener_.clear();
+  loop_.forget_idle(this);
+  refill_asked_ = false;
+  for (size_t t = 0; t < spec_.to.size(); ++t) ready_upstreams_.clear(t);
   if (listener_kept_) maps_->release_listener(listener_cookie_);
   listener_kept_ = false;
   if (started_) loop_.remove(listener_.get());
@@ -201,6 +217,7 @@ void DatagramRoute::tick() {
   poll_errors();
   expire_idle();
   retry_targets();
+  ready_upstreams_.expire(monotonic_ns());
 }
 
 bool DatagramRoute::on_listener_readable() {
@@ -364,13 +381,14 @@ bool DatagramRoute::evict_one(const Flow& newcomer) {
   Flow& victim = static_cast<Flow&>(*node);
   // The first and every 1000th at info, each at debug (a flood must not
   // flood the log).
-  spdlog::log(count_and_log_now(counters_.flows_evicted) ? spdlog::level::info : spdlog::level::debug,
-              "route {}: max-sessions ({}) reached: flow from {} ({}) evicted for new client {} (counted)",
-              spec_.route_id, budget_.max(), victim.peer_text(),
-              victim.established() ? "established"
-              : victim.replied()   ? "answered"
-                                   : "unreplied",
-              newcomer.peer_text());
+  auto level = count_and_log_now(counters_.flows_evicted) ? spdlog::level::info : spdlog::level::debug;
+  if (spdlog::should_log(level))  // peer_text() formats two addresses
+    spdlog::log(level, "route {}: max-sessions ({}) reached: flow from {} ({}) evicted for new client {} (counted)",
+                spec_.route_id, budget_.max(), victim.peer_text(),
+                victim.established() ? "established"
+                : victim.replied()   ? "answered"
+                                     : "unreplied",
+                newcomer.peer_text());
   destroy_flow(std::string(victim.key), "");
   return true;
 }

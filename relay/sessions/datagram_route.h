@@ -35,6 +35,7 @@
 #include "sessions/session_budget.h"
 #include "sessions/target_health.h"
 #include "sessions/unix_listener_steering.h"
+#include "sessions/upstream_pool.h"
 
 namespace sockrelay {
 
@@ -224,6 +225,8 @@ class DatagramRoute final : public LiveRoute {
   bool target_usable(const Flow& flow, size_t target) const;
   void upstream_failed(Flow& flow, size_t target, const std::string& why);
   void target_failed(size_t target, const std::string& why);
+  void ask_refill();
+  void refill_ready_upstreams();
   void retry_targets();
   Status reopen_target(size_t target);
   Status reopen_upstream(const std::string& key, size_t target);
@@ -270,6 +273,10 @@ class DatagramRoute final : public LiveRoute {
   uint64_t ticks_ = 0;
   FdLimitLog fd_limit_log_;
   std::vector<TargetState> targets_;  // by index in spec_.to
+  // Upstream sockets made ahead for new flows, refilled when the loop is
+  // idle (refill_ready_upstreams()); `refill_asked_` while one is asked.
+  UpstreamPool ready_upstreams_;
+  bool refill_asked_ = false;
   // User-space receive batches (uninitialised: pages are touched only as
   // datagrams fill them). The listener's is its own: a datagram in its batch
   // may create a flow, whose sockets are read while the batch is handled.

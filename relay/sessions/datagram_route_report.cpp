@@ -40,7 +40,9 @@ RouteReport DatagramRoute::report() const {
       // its kernel backlog at target-buffer.
       {"target-full", c.drop_target_full + r.kernel.drop_target_full},
       {"target-unreachable", c.drop_target_unreachable},
-      {"stray", c.drop_stray},
+      // Another client's datagram on a new flow socket, or an answer to a
+      // socket made ahead before any flow took it (upstream_pool.h).
+      {"stray", c.drop_stray + ready_upstreams_.strays()},
       {"listener-overflow", listener_drops()},
       {"flow-overflow", flow_overflow_drops()},
       // One policy count, whether user space or the verdict program refused.

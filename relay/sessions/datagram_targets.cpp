@@ -88,7 +88,28 @@ void DatagramRoute::target_failed(size_t target, const std::string& why) {
   if (!health.failed(monotonic_ns())) return;  // already out: counted
   spdlog::warn("route {}: target {} failed ({}); out of the rotation, retry in {} ms", spec_.route_id,
                spec_.to[target]->name, why, health.backoff_ms());
+  ready_upstreams_.clear(target);
   rewrite_forward_flows();
+}
+
+void DatagramRoute::ask_refill() {
+  if (refill_asked_) return;
+  refill_asked_ = true;
+  loop_.when_idle(this, [this] {
+    refill_asked_ = false;
+    refill_ready_upstreams();
+  });
+}
+
+// Failures are left to the next new client, which then opens its own
+// socket and meets the error where it is counted (open_upstreams()).
+void DatagramRoute::refill_ready_upstreams() {
+  for (size_t t = 0; t < spec_.to.size(); ++t) {
+    if (!ready_upstreams_.short_of(t) || !targets_[t].health.up()) continue;
+    Status st = ready_upstreams_.refill(t, [&] { return open_datagram_upstream(*spec_.to[t]); }, monotonic_ns());
+    if (!st) spdlog::debug("route {}: target {}: no socket made ahead: {}", spec_.route_id, spec_.to[t]->name,
+                           st.error().describe());
+  }
 }
 
 void DatagramRoute::retry_targets() {
@@ -152,7 +173,9 @@ void DatagramRoute::close_upstream(Flow& flow, size_t target) {
   if (!up.fd) return;
   if (flow.kernel) unwire_upstream(up);
   counters_.drop_target_full += up.pending.size();  // never sent: the flow or target went away
-  if (up.watched) loop_.remove(up.fd.get());
+  // Closed when the loop is idle: a full table closes a flow for each new
+  // client, before the new client's datagram goes out.
+  if (up.watched) loop_.close_later(std::move(up.fd));
   up = Upstream{};
 }
 

@@ -87,6 +87,15 @@ TEST(FdBudget, TheNeedIsFixedPlusMaxSessionsTimesTheDearestSession) {
   EXPECT_EQ(need.total, need.fixed + 1000u * 6u);
 }
 
+TEST(FdBudget, TheSocketsMadeAheadForEachUdpTargetAreInTheFixedNeed) {
+  FdNeed one = fd_need(config_with("from = \"u\"\nto = \"uo\"\n"));
+  FdNeed two = fd_need(config_with("from = \"u\"\nto = [\"uo\", \"uo2\"]\n"));
+  EXPECT_EQ(two.fixed - one.fixed, kReadyUpstreamsPerTarget);
+  // A stream route makes none ahead.
+  FdNeed stream = fd_need(config_with("from = \"t\"\nto = \"to\"\n"));
+  EXPECT_EQ(one.fixed - stream.fixed, kReadyUpstreamsPerTarget);
+}
+
 TEST(FdBudget, WarnsWithTheNumberTheLimitAndTheFix) {
   Config config = config_with("from = \"t\"\nto = \"to\"\n");
   FdNeed need = fd_need(config);
