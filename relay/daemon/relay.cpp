@@ -27,7 +27,8 @@
 
 namespace sockrelay {
 
-static_assert(EventLoop::kMaxClosing == kClosingAtMost, "the fd budget counts the sockets close_later() holds");
+static_assert(EventLoop::kMaxClosing == kClosingAtMost,
+              "the fd budget counts the sockets close_later() holds");
 
 namespace {
 

@@ -33,7 +33,8 @@ class EventLoop {
   // wait already (a loop never idle must not hoard descriptors).
   void close_later(Fd fd);
   static constexpr size_t kMaxClosing = 64;  // the fd budget's kClosingAtMost
-  void remove(int fd);  // safe to call from inside a handler
+  // Safe to call from inside a handler.
+  void remove(int fd);
 
   // Runs `task` once, the first time a wait finds no event ready: work
   // that can wait for a quiet moment (making sockets ahead of need) stays

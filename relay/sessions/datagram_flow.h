@@ -114,7 +114,7 @@ struct DatagramRoute::Flow : FlowTable::Node {
   };
   bool leftovers_done = true;
   uint64_t connected_in_read = 0;  // UDP: the listener read during which its flow socket connected
-  std::list<Waiting> waiting;  // a list: see Upstream::pending
+  std::list<Waiting> waiting;      // a list: see Upstream::pending
   // On hold (RELAY_FLOW_HOLD): the verdict program passes datagrams up
   // until user space has forwarded as many as it passed.
   bool held = false;

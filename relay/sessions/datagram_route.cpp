@@ -383,7 +383,8 @@ bool DatagramRoute::evict_one(const Flow& newcomer) {
   // flood the log).
   auto level = count_and_log_now(counters_.flows_evicted) ? spdlog::level::info : spdlog::level::debug;
   if (spdlog::should_log(level))  // peer_text() formats two addresses
-    spdlog::log(level, "route {}: max-sessions ({}) reached: flow from {} ({}) evicted for new client {} (counted)",
+    spdlog::log(level,
+                "route {}: max-sessions ({}) reached: flow from {} ({}) evicted for new client {} (counted)",
                 spec_.route_id, budget_.max(), victim.peer_text(),
                 victim.established() ? "established"
                 : victim.replied()   ? "answered"

@@ -106,9 +106,11 @@ void DatagramRoute::ask_refill() {
 void DatagramRoute::refill_ready_upstreams() {
   for (size_t t = 0; t < spec_.to.size(); ++t) {
     if (!ready_upstreams_.short_of(t) || !targets_[t].health.up()) continue;
-    Status st = ready_upstreams_.refill(t, [&] { return open_datagram_upstream(*spec_.to[t]); }, monotonic_ns());
-    if (!st) spdlog::debug("route {}: target {}: no socket made ahead: {}", spec_.route_id, spec_.to[t]->name,
-                           st.error().describe());
+    Status st = ready_upstreams_.refill(
+        t, [&] { return open_datagram_upstream(*spec_.to[t]); }, monotonic_ns());
+    if (!st)
+      spdlog::debug("route {}: target {}: no socket made ahead: {}", spec_.route_id, spec_.to[t]->name,
+                    st.error().describe());
   }
 }
 

@@ -1,5 +1,7 @@
 // Work kept off a new client's path: the event loop's idle tasks and
 // deferred closes, and the upstream sockets a datagram route makes ahead.
+#include "sessions/upstream_pool.h"
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -13,7 +15,6 @@
 
 #include "common/fd.h"
 #include "loop/event_loop.h"
-#include "sessions/upstream_pool.h"
 
 namespace sockrelay {
 namespace {
@@ -53,10 +54,12 @@ TEST(EventLoop, AnIdleTaskWaitsUntilNoEventIsReady) {
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK, 0, pair), 0);
   Fd a(pair[0]), b(pair[1]);
   std::vector<std::string> order;
-  ASSERT_TRUE(loop.add(a.get(), EPOLLIN, [&](uint32_t) {
-                    char c;
-                    while (recv(a.get(), &c, 1, 0) > 0) order.push_back("event");
-                  }).ok());
+  ASSERT_TRUE(loop.add(a.get(), EPOLLIN,
+                       [&](uint32_t) {
+                         char c;
+                         while (recv(a.get(), &c, 1, 0) > 0) order.push_back("event");
+                       })
+                  .ok());
   ASSERT_EQ(send(b.get(), "x", 1, 0), 1);
   loop.when_idle(&order, [&] { order.push_back("idle"); });
   ASSERT_TRUE(loop.run_once(milliseconds(100)).ok());  // the datagram first
@@ -142,8 +145,9 @@ TEST(UpstreamPool, RefillsToItsDepthAndHandsOutTheOldestFirst) {
   char buf[8];
   sockaddr_in from;
   socklen_t from_len = sizeof(from);
-  ASSERT_EQ(recvfrom(server.get(), buf, sizeof(buf), MSG_WAITALL, reinterpret_cast<sockaddr*>(&from), &from_len),
-            1);
+  ASSERT_EQ(
+      recvfrom(server.get(), buf, sizeof(buf), MSG_WAITALL, reinterpret_cast<sockaddr*>(&from), &from_len),
+      1);
   ASSERT_EQ(sendto(server.get(), "a", 1, 0, reinterpret_cast<sockaddr*>(&from), from_len), 1);
   ASSERT_TRUE(loop.run_once(milliseconds(1000)).ok());
   EXPECT_EQ(answered, 1);
@@ -182,8 +186,12 @@ TEST(UpstreamPool, ExpiresOldSocketsAndClearsAFailedTarget) {
   Fd server = bound_udp(target);
   UpstreamPool pool(loop, {true, true});
   const uint64_t t0 = 1'000'000'000;
-  ASSERT_TRUE(pool.refill(0, [&] { return connected_udp(target); }, t0).ok());
-  ASSERT_TRUE(pool.refill(1, [&] { return connected_udp(target); }, t0 + UpstreamPool::kMaxAgeNs).ok());
+  ASSERT_TRUE(pool.refill(
+                      0, [&] { return connected_udp(target); }, t0)
+                  .ok());
+  ASSERT_TRUE(pool.refill(
+                      1, [&] { return connected_udp(target); }, t0 + UpstreamPool::kMaxAgeNs)
+                  .ok());
   pool.expire(t0 + UpstreamPool::kMaxAgeNs + 1);
   EXPECT_EQ(pool.ready(0), 0u) << "older than kMaxAgeNs";
   EXPECT_EQ(pool.ready(1), UpstreamPool::kDepth);
