@@ -1,4 +1,5 @@
-// A small epoll loop: one callback per fd, plus a periodic tick. The relay
+// A small epoll loop: one callback per fd, a periodic tick, and work kept
+// for a moment with no event (when_idle(), close_later()). The relay
 // is single-threaded; the kernel moves the data, this loop only handles
 // set-up, teardown and what the kernel hands to user space.
 #pragma once

@@ -15,7 +15,10 @@ usage: tests/bench/many_clients.sh [options]        (as root)
 UDP: N distinct clients (each its own source address and port on
 127.1.0.0/16, ports below the ephemeral range), one 64-byte request each, to
 an echo server direct, through sockrelay (a default-like config: default
-max-sessions and idle-timeout) and through socat (UDP4-LISTEN,fork, -T):
+max-sessions and idle-timeout), through the floor (sockrelay_udp_floor: the
+least a user-space relay does for such a client, sockets made ahead, no
+flow table: what no user-space relay can beat here) and through socat
+(UDP4-LISTEN,fork, -T):
   paced   N clients spread over --duration seconds: answered %, p50/p99
           first-reply latency (and as ratios to direct), middlebox CPU
           (utime+stime from /proc; socat's with its children), the relay's
@@ -106,11 +109,12 @@ done
 relay_bin=${relay_bin:-$build_dir/relay/sockrelay}
 load_bin=$build_dir/tests/bench/sockrelay_many_clients
 udp_load_bin=$build_dir/tests/bench/sockrelay_udp_load
+floor_bin=$build_dir/tests/bench/sockrelay_udp_floor
 
 if [[ -z ${SOCKRELAY_BENCH_IN_NETNS:-} ]]; then
   require_root
-  ((build)) && build_bench "$repo" "$build_dir" sockrelay sockrelay_many_clients sockrelay_udp_load
-  require_executables "$relay_bin" "$load_bin" "$udp_load_bin"
+  ((build)) && build_bench "$repo" "$build_dir" sockrelay sockrelay_many_clients sockrelay_udp_load sockrelay_udp_floor
+  require_executables "$relay_bin" "$load_bin" "$udp_load_bin" "$floor_bin"
   apt_install socat socat || log "no socat: its rows will be skipped"
   exec_in_netns --net
 fi
@@ -123,7 +127,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 echo_addr=127.0.0.1:7002
-declare -A front=([direct]=$echo_addr [relay]=127.0.0.1:7101 [socat]=127.0.0.1:7201)
+declare -A front=([direct]=$echo_addr [relay]=127.0.0.1:7101 [floor]=127.0.0.1:7151 [socat]=127.0.0.1:7201)
 declare -A results=()
 # A service's file limits (systemd 252: soft 1024, hard 524288). Raising
 # the hard limit needs CAP_SYS_RESOURCE; without it (some containers) the
@@ -206,6 +210,12 @@ start_udp_middle() {
       start_limited_relay "$work/udp.toml"
       middle_pid=$relay_pid
       ;;
+    floor)
+      "$floor_bin" --listen "${front[floor]}" --to "$echo_addr" >"$work/floor.out" &
+      middle_pid=$!
+      started+=("$middle_pid")
+      wait_listening "${front[floor]}" udp
+      ;;
     socat)
       socat -T "$socat_timeout" "UDP4-LISTEN:${front[socat]##*:},bind=127.0.0.1,reuseaddr,fork" \
         "UDP4:$echo_addr" 2>>"$work/socat.log" &
@@ -241,7 +251,7 @@ udp_phase() {
 }
 
 run_udp() {
-  local paths=(direct relay) path n rate
+  local paths=(direct relay floor) path n rate
   command -v socat >/dev/null && paths+=(socat)
   "$udp_load_bin" echo --bind "$echo_addr" >"$work/echo.out" &
   started+=("$!")
@@ -316,7 +326,7 @@ udp_table() {
   echo "| path | answered % | p50 µs | p99 µs | p50 vs direct | p99 vs direct | middlebox CPU s | burst answered % | burst new clients/s | relay peak fds | relay peak RSS KiB |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   local path
-  for path in direct relay socat; do
+  for path in direct relay floor socat; do
     [[ -n ${results[$path.paced.answered]:-} ]] || continue
     printf '| %s | %s | %s | %s | %s× | %s× | %s | %s | %s | %s | %s |\n' "$path" "$(r "$path.paced.answered_pct")" \
       "$(r "$path.paced.p50_us")" "$(r "$path.paced.p99_us")" "$(ratio "$path.paced.p50_us" direct.paced.p50_us)" \
