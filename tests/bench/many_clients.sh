@@ -263,7 +263,9 @@ run_udp() {
     log "udp $path: $n clients at $rate/s, then a burst of $([[ $path == socat ]] && echo "$socat_clients" || echo "$burst")"
     start_udp_middle "$path"
     udp_phase "$path" paced "$n" 0 "$rate"
-    udp_phase "$path" burst "$([[ $path == socat ]] && echo "$socat_clients" || echo "$burst")" "$n" 0
+    # The floor is a bound on first-reply time only: no burst.
+    [[ $path == floor ]] ||
+      udp_phase "$path" burst "$([[ $path == socat ]] && echo "$socat_clients" || echo "$burst")" "$n" 0
     if [[ $path == relay ]]; then
       results[relay.status]=$( (relay_status || echo '"drops":{"status":"no answer within 5 s"}') 2>/dev/null | tr -d '\n')
       results[relay.fds_after]=$(fd_count "$middle_pid")
