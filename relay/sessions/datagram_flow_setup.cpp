@@ -217,26 +217,6 @@ bool DatagramRoute::open_upstreams(Flow& flow) {
   return false;
 }
 
-Status DatagramRoute::open_upstream(Flow& flow, size_t target) {
-  Upstream& up = flow.upstreams[target];
-  Flow* raw = &flow;
-  auto on_readable = [this, raw, target](uint32_t events) { on_upstream_readable(*raw, target, events); };
-  if (ready_upstreams_.pooled(target)) ask_refill();
-  if (std::optional<Fd> ready = ready_upstreams_.take(target, on_readable)) {
-    up.fd = std::move(*ready);  // watched already
-  } else {
-    auto fd = open_datagram_upstream(*spec_.to[target]);
-    if (!fd) return fd.error();
-    up.fd = std::move(*fd);
-    if (auto st = loop_.add(up.fd.get(), EPOLLIN, on_readable); !st) {
-      up = Upstream{};  // unwatched, its replies would never be read
-      return st;
-    }
-  }
-  up.watched = true;
-  return {};
-}
-
 // A UDP client's flow socket waits for its second datagram: a client that
 // sends one request and goes (DNS-like) costs one upstream socket and no
 // flow socket. A flow socket is bound to the listener's address and port,

@@ -1,8 +1,11 @@
 // The targets of a datagram route: which are in the rotation (one
 // TargetHealth each, the back-off rule every route shares), the forward
 // flow entries that list the live ones for the verdict program, and the
-// retry that brings a failed target back.
+// retry that brings a failed target back; the upstream sockets to them,
+// some made ahead (upstream_pool.h).
 #include <spdlog/spdlog.h>
+
+#include <optional>
 
 #include "common/clock.h"
 #include "endpoints/endpoint.h"
@@ -152,6 +155,28 @@ Status DatagramRoute::reopen_target(size_t target) {
   }
   if (flows_.empty())
     if (auto probe = open_datagram_upstream(*spec_.to[target]); !probe) return probe.error();
+  return {};
+}
+
+// An upstream socket to `target` for a flow, watched: one made ahead if
+// there is one (upstream_pool.h), else opened now.
+Status DatagramRoute::open_upstream(Flow& flow, size_t target) {
+  Upstream& up = flow.upstreams[target];
+  Flow* raw = &flow;
+  auto on_readable = [this, raw, target](uint32_t events) { on_upstream_readable(*raw, target, events); };
+  if (ready_upstreams_.pooled(target)) ask_refill();
+  if (std::optional<Fd> ready = ready_upstreams_.take(target, on_readable)) {
+    up.fd = std::move(*ready);  // watched already
+  } else {
+    auto fd = open_datagram_upstream(*spec_.to[target]);
+    if (!fd) return fd.error();
+    up.fd = std::move(*fd);
+    if (auto st = loop_.add(up.fd.get(), EPOLLIN, on_readable); !st) {
+      up = Upstream{};  // unwatched, its replies would never be read
+      return st;
+    }
+  }
+  up.watched = true;
   return {};
 }
 
