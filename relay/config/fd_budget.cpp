@@ -31,6 +31,17 @@ size_t ip_targets(const Config& config, const Route& route) {
   });
 }
 
+bool to_subscribers(const Config& config, const Route& route) {
+  const Endpoint* first_to = route.to.empty() ? nullptr : config.find_endpoint(route.to.front());
+  return first_to && first_to->role == Role::Subscribe;
+}
+
+// Sessions that are datagram flows: datagram sources toward datagram targets.
+bool datagram_flows(const Config& config, const Route& route) {
+  return !to_subscribers(config, route) && any_of_kinds(config, route.from, kind_is_datagram) &&
+         any_of_kinds(config, route.to, kind_is_datagram);
+}
+
 bool keeps_messages(EndpointKind kind) {
   return kind_socktype(kind) == SOCK_SEQPACKET || kind_is_vsock(kind);
 }
@@ -42,13 +53,10 @@ uint64_t fds_per_session(const Config& config, const Route& route, std::string* 
     if (what) *what = text;
     return n;
   };
-  const Endpoint* first_to = route.to.empty() ? nullptr : config.find_endpoint(route.to.front());
-  if (first_to && first_to->role == Role::Subscribe)
-    return say("subscriber", route.mode == Mode::Ingress ? 2 : 1);
-  bool datagram_from = any_of_kinds(config, route.from, kind_is_datagram);
-  bool datagram_to = any_of_kinds(config, route.to, kind_is_datagram);
-  if (datagram_from && datagram_to) return say("datagram flow", 1 + route.to.size());
-  if (datagram_from || datagram_to) return say("bridge", 2);
+  if (to_subscribers(config, route)) return say("subscriber", route.mode == Mode::Ingress ? 2 : 1);
+  if (datagram_flows(config, route)) return say("datagram flow", 1 + route.to.size());
+  if (any_of_kinds(config, route.from, kind_is_datagram) || any_of_kinds(config, route.to, kind_is_datagram))
+    return say("bridge", 2);
   if (any_of_kinds(config, route.from, keeps_messages) || any_of_kinds(config, route.to, keeps_messages))
     return say("stream, message copies", 2);
   if (route.datapath == Datapath::Kernel) return say("stream, kernel path", 2);
@@ -65,7 +73,7 @@ FdNeed fd_need(const Config& config) {
     need.fixed += kPerSource * route.from.size();
     std::string what;
     uint64_t n = fds_per_session(config, route, &what);
-    if (what == "datagram flow") need.fixed += kReadyUpstreamsPerTarget * ip_targets(config, route);
+    if (datagram_flows(config, route)) need.fixed += kReadyUpstreamsPerTarget * ip_targets(config, route);
     if (n > need.per_session) {
       need.per_session = n;
       need.dearest =
