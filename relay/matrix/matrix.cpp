@@ -1,7 +1,7 @@
 // The matrix is built from a handful of rules rather than written out as
 // 98 literals: a reader checks the rules, and a new fact is one new rule.
 // Rules 1-4 are kernel facts (ARCHITECTURE.md, "Kernel facts"; measured by
-// Probe.EveryTestableCellAgreesWithTheMatrix), rules 5-8 what this version
+// Probe.EveryTestableCellAgreesWithTheMatrix), rules 5-9 what this version
 // does with them (each names the test that shows why).
 #include "matrix/matrix.h"
 
@@ -55,6 +55,20 @@ constexpr const char* kTcpAutoReason =
     "the tcp kernel path has no backpressure (its psock backlog grows without bound behind a slow reader) "
     "and "
     "measured slower than splice(); set datapath = \"kernel\" for its lower latency";
+// unix-dgram -> datagram: an AF_UNIX listener hands each datagram to the
+// verdict program after dropping its receive lock (unix_read_skb()), from
+// whichever sender's send() woke it, so two senders sending at once can
+// have one's datagrams redirected out of order; and a new sender's datagrams
+// pass through the hold (ARCHITECTURE.md "In order from the first
+// datagram"), which a flood never leaves. Both measured
+// (FlowOrder.NewClientsInOrderNothingLost, tests/bench/README.md
+// "unix-dgram sources"); user space reads the listener in queue order.
+constexpr const char* kUnixSourceReason =
+    "an AF_UNIX listener hands datagrams to the verdict program outside its receive lock, so datagrams of "
+    "senders sending at once can be redirected out of order (measured: reordered in 4-45 of 100 runs of "
+    "three concurrent senders), and a sender flooding from its first datagram stays on the slower set-up "
+    "path (measured 20-25k datagrams/s, against 78-139k/s in user space); set datapath = \"kernel\" when "
+    "senders send one at a time";
 constexpr const char* kIngressNeedsDatagrams =
     "mode = \"ingress\" is for routes to subscribers, and subscribers receive datagrams: a stream or "
     "seqpacket "
@@ -130,7 +144,7 @@ void stay_off_kernel(MatrixCell& cell, RelayPath path, std::string reason, const
   cell.fallback = fallback;
 }
 
-// Rules 5-8: what this version takes where the kernel could carry the cell.
+// Rules 5-9: what this version takes where the kernel could carry the cell.
 void apply_version_rules(MatrixCell& cell) {
   const EndpointKind source = cell.source, target = cell.target;
   const bool tcp_pair = source == EndpointKind::Tcp && target == EndpointKind::Tcp;
@@ -149,6 +163,10 @@ void apply_version_rules(MatrixCell& cell) {
   } else if (tcp_pair) {
     // Rule 8: tcp <-> tcp only when asked for by name.
     stay_off_kernel(cell, RelayPath::KernelIfAsked, kTcpAutoReason, kUserspaceFallback);
+  } else if (source == EndpointKind::UnixDgram) {
+    // Rule 9: unix-dgram sources only when asked for by name: user space
+    // keeps each sender's order, and is faster under a flood.
+    stay_off_kernel(cell, RelayPath::KernelIfAsked, kUnixSourceReason, kUserspaceFallback);
   }
 }
 

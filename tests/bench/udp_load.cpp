@@ -14,7 +14,8 @@
 // --from binds the client to a fixed address (the bare path's front socket
 // is connected to it before the first datagram); default: an ephemeral port.
 // Each role ends by printing one line of key=value pairs on stdout, which the
-// script parses; diagnostics go to stderr. Numeric IPv4 addresses only: this
+// script parses; diagnostics go to stderr. Numeric IPv4 addresses (and a
+// UNIX datagram path for send --to/--from) only: this
 // is a loopback benchmark.
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -22,6 +23,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -56,7 +58,7 @@ void sleep_until_ns(uint64_t deadline) {
 // A move-only owned fd; the tool is small, but every fd still closes.
 class Socket {
  public:
-  Socket() : fd_(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0)) {
+  explicit Socket(int family = AF_INET) : fd_(socket(family, SOCK_DGRAM | SOCK_CLOEXEC, 0)) {
     if (fd_ < 0) die_errno("socket");
   }
   ~Socket() { close(fd_); }
@@ -68,16 +70,36 @@ class Socket {
   int fd_;
 };
 
-sockaddr_in parse_address(const std::string& text) {
+struct Address {
+  sockaddr_storage storage{};
+  socklen_t len = 0;
+  int family() const { return storage.ss_family; }
+  const sockaddr* sa() const { return reinterpret_cast<const sockaddr*>(&storage); }
+};
+
+// A.B.C.D:PORT, or the path of a UNIX datagram socket (it starts with '/'):
+// `send --to /path` is a unix-dgram client, for routes from a unix-dgram
+// listener.
+Address parse_address(const std::string& text) {
+  Address a;
+  if (!text.empty() && text[0] == '/') {
+    auto* un = reinterpret_cast<sockaddr_un*>(&a.storage);
+    if (text.size() >= sizeof(un->sun_path)) die("UNIX socket path too long: " + text);
+    un->sun_family = AF_UNIX;
+    std::memcpy(un->sun_path, text.data(), text.size());
+    a.len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + text.size() + 1);
+    return a;
+  }
   auto colon = text.rfind(':');
-  if (colon == std::string::npos) die("address must be A.B.C.D:PORT: " + text);
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  if (inet_pton(AF_INET, text.substr(0, colon).c_str(), &sa.sin_addr) != 1) die("bad IPv4 address: " + text);
+  if (colon == std::string::npos) die("address must be A.B.C.D:PORT or /path: " + text);
+  auto* sa = reinterpret_cast<sockaddr_in*>(&a.storage);
+  sa->sin_family = AF_INET;
+  if (inet_pton(AF_INET, text.substr(0, colon).c_str(), &sa->sin_addr) != 1) die("bad IPv4 address: " + text);
   long port = std::strtol(text.c_str() + colon + 1, nullptr, 10);
   if (port <= 0 || port > 65535) die("bad port: " + text);
-  sa.sin_port = htons(static_cast<uint16_t>(port));
-  return sa;
+  sa->sin_port = htons(static_cast<uint16_t>(port));
+  a.len = sizeof(sockaddr_in);
+  return a;
 }
 
 // Root can go past net.core.{r,w}mem_max with the *FORCE options; otherwise
@@ -97,20 +119,20 @@ void set_receive_timeout(int fd, int ms) {
 void bind_to(int fd, const std::string& address) {
   int one = 1;
   (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  sockaddr_in sa = parse_address(address);
-  if (bind(fd, reinterpret_cast<const sockaddr*>(&sa), sizeof(sa)) != 0) die_errno("bind " + address);
+  Address a = parse_address(address);
+  if (bind(fd, a.sa(), a.len) != 0) die_errno("bind " + address);
 }
 
 // The client side of send and ping: bound to --from if given, connected to --to.
 void bind_client(int fd, const std::string& from) {
   if (from.empty()) return;
-  sockaddr_in sa = parse_address(from);
-  if (bind(fd, reinterpret_cast<const sockaddr*>(&sa), sizeof(sa)) != 0) die_errno("bind " + from);
+  Address a = parse_address(from);
+  if (bind(fd, a.sa(), a.len) != 0) die_errno("bind " + from);
 }
 
 void connect_to(int fd, const std::string& address) {
-  sockaddr_in sa = parse_address(address);
-  if (connect(fd, reinterpret_cast<const sockaddr*>(&sa), sizeof(sa)) != 0) die_errno("connect " + address);
+  Address a = parse_address(address);
+  if (connect(fd, a.sa(), a.len) != 0) die_errno("connect " + address);
 }
 
 constexpr int kMaxBatch = 256;
@@ -198,13 +220,15 @@ int run_sink(const Options& o) {
 // flat out or paced to --rate datagrams/s. "sent" counts what the kernel
 // accepted; what the sink did not get of it is loss.
 int run_send(const Options& o) {
-  Socket s;
+  const Address to = parse_address(o.text("to"));
+  Socket s(to.family());
   set_buffer(s.get(), SO_SNDBUFFORCE, SO_SNDBUF, 4 << 20);
   // So that --to may be a broadcast address (fanout_bench.sh's socat
   // baseline lets the kernel copy each datagram to every socat); no effect
   // on unicast.
   int one = 1;
-  if (setsockopt(s.get(), SOL_SOCKET, SO_BROADCAST, &one, sizeof(one)) != 0) die_errno("SO_BROADCAST");
+  if (to.family() == AF_INET && setsockopt(s.get(), SOL_SOCKET, SO_BROADCAST, &one, sizeof(one)) != 0)
+    die_errno("SO_BROADCAST");
   bind_client(s.get(), o.values.count("from") ? o.text("from") : std::string());
   connect_to(s.get(), o.text("to"));
   const auto size = static_cast<size_t>(o.number("size", 64));
@@ -227,6 +251,13 @@ int run_send(const Options& o) {
   }
 
   uint64_t sent = 0, errors = 0, calls = 0;
+  // --settle-ms: one datagram first, then a pause, so that the relay's
+  // flow for this client is set up before the flood (a steady-state
+  // measurement); that datagram is counted in "sent".
+  if (const double settle_ms = o.number("settle-ms", 0); settle_ms > 0) {
+    if (send(s.get(), payloads[0].data(), size, 0) == static_cast<ssize_t>(size)) ++sent;
+    sleep_until_ns(now_ns() + static_cast<uint64_t>(settle_ms * 1e6));
+  }
   const uint64_t start = now_ns();
   const uint64_t end = start + duration_ns;
   uint64_t t = start;
@@ -255,6 +286,7 @@ int run_send(const Options& o) {
     if (n > 0) {
       sent += static_cast<uint64_t>(n);
     } else if (errno == ENOBUFS || errno == EAGAIN || errno == ECONNREFUSED || errno == EINTR) {
+      // A UNIX receiver's queue full (EAGAIN) is counted the same way.
       // ECONNREFUSED: an ICMP port unreachable from an earlier datagram
       // (nothing listening yet); the datagram itself was not lost by us.
       ++errors;
@@ -354,8 +386,8 @@ void usage() {
   std::fprintf(
       stderr,
       "usage: sockrelay_udp_load sink --bind A:P[,A:P...] [--idle-ms MS] [--max-s S]\n"
-      "       sockrelay_udp_load send --to A:P [--duration S] [--size N] [--rate R] [--batch B] [--from "
-      "A:P]\n"
+      "       sockrelay_udp_load send --to A:P|/unix/path [--duration S] [--size N] [--rate R] [--batch B]\n"
+      "                               [--from A:P|/unix/path] [--settle-ms MS]\n"
       "       sockrelay_udp_load echo --bind A:P\n"
       "       sockrelay_udp_load ping --to A:P [--count N] [--warmup W] [--size N] [--timeout-ms MS]\n"
       "                               [--from A:P]\n");

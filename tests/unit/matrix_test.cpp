@@ -9,6 +9,7 @@
 #include <string>
 #include <tuple>
 
+#include "matrix/datapath_choice.h"
 #include "matrix/matrix_format.h"
 
 namespace sockrelay {
@@ -167,15 +168,27 @@ TEST(Matrix, CellReasonsSplitJoinedCaveats) {
   EXPECT_EQ(cell_reasons(cell), (std::vector<std::string>{"a", "b"}));
 }
 
-// What this version takes (rules 5-8 in matrix.cpp): plan_route reads
+// What this version takes (rules 5-9 in matrix.cpp): plan_route reads
 // these, `sockrelay matrix` prints them.
-TEST(MatrixVersion, DatagramKindsTakeTheKernel) {
-  for (EndpointKind s : {EndpointKind::Udp, EndpointKind::UnixDgram})
-    for (EndpointKind t : {EndpointKind::Udp, EndpointKind::UnixDgram}) {
-      const MatrixCell& cell = matrix_cell(s, t, Mode::Egress);
-      EXPECT_EQ(cell.relay, RelayPath::Kernel) << cell_label(cell);
-      EXPECT_TRUE(cell.relay_reason.empty());
-    }
+TEST(MatrixVersion, UdpSourcesTakeTheKernel) {
+  for (EndpointKind t : {EndpointKind::Udp, EndpointKind::UnixDgram}) {
+    const MatrixCell& cell = matrix_cell(EndpointKind::Udp, t, Mode::Egress);
+    EXPECT_EQ(cell.relay, RelayPath::Kernel) << cell_label(cell);
+    EXPECT_TRUE(cell.relay_reason.empty());
+  }
+}
+
+// An AF_UNIX listener can reorder concurrent senders in the kernel (rule 9).
+TEST(MatrixVersion, UnixDgramSourcesRideTheKernelOnlyWhenAsked) {
+  for (EndpointKind t : {EndpointKind::Udp, EndpointKind::UnixDgram}) {
+    const MatrixCell& cell = matrix_cell(EndpointKind::UnixDgram, t, Mode::Egress);
+    EXPECT_EQ(cell.support, Support::Supported) << cell_label(cell);
+    EXPECT_EQ(cell.relay, RelayPath::KernelIfAsked) << cell_label(cell);
+    EXPECT_TRUE(contains(cell.relay_reason, "out of order")) << cell.relay_reason;
+    EXPECT_EQ(choose_datapath(Datapath::Auto, cell, "").kernel, false);
+    EXPECT_TRUE(choose_datapath(Datapath::Auto, cell, "").fell_back);
+    EXPECT_TRUE(choose_datapath(Datapath::Kernel, cell, "").kernel);
+  }
 }
 
 TEST(MatrixVersion, DatagramConnectionRoutesAreBridgedInUserSpace) {

@@ -116,10 +116,14 @@ TEST(OneWayPlan, EngineAndTheHashRule) {
   ParseOutcome forced = parse_route(
       "from = \"u\"\nto = [\"uo\", \"uo2\"]\none-way = true\nbalance = \"hash\"\ndatapath = \"kernel\"\n");
   EXPECT_TRUE(plan_route(forced.config, forced.config.routes[0], 0, std::string()).choice.refused);
-  // unix-dgram + hash: the program sees the sender.
+  // unix-dgram: user space unless asked (matrix rule 9); asked, the
+  // program hashes by the sender it sees.
   ParseOutcome unix_hash =
       parse_route("from = \"d\"\nto = [\"uo\", \"uo2\"]\none-way = true\nbalance = \"hash\"\n");
-  EXPECT_TRUE(plan_route(unix_hash.config, unix_hash.config.routes[0], 0, std::string()).choice.kernel);
+  EXPECT_FALSE(plan_route(unix_hash.config, unix_hash.config.routes[0], 0, std::string()).choice.kernel);
+  ParseOutcome unix_kernel = parse_route(
+      "from = \"d\"\nto = [\"uo\", \"uo2\"]\none-way = true\nbalance = \"hash\"\ndatapath = \"kernel\"\n");
+  EXPECT_TRUE(plan_route(unix_kernel.config, unix_kernel.config.routes[0], 0, std::string()).choice.kernel);
 }
 
 // max-sessions is one budget: the route with the most entries per session
