@@ -46,8 +46,8 @@ class DatagramPairing : public ::testing::TestWithParam<Pairing> {
              "\"\n";
     };
     std::string path = !datapath.empty() ? datapath : is_unix(GetParam().from) ? "kernel" : "";
-    return text(GetParam().from, "listen", front(), "front") + text(GetParam().to, "connect", back(), "back") +
-           "[[routes]]\nfrom = \"front\"\nto = \"back\"\n" +
+    return text(GetParam().from, "listen", front(), "front") +
+           text(GetParam().to, "connect", back(), "back") + "[[routes]]\nfrom = \"front\"\nto = \"back\"\n" +
            (path.empty() ? "" : "datapath = \"" + path + "\"\n");
   }
   Fd client(int id) {
