@@ -172,13 +172,16 @@ class RouteRules {
       }
       // The verdict program re-sends a new sender's datagram from kernel
       // context: it arrives without the sender's credentials, and
-      // sock_diag knows a socket's owner uid but no gid.
-      if (!route_.allow_gids.empty() && unix_dgram_route && route_.datapath != Datapath::Userspace) {
+      // sock_diag knows a socket's owner uid but no gid. ("auto" takes user
+      // space for a unix-dgram source: matrix rule 9.)
+      if (!route_.allow_gids.empty() && unix_dgram_route && route_.datapath == Datapath::Kernel) {
         refuse(
             route_.keys.allow_gids,
             "allow-gids on unix-dgram endpoint " + describe_endpoint(e) +
-                " needs datapath = \"userspace\": the kernel path cannot learn a sender's gid (its datagrams "
-                "reach user space without their credentials, and sock_diag gives a socket's owner uid only)");
+                " needs datapath = \"auto\" or \"userspace\": the kernel path cannot learn a sender's gid "
+                "(its "
+                "datagrams reach user space without their credentials, and sock_diag gives a socket's owner "
+                "uid only)");
         return;
       }
     }

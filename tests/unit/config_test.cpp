@@ -1159,8 +1159,8 @@ TEST(RouteRules, EachIsReportedAtTheKeyToChange) {
        "allow-sources is enforced for udp sources only in this version; endpoint t (tcp 127.0.0.1:5400)"},
       {"from = \"u\"\nto = \"uo\"\nallow-cids = [3]\n", 37, 14, "allow-cids applies to vsock sources"},
       {"from = \"t\"\nto = \"to\"\nallow-uids = [0]\n", 37, 14, "allow-uids and allow-gids are enforced for"},
-      {"from = \"d\"\nto = \"uo\"\nallow-uids = [0]\nallow-gids = [0]\n", 38, 14,
-       "allow-gids on unix-dgram endpoint d (unix-dgram @d) needs datapath = \"userspace\""},
+      {"from = \"d\"\nto = \"uo\"\nallow-uids = [0]\nallow-gids = [0]\ndatapath = \"kernel\"\n", 38, 14,
+       "allow-gids on unix-dgram endpoint d (unix-dgram @d) needs datapath = \"auto\" or \"userspace\""},
       {"from = \"u\"\nto = [\"so\", \"to\"]\n", 36, 6,
        "a route between a datagram kind and a stream/seqpacket kind takes exactly one `to` target"},
       // The other family second in the list: every target counts, not the first only.
