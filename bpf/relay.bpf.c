@@ -183,23 +183,41 @@ static __always_inline int to_user_space(struct __sk_buff *skb, __u64 sender)
 static __always_inline int hold_verdict(struct __sk_buff *skb, __u64 key, struct relay_flow *flow,
 					__u32 route, struct relay_route_stats *stats)
 {
-	struct relay_hold *hold = bpf_map_lookup_elem(&relay_hold, &key);
 	__u64 *passed = bpf_map_lookup_elem(&relay_passed, &key);
+	struct relay_hold *hold;
+	__u64 before;
 
-	if (!hold || !passed)
+	if (!passed)
 		return -1;
-	if (*(volatile __u64 *)passed == hold->forwarded)
+	/*
+	 * Counted first, compared after: user space ends the hold once it
+	 * reads passed == forwarded, and an skb counted after that read
+	 * would go up behind datagrams already sent straight on (one
+	 * reordered). Counted first, either user space sees it and waits
+	 * for it, or this run sees the forwarded count user space wrote
+	 * before its read, takes its count back and goes straight on: every
+	 * datagram passed up before it has left by then. The hold is looked
+	 * up after the count: an update replaces the element, so one looked
+	 * up before could hold a stale count.
+	 */
+	before = __sync_fetch_and_add(passed, 1);
+	hold = bpf_map_lookup_elem(&relay_hold, &key);
+	if (!hold || before == hold->forwarded) {
+		__sync_fetch_and_sub(passed, 1);
 		return -1;
-	if (tag_to_channel(skb, key, hold->channel, 1) != SK_PASS)
+	}
+	if (tag_to_channel(skb, key, hold->channel, 1) != SK_PASS) {
+		__sync_fetch_and_sub(passed, 1);
 		return SK_DROP;
+	}
 	if (bound_target(skb, flow, hold->channel, route, stats, -1) != SK_PASS) {
+		__sync_fetch_and_sub(passed, 1);
 		__sync_fetch_and_add(&flow->dropped, 1);
 		return SK_DROP;
 	}
 	/* Counted before the verdict returns (the redirect only names the
 	 * socket; the skb is queued after): user space cannot read this skb
 	 * before it sees it counted. */
-	__sync_fetch_and_add(passed, 1);
 	return SK_PASS;
 }
 

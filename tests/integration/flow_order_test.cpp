@@ -9,6 +9,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstdio>
@@ -57,6 +58,17 @@ struct Tally {
     for (const auto& s : seqs)
       for (size_t i = 1; i < s.size(); ++i) n += s[i] < s[i - 1];
     return n;
+  }
+  // Where client `c`'s first inversion is, with its neighbours: "" if none.
+  std::string first_inversion(int c) const {
+    const auto& s = seqs[c];
+    for (size_t i = 1; i < s.size(); ++i) {
+      if (s[i] >= s[i - 1]) continue;
+      std::string text = ", out of order at arrival " + std::to_string(i) + ":";
+      for (size_t j = i > 4 ? i - 4 : 0; j < std::min(i + 4, s.size()); ++j) text += " " + std::to_string(s[j]);
+      return text;
+    }
+    return "";
   }
 };
 
@@ -172,7 +184,7 @@ TEST_P(FlowOrder, NewClientsInOrderNothingLost) {
         for (int c = 0; c < kClients; ++c)
           if (!t.seqs[c].empty())
             ADD_FAILURE() << "repetition " << rep << " client " << c << ": " << t.seqs[c].size()
-                          << " arrived, first " << t.seqs[c].front();
+                          << " arrived, first " << t.seqs[c].front() << t.first_inversion(c);
     }
   }
   std::string status = relay.status_json();
