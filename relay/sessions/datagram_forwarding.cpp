@@ -149,6 +149,7 @@ void DatagramRoute::flush_pending(Flow& flow, size_t target) {
     up.pending.pop_front();
   }
   watch_upstream(flow, target);
+  advance_hold(flow);  // it waited for this queue (datagram_hold.cpp)
 }
 
 void DatagramRoute::on_upstream_readable(Flow& flow, size_t target, uint32_t events) {

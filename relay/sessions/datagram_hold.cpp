@@ -282,6 +282,12 @@ void DatagramRoute::advance_holds() {
 // when that is all it passed up, the flow leaves the hold.
 void DatagramRoute::advance_hold(Flow& flow) {
   if (!flow.held || !flow.leftovers_done) return;
+  // Forwarded means gone from user space: what waits for a full target's
+  // queue here (Upstream::pending) would be overtaken by what the program
+  // sends straight on (measured: udp -> unix-dgram with the CPUs busy,
+  // "296 297 298 299 278 ..."). flush_pending() moves the hold on.
+  for (const Upstream& up : flow.upstreams)
+    if (!up.pending.empty()) return;
   if (flow.forwarded != flow.forwarded_written) {
     if (auto st = maps_->set_forwarded(flow.client_key, hold_channel_key(), flow.forwarded); !st) {
       spdlog::warn("route {}: {}", spec_.route_id, st.error().describe());
@@ -335,7 +341,7 @@ void DatagramRoute::linger_check() {
       still.push_back(key);
       continue;
     }
-    read_lingering(flow);
+    read_lingering(flow, true);
   }
   lingering_ = std::move(still);
   if (lingering_.empty() && linger_timer_) {
@@ -344,18 +350,35 @@ void DatagramRoute::linger_check() {
   }
 }
 
-// The lingering datagrams, the newest of their flow, go on from user
-// space: once the flow is quiet (linger_check()), or when it closes with
-// them still there (count_lost_at_close(): out of the map, nothing else
-// would read them).
-void DatagramRoute::read_lingering(Flow& flow) {
+// The lingering datagrams, the newest of their flow, go on once the flow
+// is quiet (linger_check()), or when it closes with them still there
+// (count_lost_at_close(): out of the map, nothing else would read them).
+// Sent from user space they could overtake the flow's earlier datagrams,
+// which the program queued toward the target and its psock worker sends
+// when it runs: measured with the CPUs busy (FlowOrder, udp sources),
+// "296 297 298 299 278 279 ...", the lingering ones first. So
+// `through_kernel`, they go back through the verdict program, in line
+// behind those (PassUpChannel::inject()).
+void DatagramRoute::read_lingering(Flow& flow, bool through_kernel) {
   flow.may_linger = false;
+  const bool inject = through_kernel && inject_for(flow);
   for (int round = 0; round < 64; ++round)
     if (read_batch(flow.client_socket.get(), buffer_.get(),
                    [&](const sockaddr_storage&, socklen_t, const char* d, size_t size) {
-                     send_to_upstream(flow, d, size);
+                     if (!inject || !hold_channel_->inject(d, size)) send_to_upstream(flow, d, size);
                    }) < kBatch)
       break;
+}
+
+// The channel's way back in, pointed at this flow's targets.
+bool DatagramRoute::inject_for(const Flow& flow) {
+  if (!flow.kernel || !hold_channel_) return false;
+  Status st = hold_channel_->enable_inject();
+  if (st) st = maps_->set_flow(hold_channel_->inject_key(), forward_entry(flow));
+  if (!st)
+    spdlog::debug("route {}: {}; lingering datagrams go from user space", spec_.route_id,
+                  st.error().describe());
+  return st.ok();
 }
 
 }  // namespace sockrelay

@@ -195,7 +195,8 @@ class DatagramRoute final : public LiveRoute {
   void forward_stranger(const Stranger& s);
   void note_lingering(Flow& flow);
   void narrow_receive_buffer(Flow& flow);
-  void read_lingering(Flow& flow);
+  void read_lingering(Flow& flow, bool through_kernel);
+  bool inject_for(const Flow& flow);
   void on_held_datagram(uint64_t key, const char* data, size_t len);
   void catch_early(Flow& flow, const char* data, size_t len, bool held);
   void listener_read_done(uint64_t read, bool drained);
@@ -232,6 +233,7 @@ class DatagramRoute final : public LiveRoute {
   Status reopen_upstream(const std::string& key, size_t target);
   void close_upstream(Flow& flow, size_t target);
   void count_lost_at_close(Flow& flow, uint32_t program_dropped);
+  FlowEntry forward_entry(const Flow& flow) const;
   Status write_forward_flow(Flow& flow);
   void update_forward_flow(Flow& flow);
   void rewrite_forward_flows();

@@ -76,7 +76,9 @@ void DatagramRoute::count_lost_at_close(Flow& flow, uint32_t program_dropped) {
     if (drops > program_dropped) counters_.drop_target_unreachable += drops - program_dropped;
   }
   if (!flow.target_refused) {
-    if (flow.may_linger) read_lingering(flow);  // not lost: they go on
+    // Not lost: they go on, from user space (the upstream sockets close
+    // with the flow, and what waits in their psock backlogs with them).
+    if (flow.may_linger) read_lingering(flow, false);
     return;
   }
   for (int round = 0; round < 64; ++round) {
@@ -207,6 +209,12 @@ void DatagramRoute::close_upstream(Flow& flow, size_t target) {
 }
 
 Status DatagramRoute::write_forward_flow(Flow& flow) {
+  return maps_->set_flow(flow.client_key, forward_entry(flow));
+}
+
+// Where the verdict program sends the flow's datagrams: its one target, or
+// the targets that are up to pick among.
+FlowEntry DatagramRoute::forward_entry(const Flow& flow) const {
   FlowEntry entry;
   entry.route_id = spec_.route_id;
   entry.flags = RELAY_FLOW_NO_BYTES | (flow.held ? RELAY_FLOW_HOLD : 0u);
@@ -223,7 +231,7 @@ Status DatagramRoute::write_forward_flow(Flow& flow) {
       ++entry.n_targets;
     }
   }
-  return maps_->set_flow(flow.client_key, entry);
+  return entry;
 }
 
 // A flow entry that cannot be rewritten keeps its old list of targets

@@ -34,9 +34,31 @@ Status PassUpChannel::open(OnDatagram on_datagram, OnBatchEnd on_batch_end) {
 }
 
 void PassUpChannel::close() {
+  if (tx_is_source_) {
+    maps_.remove_source(tx_cookie_);
+    maps_.remove_flow(rx_cookie_);  // the entry inject() went by
+  }
   if (tx_in_map_) maps_.remove_target(tx_cookie_);
   if (rx_watched_) loop_.remove(rx_.get());
-  tx_in_map_ = rx_watched_ = false;
+  tx_in_map_ = rx_watched_ = tx_is_source_ = false;
+}
+
+Status PassUpChannel::enable_inject() {
+  if (tx_is_source_) return {};
+  if (!tx_in_map_) return plain_error("the channel is not open");
+  auto rx_cookie = socket_cookie(rx_.get());
+  if (!rx_cookie) return rx_cookie.error();
+  rx_cookie_ = *rx_cookie;
+  if (auto st = maps_.add_source(tx_cookie_, tx_.get()); !st) return st;
+  tx_is_source_ = true;
+  return {};
+}
+
+// The program runs in this send() (the receiver's data-ready wake-up), so
+// the datagram is in the target's line when it returns.
+bool PassUpChannel::inject(const char* data, size_t len) {
+  return tx_is_source_ &&
+         send(rx_.get(), data, len, MSG_DONTWAIT | MSG_NOSIGNAL) == static_cast<ssize_t>(len);
 }
 
 void PassUpChannel::on_readable() {

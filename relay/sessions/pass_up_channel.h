@@ -37,6 +37,18 @@ class PassUpChannel {
   // The relay_targets key the program redirects to; 0 until open.
   uint64_t key() const { return tx_cookie_; }
 
+  // The way back in: a datagram user space writes with inject() reaches
+  // the sending end, which (once enable_inject() put it in relay_sources)
+  // runs the verdict program on it as a datagram of the flow keyed
+  // inject_key() (AF_UNIX: the program sees the sender, our receiving
+  // end), whose entry the caller writes first (close() removes it). It
+  // then waits in line behind what the program already queued toward the
+  // same target.
+  Status enable_inject();
+  uint64_t inject_key() const { return rx_cookie_; }
+  // False when it could not be written (the caller sends it itself).
+  bool inject(const char* data, size_t len);
+
  private:
   void on_readable();
 
@@ -46,8 +58,8 @@ class PassUpChannel {
   OnDatagram on_datagram_;
   OnBatchEnd on_batch_end_;
   Fd tx_, rx_;  // the program redirects to tx; user space reads rx
-  uint64_t tx_cookie_ = 0;
-  bool tx_in_map_ = false, rx_watched_ = false;
+  uint64_t tx_cookie_ = 0, rx_cookie_ = 0;
+  bool tx_in_map_ = false, rx_watched_ = false, tx_is_source_ = false;
 };
 
 }  // namespace sockrelay
