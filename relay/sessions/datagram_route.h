@@ -191,6 +191,7 @@ class DatagramRoute final : public LiveRoute {
   void read_before_steering(Flow& flow, std::vector<Stranger>& strangers);
   void park_strangers(std::vector<Stranger>& strangers);
   void forward_parked_before(const std::string& key, uint64_t stamp_ns);
+  bool stranger_parked(const std::string& key) const;
   void forward_parked(uint64_t read);
   void forward_stranger(const Stranger& s);
   void note_lingering(Flow& flow);
