@@ -65,7 +65,8 @@ struct Tally {
     for (size_t i = 1; i < s.size(); ++i) {
       if (s[i] >= s[i - 1]) continue;
       std::string text = ", out of order at arrival " + std::to_string(i) + ":";
-      for (size_t j = i > 4 ? i - 4 : 0; j < std::min(i + 4, s.size()); ++j) text += " " + std::to_string(s[j]);
+      for (size_t j = i > 4 ? i - 4 : 0; j < std::min(i + 4, s.size()); ++j)
+        text += " " + std::to_string(s[j]);
       return text;
     }
     return "";
@@ -195,14 +196,13 @@ TEST_P(FlowOrder, NewClientsInOrderNothingLost) {
   // filter and counted (stray; ARCHITECTURE.md "How a datagram travels"):
   // 0 on a quiet machine, 1-3 in 3 of 30 runs with both CPUs busy. Every
   // loss is counted; none is allowed on a unix source.
-  const uint64_t counted = unix_from() ? 0
-                                       : json_counter(status, "drops", "stray") +
-                                             json_counter(status, "drops", "target-full");
+  const uint64_t counted =
+      unix_from() ? 0 : json_counter(status, "drops", "stray") + json_counter(status, "drops", "target-full");
   EXPECT_LE(lost, counted) << "kernel drops at the sink: " << kernel_drops
-                      << (unix_from()
-                              ? ""
-                              : ", at the listener and flow sockets: " + std::to_string(udp_drops(5400)))
-                      << "; " << status;
+                           << (unix_from()
+                                   ? ""
+                                   : ", at the listener and flow sockets: " + std::to_string(udp_drops(5400)))
+                           << "; " << status;
   EXPECT_EQ(foreign, 0u);
   EXPECT_EQ(relay.terminate(), 0) << relay.log();
 }
