@@ -135,9 +135,9 @@ check "sockrelay status --format prometheus: per-route drop counters" \
 # --- reload (issue 5, item 4) ----------------------------------------------------
 # One client keeps its source port, so it stays one flow in the relay: if
 # the reload kept its route, the flow is the same (no new session). The
-# port is below the ephemeral range (32768-60999): 40000 was once taken by
-# another socket's ephemeral port ("bind: Address already in use"; the
-# relay makes upstream sockets ahead, each with one).
+# port is below the ephemeral range (32768-60999): CI once could not bind
+# 40000 ("Address already in use"), a port any socket's ephemeral port may
+# hold (the relay's upstream sockets made ahead have one each).
 flow_ask() { printf '%s\n' "$1" | timeout 10 socat -T3 - "UDP4:127.0.0.1:5300,sourceport=30000,reuseaddr" 2>>"$results/diag"; }
 # route 0's (the first in status) sessions-created
 created() { "$relay" status --json --control /run/sockrelay/control.sock | grep -o '"sessions-created":[0-9]*' | head -n 1 | cut -d: -f2; }
