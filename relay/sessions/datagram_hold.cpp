@@ -307,10 +307,11 @@ void DatagramRoute::advance_hold(Flow& flow) {
 
 // Passed up == forwarded, and the program sees it so: it sends every
 // later datagram straight on and passes none up again, so the hold's
-// entries can go (a program that still finds them redirects too). One
-// program run may still pass one up: it compared the two before user space
-// wrote the last count and adds to `passed` after user space read it. That
-// one is forwarded when it comes (on_held_datagram(), hold_ended_).
+// entries can go (a program that still finds them redirects too). The
+// program counts a datagram before it compares the two (relay.bpf.c,
+// hold_verdict()), so none should be passed up after user space read them
+// equal; should one still come, it is forwarded when it comes
+// (on_held_datagram(), hold_ended_).
 void DatagramRoute::end_hold(Flow& flow) {
   flow.held = false;
   update_forward_flow(flow);  // without RELAY_FLOW_HOLD

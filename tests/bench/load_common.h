@@ -1,15 +1,20 @@
-// What the benchmarks' load tools (udp_load.cpp, stream_load.cpp) share:
-// stopping on a signal, dying with a message, the clock, their own CPU time
-// and percentiles. Plain libc only: the tools do not link the relay.
+// What the benchmarks' load tools (udp_load.cpp, stream_load.cpp,
+// many_clients.cpp, ...) share: stopping on a signal, dying with a message,
+// addresses, the clock, their own CPU time and percentiles. Plain libc only: the tools do not link the relay.
 #pragma once
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/un.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <csignal>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -35,6 +40,37 @@ inline const char* g_program = "sockrelay_load";
 }
 
 [[noreturn]] inline void die_errno(const std::string& what) { die(what + ": " + std::strerror(errno)); }
+
+struct Address {
+  sockaddr_storage ss{};
+  socklen_t len = 0;
+  int family() const { return ss.ss_family; }
+  const sockaddr* sa() const { return reinterpret_cast<const sockaddr*>(&ss); }
+};
+
+// A.B.C.D:PORT (numeric IPv4: these are loopback benchmarks), or the path
+// of a UNIX socket (it starts with '/').
+inline Address parse_address(const std::string& text) {
+  Address a;
+  if (!text.empty() && text[0] == '/') {
+    auto* sun = reinterpret_cast<sockaddr_un*>(&a.ss);
+    sun->sun_family = AF_UNIX;
+    if (text.size() >= sizeof(sun->sun_path)) die("UNIX socket path too long: " + text);
+    std::memcpy(sun->sun_path, text.c_str(), text.size() + 1);
+    a.len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + text.size() + 1);
+    return a;
+  }
+  auto colon = text.rfind(':');
+  auto* sin = reinterpret_cast<sockaddr_in*>(&a.ss);
+  sin->sin_family = AF_INET;
+  if (colon == std::string::npos || inet_pton(AF_INET, text.substr(0, colon).c_str(), &sin->sin_addr) != 1)
+    die("address must be A.B.C.D:PORT or a path: " + text);
+  long port = std::strtol(text.c_str() + colon + 1, nullptr, 10);
+  if (port <= 0 || port > 65535) die("bad port: " + text);
+  sin->sin_port = htons(static_cast<uint16_t>(port));
+  a.len = sizeof(sockaddr_in);
+  return a;
+}
 
 inline uint64_t now_ns() {
   timespec ts{};

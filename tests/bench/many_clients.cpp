@@ -53,33 +53,6 @@ void raise_file_limit() {
   }
 }
 
-struct Address {
-  sockaddr_storage ss{};
-  socklen_t len = 0;
-  int family() const { return ss.ss_family; }
-  const sockaddr* sa() const { return reinterpret_cast<const sockaddr*>(&ss); }
-};
-
-Address parse_address(const std::string& text) {
-  Address a;
-  if (!text.empty() && text[0] == '/') {
-    auto* sun = reinterpret_cast<sockaddr_un*>(&a.ss);
-    sun->sun_family = AF_UNIX;
-    if (text.size() >= sizeof(sun->sun_path)) die("path too long: " + text);
-    std::memcpy(sun->sun_path, text.c_str(), text.size() + 1);
-    a.len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + text.size() + 1);
-    return a;
-  }
-  auto colon = text.rfind(':');
-  auto* sin = reinterpret_cast<sockaddr_in*>(&a.ss);
-  sin->sin_family = AF_INET;
-  if (colon == std::string::npos || inet_pton(AF_INET, text.substr(0, colon).c_str(), &sin->sin_addr) != 1)
-    die("address must be A.B.C.D:PORT or a path: " + text);
-  sin->sin_port = htons(static_cast<uint16_t>(std::strtoul(text.c_str() + colon + 1, nullptr, 10)));
-  a.len = sizeof(sockaddr_in);
-  return a;
-}
-
 // Peak descriptors and RSS of one process, sampled from /proc in a thread.
 class ProcessWatch {
  public:

@@ -70,38 +70,6 @@ class Socket {
   int fd_;
 };
 
-struct Address {
-  sockaddr_storage storage{};
-  socklen_t len = 0;
-  int family() const { return storage.ss_family; }
-  const sockaddr* sa() const { return reinterpret_cast<const sockaddr*>(&storage); }
-};
-
-// A.B.C.D:PORT, or the path of a UNIX datagram socket (it starts with '/'):
-// `send --to /path` is a unix-dgram client, for routes from a unix-dgram
-// listener.
-Address parse_address(const std::string& text) {
-  Address a;
-  if (!text.empty() && text[0] == '/') {
-    auto* un = reinterpret_cast<sockaddr_un*>(&a.storage);
-    if (text.size() >= sizeof(un->sun_path)) die("UNIX socket path too long: " + text);
-    un->sun_family = AF_UNIX;
-    std::memcpy(un->sun_path, text.data(), text.size());
-    a.len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + text.size() + 1);
-    return a;
-  }
-  auto colon = text.rfind(':');
-  if (colon == std::string::npos) die("address must be A.B.C.D:PORT or /path: " + text);
-  auto* sa = reinterpret_cast<sockaddr_in*>(&a.storage);
-  sa->sin_family = AF_INET;
-  if (inet_pton(AF_INET, text.substr(0, colon).c_str(), &sa->sin_addr) != 1) die("bad IPv4 address: " + text);
-  long port = std::strtol(text.c_str() + colon + 1, nullptr, 10);
-  if (port <= 0 || port > 65535) die("bad port: " + text);
-  sa->sin_port = htons(static_cast<uint16_t>(port));
-  a.len = sizeof(sockaddr_in);
-  return a;
-}
-
 // Root can go past net.core.{r,w}mem_max with the *FORCE options; otherwise
 // take what the sysctl allows.
 void set_buffer(int fd, int force_opt, int opt, int bytes) {
